@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine (Python 3.11+, package registry):
+#   make demo   runs the real job on sample_data/ against the embedded simulator
+#   make test   runs ruff, mypy and every test (interop tests included)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+NODE_DIR := tests/interop
+
+.PHONY: demo test lint typecheck bench clean venv npm
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+npm: $(NODE_DIR)/node_modules/.installed
+
+demo: venv
+	$(BIN)/batch-cancel demo
+
+lint: venv
+	$(BIN)/ruff check batch_cancel tests benchmarks
+	$(BIN)/mypy
+
+test: venv npm lint
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

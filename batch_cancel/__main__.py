@@ -1,0 +1,3 @@
+from batch_cancel.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""Every error batch-cancel raises, rooted in one class.
+
+The command line maps each branch to an exit code; a library user catches
+``BatchCancelError`` or the branch they care about::
+
+    BatchCancelError
+    ├── UsageError                     exit 2: nothing was sent
+    │   ├── ConfigError                bad option, job file or credentials source
+    │   ├── InputError                 unreadable or malformed input file
+    │   └── JournalMismatch            resuming a journal with other input or settings
+    ├── AbortedError                   exit 3: the run stopped, its journal can be resumed
+    │   ├── AuthenticationError        log-in refused, or a re-login failed
+    │   ├── GwsUnavailable             GWS unreachable for longer than allowed
+    │   ├── NotificationChannelLost    CometD could not be (re)subscribed in time
+    │   └── Interrupted                SIGINT / SIGTERM
+    └── RequestError                   one CancelRecord request went wrong (never escapes a run)
+        ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
+        ├── SessionExpired             401 or CSRF 403: log in again, then retry
+        └── TransientError             transport error, 5xx, statusCode 4, 429: retry later
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AbortedError",
+    "AuthenticationError",
+    "BatchCancelError",
+    "ConfigError",
+    "GwsUnavailable",
+    "InputError",
+    "Interrupted",
+    "JournalMismatch",
+    "NotificationChannelLost",
+    "RequestError",
+    "RequestRejected",
+    "SessionExpired",
+    "TransientError",
+    "UsageError",
+]
+
+
+class BatchCancelError(Exception):
+    """Root of every error raised by batch-cancel."""
+
+    exit_code = 1
+
+
+class UsageError(BatchCancelError):
+    """The user asked for something that cannot run; nothing was sent."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """An option, job file or credential source is wrong."""
+
+
+class InputError(UsageError):
+    """An input file cannot be read as a list of phone numbers."""
+
+
+class JournalMismatch(UsageError):
+    """An existing journal belongs to other input or other settings."""
+
+
+class AbortedError(BatchCancelError):
+    """The run stopped before every record had an outcome; resume it."""
+
+    exit_code = 3
+
+
+class AuthenticationError(AbortedError):
+    """GWS refused the credentials (at start or on a re-login)."""
+
+
+class GwsUnavailable(AbortedError):
+    """GWS could not be reached for longer than the allowed outage."""
+
+
+class NotificationChannelLost(AbortedError):
+    """The CometD channel could not be (re)subscribed within the allowed outage."""
+
+
+class Interrupted(AbortedError):
+    """SIGINT or SIGTERM stopped the run."""
+
+
+class RequestError(BatchCancelError):
+    """One HTTP request to GWS failed; carries what GWS answered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class RequestRejected(RequestError):
+    """GWS said the request is wrong (400, 404, …): retrying will not help."""
+
+
+class SessionExpired(RequestError):
+    """The HTTP session or its CSRF token is no longer valid (401, 403)."""
+
+
+class TransientError(RequestError):
+    """The request may succeed later: network error, 5xx, statusCode 4, 429."""
