@@ -100,6 +100,7 @@ class RequestError(BatchCancelError):
         self.http_status = http_status
         self.status_code = status_code
         self.retry_after = retry_after
+        self.unreachable = False
 
 
 class RequestRejected(RequestError):

@@ -1,0 +1,211 @@
+"""``batch-cancel run``: parse options, build frozen config, run the library, map exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batch_cancel import config as defaults
+from batch_cancel.cli._common import guarded, read_password, setup_logging
+
+__all__ = ["gws_options", "run"]
+
+log = logging.getLogger("batch_cancel")
+
+EPILOG = """\b
+Examples:
+  # the password comes from the environment (or --password-file), never a flag
+  export GWS_BASE_URL=https://gws.example.com GWS_USERNAME=svc_dnc GWS_PASSWORD=...
+  batch-cancel run dnc_2026-11-26.csv --application-id 134 \\
+      --campaign Campaign1 --calling-list CallingList1 --rate 20 --concurrency 8 \\
+      --report reports/dnc.csv --state state/dnc.sqlite
+\b
+  # what would happen, without sending anything:
+  batch-cancel run big.parquet --campaign C1 --calling-list L1 --application-id 134 --dry-run
+\b
+  # resume after a crash or a kill (same input, same journal):
+  batch-cancel run dnc_2026-11-26.csv ... --state state/dnc.sqlite
+\b
+Exit codes: 0 every row cancelled (or a duplicate of a cancelled row);
+1 finished, some rows failed, timed out or were rejected; 2 usage, configuration
+or input error, nothing sent; 3 aborted (auth lost, GWS or CometD gone, signal),
+resumable with --state. The last stdout line is the JSON summary.
+"""
+
+
+def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where GWS is and who we are (shared by run and preflight)."""
+    for option in reversed([
+        click.option("--base-url", envvar="GWS_BASE_URL", metavar="URL",
+                     help="GWS base URL, e.g. https://gws.example.com (env GWS_BASE_URL)."),
+        click.option("--username", envvar="GWS_USERNAME",
+                     help="GWS user (env GWS_USERNAME); the password comes from env "
+                          "GWS_PASSWORD or --password-file."),
+        click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="File holding the password (first line)."),
+        click.option("--insecure", is_flag=True,
+                     help="Do not verify the server's TLS certificate (explicit opt-out)."),
+        click.option("--start-cc-session", is_flag=True,
+                     help="Start a contact-center session after login (some GWS set-ups need it)."),
+        click.option("-v", "--verbose", count=True, help="More logging."),
+        click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
+    ]):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def build_gws(base_url: str | None, username: str | None, password_file: Path | None,
+              insecure: bool, start_cc_session: bool) -> Any:  # fmt: skip
+    from batch_cancel.config import Credentials, GwsConfig
+    from batch_cancel.exceptions import ConfigError
+
+    missing = [n for n, v in (("--base-url", base_url), ("--username", username)) if not v]
+    password = read_password(password_file)
+    if password is None:
+        missing.append("a password (env GWS_PASSWORD or --password-file)")
+    if missing:
+        raise ConfigError("missing " + ", ".join(missing))
+    assert base_url and username and password
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--base-url {base_url!r} must start with http:// or https://")
+    return GwsConfig(base_url=base_url.rstrip("/"), credentials=Credentials(username, password),
+                     verify_tls=not insecure, start_cc_session=start_cc_session)  # fmt: skip
+
+
+@click.command(epilog=EPILOG)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--phone-column", metavar="NAME",
+              help="Column holding the numbers (default: phone_number, phoneNumber or phone).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Encoding of CSV inputs.")
+@click.option("--application-id", type=int, help="OCS application id for rows without one.")
+@click.option("--campaign", help="Campaign name for rows without one.")
+@click.option("--calling-list", help="Calling list for rows without one.")
+@click.option("--device-path", help="Device path (/devices/<id>); default: the user's first device.")
+@click.option("--chain-attribute", type=click.Choice(["AllChain", "RecordOnly"]))
+@click.option("--default-region", default="US", show_default=True, metavar="CC",
+              help="Region for numbers without a country code.")
+@click.option("--phone-format", type=click.Choice(["national", "e164", "digits", "as-is"]),
+              default="national", show_default=True, help="Form of the number sent to GWS.")
+@click.option("--strict-validation", is_flag=True,
+              help="Reject numbers that parse but are not valid for their region.")
+@click.option("--operation", type=click.Choice(["CancelRecord", "DoNotCallRecord"]),
+              default="CancelRecord", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0), default=defaults.DEFAULT_RATE,
+              show_default=True, help="Max requests per second (0: unlimited).")
+@click.option("--concurrency", type=click.IntRange(1, 1024),
+              default=defaults.DEFAULT_CONCURRENCY, show_default=True,
+              help="Max requests in flight.")
+@click.option("--ack-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=defaults.DEFAULT_ACK_TIMEOUT, show_default=True, metavar="SECONDS")
+@click.option("--max-attempts", type=click.IntRange(1, 100),
+              default=defaults.DEFAULT_MAX_ATTEMPTS, show_default=True)
+@click.option("--max-outage", type=click.FloatRange(min=0, min_open=True),
+              default=defaults.DEFAULT_MAX_OUTAGE, show_default=True, metavar="SECONDS",
+              help="Abort (exit 3) when GWS or CometD stays unreachable this long.")
+@click.option("--grace", type=click.FloatRange(min=0), default=defaults.DEFAULT_GRACE,
+              show_default=True, metavar="SECONDS",
+              help="After SIGINT/SIGTERM, wait this long for outstanding acks.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Report path: .csv, .parquet or .jsonl (default reports/<run id>.csv).")
+@click.option("--state", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal path; an existing journal is resumed (default state/<run id>.sqlite).")
+@click.option("--dry-run", is_flag=True, help="Plan and report what would be sent; no network.")
+@click.option("--force", is_flag=True, help="Resume a journal even if input or settings changed.")
+@click.option("--retry-timed-out", is_flag=True, help="On resume, send timed-out records again.")
+@gws_options
+@guarded
+def run(inputs: tuple[Path, ...], **opts: Any) -> None:
+    """Cancel the outbound records of the phone numbers in INPUT files.
+
+    INPUT files are .csv, .csv.gz or .parquet. Every input row ends in the
+    report as cancelled, failed, timed_out, rejected, duplicate or pending.
+    """
+    from batch_cancel.config import JobDefaults, RunConfig
+    from batch_cancel.exceptions import ConfigError
+    from batch_cancel.phones import region_ok
+
+    password = None if opts["dry_run"] else read_password(opts["password_file"])
+    setup_logging(opts["verbose"], opts["quiet"], [password] if password else [])
+    if not region_ok(opts["default_region"]):
+        raise ConfigError(f"--default-region {opts['default_region']!r} is not a known region code")
+    job = JobDefaults(
+        application_id=opts["application_id"], campaign=opts["campaign"],
+        calling_list=opts["calling_list"], device_path=opts["device_path"],
+        chain_attribute=opts["chain_attribute"], default_region=opts["default_region"].upper(),
+        phone_format=opts["phone_format"], strict_validation=opts["strict_validation"],
+        operation=opts["operation"],
+    )  # fmt: skip
+    cfg = RunConfig(
+        inputs=tuple(inputs), defaults=job, phone_column=opts["phone_column"],
+        encoding=opts["encoding"], rate=opts["rate"], concurrency=opts["concurrency"],
+        ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
+        max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
+        state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
+        retry_timed_out=opts["retry_timed_out"],
+    )  # fmt: skip
+    gws = None
+    if not cfg.dry_run:
+        gws = build_gws(opts["base_url"], opts["username"], opts["password_file"],
+                        opts["insecure"], opts["start_cc_session"])  # fmt: skip
+    summary = asyncio.run(execute(cfg, gws))
+    print_summary(summary)
+    raise SystemExit(summary.exit_code)
+
+
+async def execute(cfg: Any, gws: Any) -> Any:
+    from batch_cancel.job import run_job
+    from batch_cancel.progress import make_progress
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = {"count": 0}
+
+    def on_signal(signum: int) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            # committed journal state is consistent at every instant; leave now
+            os._exit(3)
+        log.warning("%s received: no new requests; waiting up to %.1f s for outstanding acks",
+                    signal.Signals(signum).name, cfg.grace)  # fmt: skip
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    views: list[Any] = []
+
+    def progress(total: int) -> Any:
+        views.append(make_progress(total))
+        return views[-1]
+
+    try:
+        return await run_job(cfg, gws, stop=stop, progress=progress)
+    finally:
+        for view in views:
+            view.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def print_summary(summary: Any) -> None:
+    from batch_cancel.phones import mask
+
+    log.info(
+        "run %s: %d rows: %d cancelled, %d failed, %d timed out, %d rejected, %d duplicate, "
+        "%d pending; report %s", summary.run_id, summary.total, summary.cancelled,
+        summary.failed, summary.timed_out, summary.rejected, summary.duplicate,
+        summary.pending, summary.report,
+    )  # fmt: skip
+    if summary.dry_run:
+        click.echo(f"dry run: {summary.total - summary.rejected - summary.duplicate} would be "
+                   f"sent, {summary.rejected} rejected, {summary.duplicate} duplicate", err=True)  # fmt: skip
+    for row, phone, reason in summary.first_rejected:
+        click.echo(f"  rejected row {row}: {mask(phone)}: {reason}", err=True)
+    click.echo(json.dumps({k: v for k, v in summary.as_json().items()}, default=str))

@@ -1,0 +1,111 @@
+"""Frozen configuration values, with named defaults.
+
+The CLI (or a library caller) builds these once; nothing downstream mutates them.
+Secrets live only in :class:`Credentials`, whose password never appears in a repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_ACK_TIMEOUT",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_GRACE",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_OUTAGE",
+    "DEFAULT_RATE",
+    "Credentials",
+    "GwsConfig",
+    "JobDefaults",
+    "RunConfig",
+]
+
+DEFAULT_RATE = 10.0
+DEFAULT_CONCURRENCY = 8
+DEFAULT_ACK_TIMEOUT = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_OUTAGE = 300.0
+DEFAULT_GRACE = 2.0
+CHAIN_ATTRIBUTES = ("AllChain", "RecordOnly")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.username}:***"
+
+
+@dataclass(frozen=True)
+class GwsConfig:
+    """Where GWS is and how to talk to it."""
+
+    base_url: str
+    credentials: Credentials
+    verify_tls: bool = True
+    start_cc_session: bool = False
+    request_timeout: float = 30.0
+    notifications_path: str = "/api/v2/notifications"
+    ack_channels: tuple[str, ...] = ("/v2/me/outbound",)
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """Values for rows whose input has no column of their own."""
+
+    application_id: int | None = None
+    campaign: str | None = None
+    calling_list: str | None = None
+    device_path: str | None = None
+    chain_attribute: str | None = None
+    default_region: str = "US"
+    phone_format: str = "national"
+    strict_validation: bool = False
+    operation: str = "CancelRecord"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run sends and how fast."""
+
+    inputs: tuple[Path, ...]
+    defaults: JobDefaults = JobDefaults()
+    phone_column: str | None = None
+    encoding: str = "utf-8"
+    rate: float = DEFAULT_RATE
+    concurrency: int = DEFAULT_CONCURRENCY
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_outage: float = DEFAULT_MAX_OUTAGE
+    grace: float = DEFAULT_GRACE
+    report: Path | None = None
+    state: Path | None = None
+    dry_run: bool = False
+    force: bool = False
+    retry_timed_out: bool = False
+    run_id: str | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run that made the journal.
+
+        Speed knobs (rate, concurrency, timeouts) may change between attempts;
+        what is sent, and to whom, may not.
+        """
+        d = dataclasses.asdict(self.defaults)
+        d["phone_column"] = self.phone_column
+        d["encoding"] = self.encoding
+        return d
+
+    def public(self) -> dict[str, Any]:
+        """The effective configuration as plain JSON values (there are no secrets here)."""
+        d = dataclasses.asdict(self)
+        d["inputs"] = [str(p) for p in self.inputs]
+        d["report"] = str(self.report) if self.report else None
+        d["state"] = str(self.state) if self.state else None
+        return d

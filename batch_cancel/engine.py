@@ -1,0 +1,199 @@
+"""Wires the moving parts of a sending run: session, ack channel, matcher, sender.
+
+Order matters: log in, subscribe to the ack channel, and only then send; stop
+sending while the channel is down; after a signal, wait a short grace for
+outstanding acknowledgements before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from batch_cancel.config import GwsConfig, RunConfig
+from batch_cancel.exceptions import ConfigError, TransientError
+from batch_cancel.gws.notifications import AckChannel
+from batch_cancel.gws.session import GwsSession
+from batch_cancel.journal import Journal
+from batch_cancel.matcher import Matcher
+from batch_cancel.recorder import Recorder
+from batch_cancel.records import Record
+from batch_cancel.sender import Sender, SenderSettings
+from batch_cancel.throttle import Pacer
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("batch_cancel")
+
+
+class Engine:
+    def __init__(
+        self,
+        config: RunConfig,
+        gws: GwsConfig,
+        journal: Journal,
+        *,
+        stop: asyncio.Event,
+        progress: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._gws = gws
+        self._journal = journal
+        self._stop = stop
+        self._progress = progress
+        self.interrupted = False
+        self._sender: Sender | None = None
+        self._matcher: Matcher | None = None
+        self._channel: AckChannel | None = None
+        self._pacer: Pacer | None = None
+        self._session: GwsSession | None = None
+        self._started = time.monotonic()
+
+    async def run(self, run_id: str, *, journaling: bool = True) -> None:
+        cfg = self._config
+        recorder = Recorder(self._journal if journaling else None, clock=time.time)
+        self._recorder = recorder
+        session = GwsSession(self._gws, max_connections=cfg.concurrency + 2)
+        self._session = session
+        tasks: list[asyncio.Task[None]] = []
+        channel: AckChannel | None = None
+        try:
+            user = await session.login()
+            log.info("logged in to %s as %s", self._gws.base_url, _user_name(user, self._gws))
+            device = await self._device_path(session)
+            sender_ref: list[Sender] = []
+            matcher = Matcher(
+                operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
+                clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
+            )  # fmt: skip
+            self._matcher = matcher
+            channel = AckChannel(
+                self._gws.base_url.rstrip("/") + self._gws.notifications_path,
+                channels=self._gws.ack_channels,
+                headers=session.auth_headers,
+                on_messages=matcher.on_messages,
+                verify_tls=self._gws.verify_tls,
+                on_state=self._on_channel_state,
+            )
+            self._channel = channel
+            await channel.start(timeout=min(60.0, cfg.max_outage))
+            log.info("subscribed to %s", ", ".join(self._gws.ack_channels))
+            pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep)
+            self._pacer = pacer
+            sender = Sender(
+                SenderSettings(cfg.defaults.operation, cfg.concurrency, cfg.max_attempts,
+                               cfg.max_outage),
+                session=session, channel=channel, matcher=matcher, recorder=recorder,
+                pacer=pacer, stop=self._stop, clock=time.monotonic, wall=time.time,
+            )  # fmt: skip
+            sender_ref.append(sender)
+            self._sender = sender
+            tasks.append(asyncio.create_task(recorder.run(), name="journal-flush"))
+            tasks.append(asyncio.create_task(self._watchdog(session, channel), name="watchdog"))
+            if self._progress is not None:
+                tasks.append(asyncio.create_task(self._report_progress(), name="progress"))
+            records = (
+                Record.from_journal(r, device)
+                for r in self._journal.iter_to_send(retry_timed_out=cfg.retry_timed_out)
+            )
+            await sender.run(records)
+            if self._stop.is_set():
+                self.interrupted = True
+                await self._grace(matcher)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            recorder.flush()
+            if channel is not None:
+                await channel.close()
+            await session.aclose()
+            if self._progress is not None:
+                self._progress(self.counts())
+
+    async def _device_path(self, session: GwsSession) -> str | None:
+        if self._config.defaults.device_path:
+            return self._config.defaults.device_path
+        saved = self._journal.get_meta("device_path")
+        if saved:
+            return str(saved)
+        devices = await session.devices()
+        if not devices or not devices[0].get("id"):
+            raise ConfigError("no --device-path given and GWS lists no device for this user")
+        path = f"/devices/{devices[0]['id']}"
+        log.info("no device path given: using the user's first device %s", path)
+        self._journal.set_meta(device_path=path)
+        return path
+
+    def _on_channel_state(self, up: bool, reason: str) -> None:
+        if self._matcher is not None:
+            self._matcher.channel_changed(up)
+        if up:
+            log.info("CometD subscription active (%s): sending", reason)
+        else:
+            log.info("CometD subscription lost (%s): sending paused", reason)
+
+    async def _watchdog(self, session: GwsSession, channel: AckChannel) -> None:
+        """While the ack channel is down, make sure the HTTP session it rides on is alive."""
+        while True:
+            await asyncio.sleep(1.0)
+            if channel.up.is_set() or channel.outage() < 2.0:
+                continue
+            generation = session.generation
+            with contextlib.suppress(TransientError):
+                if not await session.check():
+                    await session.relogin(generation)
+
+    async def _grace(self, matcher: Matcher) -> None:
+        deadline = time.monotonic() + self._config.grace
+        while matcher.awaiting() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        left = matcher.awaiting()
+        if left:
+            log.info("interrupted: %d record(s) still awaiting an outcome stay pending", left)
+
+    async def _report_progress(self) -> None:
+        assert self._progress is not None
+        while True:
+            self._progress(self.counts())
+            await asyncio.sleep(0.5)
+
+    def counts(self) -> dict[str, int]:
+        out = dict(self._recorder.outcomes)
+        out["awaiting"] = self._matcher.awaiting() if self._matcher else 0
+        out["requests"] = self._sender.requests if self._sender else 0
+        return out
+
+    def stats(self) -> dict[str, float]:
+        s = self._sender
+        out: dict[str, float] = {}
+        if s is not None:
+            span = (s.last_request or 0) - (s.first_request or 0)
+            out.update(
+                requests=s.requests, retries=s.retries, relogins=s.relogins,
+                peak_in_flight=s.peak_in_flight,
+                achieved_rate=round(s.requests / span, 2) if span > 0 else 0.0,
+            )  # fmt: skip
+        if self._pacer is not None:
+            out.update(throttle_pauses=self._pacer.pauses,
+                       paused_s=round(self._pacer.paused_seconds, 3))  # fmt: skip
+        if self._channel is not None:
+            out.update(cometd_handshakes=self._channel.handshakes,
+                       cometd_reconnects=self._channel.reconnects)  # fmt: skip
+        if self._matcher is not None:
+            out.update(duplicate_acks=self._matcher.duplicate_acks,
+                       gap_resends=self._matcher.gap_resends)  # fmt: skip
+        if self._session is not None:
+            out.update(logins=self._session.logins)
+        return out
+
+
+def _user_name(user: dict[str, object], gws: GwsConfig) -> str:
+    return gws.credentials.username
+
+

@@ -1,0 +1,239 @@
+"""The CometD (Bayeux long-polling) channel that carries CancelRecord outcomes.
+
+Built on ``aiocometd-noloop`` with three fixes the protocol notes call for:
+
+* a cookie jar that keeps cookies from IP-address hosts (CometD servers that find
+  their session by cookie, like the CometD project's own, answer 402 otherwise);
+* ``advice: {timeout: 0}`` on the first ``/meta/connect`` after each handshake, so
+  opening (and re-opening) takes milliseconds instead of a whole long poll;
+* a ``402`` without advice is treated as "handshake again" so a lost session is
+  always re-established and re-subscribed.
+
+:class:`AckChannel` tells the sender, through :attr:`AckChannel.up`, whether the
+subscription is known to be live: a request sent while it is not would have its
+acknowledgement lost, so the sender waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiocometd_noloop import Client, ConnectionType
+from aiocometd_noloop.extensions import Extension
+
+from batch_cancel.exceptions import NotificationChannelLost
+
+__all__ = ["AckChannel"]
+
+log = logging.getLogger("batch_cancel.cometd")
+
+Message = dict[str, Any]
+
+
+class _Client(Client):  # type: ignore[misc]
+    """aiocometd's client with a cookie jar that accepts IP-address hosts."""
+
+    def __init__(self, *args: Any, verify_tls: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verify_tls = verify_tls
+
+    async def _get_http_session(self) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
+        if session is None:
+            session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True),
+                json_serialize=self._json_dumps,
+                connector=aiohttp.TCPConnector(ssl=bool(self._verify_tls)),
+            )
+            self._http_session = session
+        return session
+
+    @property
+    def queue(self) -> asyncio.Queue[Message] | None:
+        return self._incoming_queue  # type: ignore[no-any-return]
+
+    @property
+    def transport(self) -> Any:
+        return self._transport
+
+
+class _Watch(Extension):  # type: ignore[misc]
+    """Adds our session headers and follows the subscription's life."""
+
+    def __init__(self, channel: AckChannel) -> None:
+        self._channel = channel
+        self._fresh_handshake = False
+
+    async def outgoing(self, payload: list[Message], headers: dict[str, str]) -> None:
+        headers.update(self._channel._headers())
+        for message in payload:
+            name = message.get("channel")
+            if name == "/meta/handshake":
+                self._fresh_handshake = True
+            elif name == "/meta/connect" and self._fresh_handshake:
+                # the first poll after a handshake answers at once (as the CometD
+                # JavaScript client does), so subscriptions are confirmed quickly
+                message["advice"] = {"timeout": 0}
+                self._fresh_handshake = False
+
+    async def incoming(self, payload: list[Message], headers: Any = None) -> None:
+        for message in payload:
+            self._channel._observe(message)
+
+
+class AckChannel:
+    """A self-healing CometD subscription; every event message goes to ``on_messages``.
+
+    ``headers`` is called before every Bayeux request, so a re-login's new cookie
+    and token are used from the next request on.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channels: tuple[str, ...],
+        headers: Callable[[], Mapping[str, str]],
+        on_messages: Callable[[list[Message]], None],
+        verify_tls: bool = True,
+        on_state: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.channels = channels
+        self._header_source = headers
+        self._on_messages = on_messages
+        self._on_state = on_state
+        self.up = asyncio.Event()
+        self.down_since: float | None = time.monotonic()
+        self.handshakes = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self._confirmed: set[str] = set()
+        self._closing = False
+        self._client = _Client(
+            url,
+            ConnectionType.LONG_POLLING,
+            extensions=[_Watch(self)],
+            max_pending_count=0,  # unbounded: we drain in batches, never block the poll
+            verify_tls=verify_tls,
+            connection_timeout=0,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _headers(self) -> Mapping[str, str]:
+        return self._header_source()
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self, timeout: float = 30.0) -> None:
+        """Handshake, subscribe and return once every channel is confirmed."""
+        try:
+            await asyncio.wait_for(self._open(), timeout)
+        except (TimeoutError, Exception) as exc:
+            await self.close()
+            reason = self.last_error or f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise NotificationChannelLost(
+                f"cannot subscribe to {', '.join(self.channels)} at {self.url}: {reason}"
+            ) from exc
+        self._tasks.append(asyncio.create_task(self._drain(), name="cometd-drain"))
+        self._tasks.append(asyncio.create_task(self._watch_transport(), name="cometd-watch"))
+
+    async def _open(self) -> None:
+        await self._client.open()
+        for channel in self.channels:
+            await self._client.subscribe(channel)
+        await self.up.wait()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.close(), 5)
+        self.up.clear()
+
+    # -- state ---------------------------------------------------------------
+    def _set_up(self, up: bool, reason: str) -> None:
+        if up == self.up.is_set() or self._closing:
+            return
+        if up:
+            self.up.set()
+            self.down_since = None
+        else:
+            self.up.clear()
+            self.down_since = time.monotonic()
+            self.reconnects += 1
+        if self._on_state is not None:
+            self._on_state(up, reason)
+
+    def _observe(self, message: Message) -> None:
+        channel = message.get("channel")
+        if not isinstance(channel, str) or not channel.startswith("/meta/"):
+            return
+        ok = bool(message.get("successful", False))
+        if channel == "/meta/handshake":
+            if ok:
+                self.handshakes += 1
+                self._confirmed.clear()
+                if self.handshakes > 1:
+                    self._set_up(False, "re-handshake: subscriptions must be renewed")
+            else:
+                self.last_error = str(message.get("error") or "handshake refused")
+        elif channel == "/meta/subscribe":
+            subs = message.get("subscription")
+            names = subs if isinstance(subs, list) else [subs]
+            if ok:
+                self._confirmed.update(n for n in names if isinstance(n, str))
+                if all(c in self._confirmed for c in self.channels):
+                    self._set_up(True, "subscribed")
+            else:
+                self.last_error = str(message.get("error") or "subscribe refused")
+        elif channel == "/meta/connect" and ok:
+            # a poll that works again on the same Bayeux session keeps its subscriptions
+            if self._confirmed and all(c in self._confirmed for c in self.channels):
+                self._set_up(True, "long poll restored")
+        elif channel == "/meta/connect":
+            error = str(message.get("error") or "connect refused")
+            self.last_error = error
+            advice = message.setdefault("advice", {})
+            if isinstance(advice, dict) and error.startswith("402") and "reconnect" not in advice:
+                advice["reconnect"] = "handshake"
+            self._set_up(False, error)
+
+    async def _watch_transport(self) -> None:
+        """A failing long poll (network gap, server restart) also means 'not subscribed'."""
+        from aiocometd_noloop.constants import TransportState
+
+        transport = self._client.transport
+        while True:
+            await transport.wait_for_state(TransportState.CONNECTING)
+            if transport.state == TransportState.CONNECTING:
+                self._set_up(False, "long poll failed, reconnecting")
+                self.last_error = "long poll failed"
+            await transport.wait_for_state(TransportState.CONNECTED)
+
+    async def _drain(self) -> None:
+        queue = self._client.queue
+        assert queue is not None
+        while True:
+            first = await queue.get()
+            batch = [first]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                self._on_messages(batch)
+            except Exception:  # a bad message must not kill the channel
+                log.exception("error while handling CometD messages")
+
+    def outage(self) -> float:
+        """Seconds the channel has been down (0 while it is up)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since

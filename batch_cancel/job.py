@@ -1,0 +1,164 @@
+"""The job as a library call: input → plan → send → match → journal → report.
+
+``run_job`` needs no click. It raises our exceptions (see ``exceptions.py``);
+an :class:`AbortedError` carries the :class:`Summary` of what was done, and the
+journal and report are written before it is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batch_cancel import __version__
+from batch_cancel.config import GwsConfig, RunConfig
+from batch_cancel.exceptions import (
+    AbortedError,
+    ConfigError,
+    Interrupted,
+    JournalMismatch,
+    RequestError,
+)
+from batch_cancel.inputs import InputFile, inspect_inputs
+from batch_cancel.journal import Journal
+from batch_cancel.plan import build_plan
+from batch_cancel.report import check_report_path, write_report
+from batch_cancel.summary import Summary, summarise
+
+__all__ = ["new_run_id", "prepare", "run_job"]
+
+log = logging.getLogger("batch_cancel")
+
+ProgressFn = Callable[[dict[str, int]], None]
+ProgressFactory = Callable[[int], ProgressFn]
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _identity(files: list[InputFile]) -> list[dict[str, object]]:
+    return [{"path": str(f.path), "size": f.size, "sha256": f.sha256} for f in files]
+
+
+def prepare(
+    config: RunConfig, stop: asyncio.Event | None = None
+) -> tuple[Journal, str, list[InputFile]]:
+    """Check inputs, open (or create) the journal and make sure the plan is complete."""
+    if config.report is not None:
+        check_report_path(config.report)
+    files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding)
+    run_id = config.run_id or new_run_id()
+    state = config.state or Path("state") / f"{run_id}.sqlite"
+    journal = Journal.open(state)
+    try:
+        if journal.is_new():
+            journal.set_meta(
+                run_id=run_id, version=__version__, created_at=time.time(),
+                operator=_operator(), inputs=_identity(files),
+                fingerprint=config.fingerprint(), config=config.public(), planned=False,
+            )  # fmt: skip
+        else:
+            run_id = str(journal.get_meta("run_id"))
+            _check_resume(journal, files, config)
+        if not journal.get_meta("planned"):
+            counts = build_plan(journal, files, config, run_id, stop=stop)
+            journal.set_meta(planned=True, plan_counts=dict(counts))
+    except BaseException:
+        journal.close()
+        raise
+    return journal, run_id, files
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"
+
+
+def _check_resume(journal: Journal, files: list[InputFile], config: RunConfig) -> None:
+    if config.force:
+        return
+    before = [(i["sha256"], i["size"]) for i in journal.get_meta("inputs") or []]
+    now = [(f.sha256, f.size) for f in files]
+    if before != now:
+        raise JournalMismatch(
+            f"journal {journal.path} belongs to other input files "
+            f"({len(before)} file(s) with other contents); use --force to resume anyway"
+        )
+    old = journal.get_meta("fingerprint") or {}
+    new = config.fingerprint()
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise JournalMismatch(
+            f"journal {journal.path} was made with other settings ({', '.join(changed)}); "
+            "use --force to resume anyway"
+        )
+
+
+async def run_job(
+    config: RunConfig,
+    gws: GwsConfig | None,
+    *,
+    stop: asyncio.Event | None = None,
+    progress: ProgressFactory | None = None,
+    journaling: bool = True,
+) -> Summary:
+    """Run (or resume) a job to the end and write its report."""
+    started = time.monotonic()
+    stop = stop or asyncio.Event()
+    # planning is blocking work on files: a thread keeps signals answered meanwhile
+    journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+    report = config.report or Path("reports") / f"{run_id}.csv"
+    try:
+        counts = journal.counts()
+        to_send = counts.get("planned", 0) + counts.get("sent", 0)
+        if config.retry_timed_out:
+            to_send += counts.get("timed_out", 0)
+        stats: dict[str, float] = {}
+        if not config.dry_run and to_send:
+            if gws is None:
+                raise ConfigError("no GWS to send to: give --base-url, --username and a password")
+            from batch_cancel.engine import Engine
+
+            view = progress(to_send) if progress is not None else None
+            engine = Engine(config, gws, journal, stop=stop, progress=view)
+            try:
+                await engine.run(run_id, journaling=journaling)
+            except (AbortedError, RequestError) as exc:
+                summary = _finish(journal, run_id, report, config, engine.stats(), started)
+                if isinstance(exc, RequestError):  # e.g. the device list could not be read
+                    raise AbortedError(str(exc)) from exc
+                exc.summary = summary  # type: ignore[attr-defined]
+                raise
+            stats = engine.stats()
+            if engine.interrupted:
+                summary = _finish(journal, run_id, report, config, stats, started)
+                error = Interrupted("interrupted by a signal: the run can be resumed with --state")
+                error.summary = summary  # type: ignore[attr-defined]
+                raise error
+        return _finish(journal, run_id, report, config, stats, started)
+    finally:
+        journal.close()
+
+
+def _finish(
+    journal: Journal,
+    run_id: str,
+    report: Path,
+    config: RunConfig,
+    stats: dict[str, float],
+    started: float,
+) -> Summary:
+    with contextlib.suppress(Exception):
+        journal.set_meta(finished_at=time.time(), last_stats=stats)
+    write_report(journal, report)
+    return summarise(journal, run_id, report, config, stats, time.monotonic() - started)

@@ -1,0 +1,61 @@
+"""Progress on stderr: a live bar on a terminal, a plain periodic line in logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+__all__ = ["ProgressView", "make_progress"]
+
+_SHOWN = ("cancelled", "failed", "timed_out", "awaiting")
+
+
+class ProgressView:
+    def __init__(self, total: int, *, tty: bool, every: float = 10.0) -> None:
+        self.total = total
+        self._tty = tty
+        self._every = every
+        self._last_line = 0.0
+        self._started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+        if tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]cancelling"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=False,
+            )  # fmt: skip
+            self._task = self._bar.add_task("send", total=total, counts="")
+            self._bar.start()
+
+    def __call__(self, counts: dict[str, int]) -> None:
+        done = sum(counts.get(k, 0) for k in ("cancelled", "failed", "timed_out"))
+        text = " ".join(f"{k}={counts.get(k, 0)}" for k in _SHOWN)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(done, self.total), counts=text)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self._every or done >= self.total:
+            self._last_line = now
+            rate = counts.get("requests", 0) / max(1e-9, now - self._started)
+            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            print(f"progress: {done}/{self.total} {text} rate={rate:.1f}/s eta={eta:.0f}s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def make_progress(total: int) -> ProgressView:
+    return ProgressView(total, tty=sys.stderr.isatty())

@@ -1,0 +1,82 @@
+"""The in-memory state of a record while it is being worked on.
+
+Only records in flight (sent, awaiting an acknowledgement, or waiting to be
+retried) exist as objects; everything else lives in the journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Record"]
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    row: int
+    reference_id: str
+    phone_sent: str
+    application_id: int
+    campaign: str
+    calling_list: str
+    device_path: str | None
+    chain_attribute: str | None
+    status: str = "planned"
+    attempts: int = 0
+    counted_attempts: int = 0
+    http_status: int | None = None
+    status_code: int | None = None
+    notification_type: str | None = None
+    error: str | None = None
+    sent_at: float | None = None  # wall clock (epoch seconds) of the last POST
+    acked_at: float | None = None
+    latency_ms: float | None = None
+    accepted_mono: float | None = None  # monotonic time GWS accepted the last POST
+    deadline: float | None = None
+    gap: bool = False  # accepted while the ack channel was (or went) down
+    gap_retried: bool = False
+
+    @classmethod
+    def from_journal(cls, row: dict[str, Any], device_path: str | None) -> Record:
+        return cls(
+            row=int(row["row"]),
+            reference_id=str(row["reference_id"]),
+            phone_sent=str(row["phone_sent"]),
+            application_id=int(row["application_id"]),
+            campaign=str(row["campaign"]),
+            calling_list=str(row["calling_list"]),
+            device_path=row["device_path"] or device_path,
+            chain_attribute=row["chain_attribute"],
+            status=str(row["status"]),
+            attempts=int(row["attempts"] or 0),
+            http_status=row["http_status"],
+            status_code=row["status_code"],
+            sent_at=row["sent_at"],
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("cancelled", "failed", "timed_out")
+
+    def body(self, operation: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "operationName": operation,
+            "applicationId": self.application_id,
+            "campaignName": self.campaign,
+            "callingList": self.calling_list,
+            "phoneNumber": self.phone_sent,
+            "devicePath": self.device_path,
+            "referenceId": self.reference_id,
+        }
+        if self.chain_attribute:
+            body["chainAttribute"] = self.chain_attribute
+        return body
+
+    def state(self) -> tuple[Any, ...]:
+        """STATE_COLUMNS of the journal, then the row (for UPDATE ... WHERE row=?)."""
+        return (
+            self.status, self.attempts, self.http_status, self.status_code,
+            self.notification_type, self.error, self.sent_at, self.acked_at,
+            self.latency_ms, self.row,
+        )  # fmt: skip

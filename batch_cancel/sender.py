@@ -1,0 +1,263 @@
+"""Concurrent, paced CancelRecord requests with retries (tenacity).
+
+``concurrency`` workers share one queue. Each request waits, in order, for the
+ack channel to be subscribed (a request sent while it is down would have its
+outcome lost), for any throttling pause, and for a rate token. The referenceId
+is registered with the matcher and the attempt journaled before the POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from batch_cancel.exceptions import (
+    GwsUnavailable,
+    NotificationChannelLost,
+    RequestRejected,
+    SessionExpired,
+    TransientError,
+)
+from batch_cancel.gws.session import GwsSession
+from batch_cancel.matcher import Matcher
+from batch_cancel.recorder import Recorder
+from batch_cancel.records import Record
+from batch_cancel.throttle import Pacer
+
+__all__ = ["Channel", "Sender", "SenderSettings"]
+
+log = logging.getLogger("batch_cancel.sender")
+
+# A session error does not count as an attempt (GWS did nothing with the
+# request), but a record cannot bounce between logins forever.
+_MAX_SESSION_RETRIES = 10
+
+
+class Channel(Protocol):
+    """What the sender needs to know of the ack channel."""
+
+    @property
+    def up(self) -> asyncio.Event: ...
+
+    def outage(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    operation: str
+    concurrency: int
+    max_attempts: int
+    max_outage: float
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: SenderSettings,
+        *,
+        session: GwsSession,
+        channel: Channel,
+        matcher: Matcher,
+        recorder: Recorder,
+        pacer: Pacer,
+        stop: asyncio.Event,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._s = settings
+        self._session = session
+        self._channel = channel
+        self._matcher = matcher
+        self._recorder = recorder
+        self._pacer = pacer
+        self._stop = stop
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=settings.concurrency * 4)
+        self._retry: asyncio.Queue[Record] = asyncio.Queue()
+        self._fed = False
+        self._unreachable_since: float | None = None
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.retries = 0
+        self.relogins = 0
+        self.requests = 0
+        self.first_request: float | None = None
+        self.last_request: float | None = None
+
+    def resend(self, rec: Record) -> None:
+        self._retry.put_nowait(rec)
+
+    async def run(self, records: Iterable[Record]) -> None:
+        """Send every record; return when each one has an outcome (or on stop)."""
+        workers = [
+            asyncio.create_task(self._worker(), name=f"sender-{i}")
+            for i in range(self._s.concurrency)
+        ]
+        feeder = asyncio.create_task(self._feed(records), name="sender-feed")
+        try:
+            await asyncio.gather(feeder, *workers)
+        finally:
+            for task in [feeder, *workers]:
+                task.cancel()
+            for task in [feeder, *workers]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _feed(self, records: Iterable[Record]) -> None:
+        for rec in records:
+            if self._stop.is_set():
+                break
+            await self._queue.put(rec)
+        self._fed = True
+
+    def _finished(self) -> bool:
+        return (
+            self._fed
+            and self._queue.empty()
+            and self._retry.empty()
+            and self._matcher.awaiting() == 0
+        )
+
+    async def _next(self) -> Record | None:
+        while not self._stop.is_set():
+            if not self._retry.empty():
+                return self._retry.get_nowait()
+            if not self._queue.empty():
+                return self._queue.get_nowait()
+            if self._finished():
+                return None
+            self._matcher.expire()
+            getter = asyncio.ensure_future(self._queue.get())
+            try:
+                return await asyncio.wait_for(getter, 0.05)
+            except TimeoutError:
+                continue
+        return None
+
+    async def _worker(self) -> None:
+        while (rec := await self._next()) is not None:
+            await self._send(rec)
+
+    # -- one record ------------------------------------------------------------
+    async def _send(self, rec: Record) -> None:
+        session_errors = 0
+
+        def give_up(state: RetryCallState) -> bool:
+            return (
+                rec.final
+                or rec.counted_attempts >= self._s.max_attempts
+                or session_errors > _MAX_SESSION_RETRIES
+                or self._stop.is_set()
+            )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, SessionExpired) or (
+                isinstance(exc, TransientError) and (exc.retry_after is not None or exc.unreachable)
+            ):
+                return 0.0  # the pacer's shared pause (or the re-login) already waited
+            return float(self._backoff(state))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((TransientError, SessionExpired)),
+            stop=give_up,
+            wait=wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.retries += 1
+                    try:
+                        await self._attempt(rec)
+                    except SessionExpired:
+                        session_errors += 1
+                        raise
+        except RequestRejected as exc:
+            self._matcher.give_up(rec, str(exc))
+        except (TransientError, SessionExpired) as exc:
+            if self._stop.is_set():
+                return
+            self._matcher.give_up(rec, f"gave up after {rec.attempts} attempts: {exc}")
+
+    _backoff = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
+
+    async def _ready(self) -> None:
+        """Block while the ack channel is down; give up past the allowed outage."""
+        while not self._channel.up.is_set():
+            if self._stop.is_set():
+                return
+            if self._channel.outage() > self._s.max_outage:
+                raise NotificationChannelLost(
+                    f"CometD subscription lost for more than {self._s.max_outage:g} s"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._channel.up.wait(), 0.5)
+        await self._pacer.acquire()
+        # the pause or the rate token may have taken a while: check again
+        if not self._channel.up.is_set():
+            await self._ready()
+
+    async def _attempt(self, rec: Record) -> None:
+        await self._ready()
+        if rec.final or self._stop.is_set():
+            return
+        rec.attempts += 1
+        self.requests += 1
+        now = self._clock()
+        self.first_request = self.first_request or now
+        self.last_request = now
+        rec.status = "sent"
+        rec.sent_at = self._wall()
+        self._matcher.register(rec)
+        self._recorder.event(rec, "sent")
+        generation = self._session.generation
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            answer = await self._session.post_record(rec.body(self._s.operation))
+        except SessionExpired as exc:
+            rec.http_status, rec.status_code = exc.http_status, exc.status_code
+            self.relogins += 1
+            await self._session.relogin(generation)
+            raise
+        except TransientError as exc:
+            rec.http_status, rec.status_code = exc.http_status, exc.status_code
+            self._on_transient(rec, exc)
+            raise
+        except RequestRejected as exc:
+            rec.http_status, rec.status_code = exc.http_status, exc.status_code
+            raise
+        finally:
+            self.in_flight -= 1
+        self._unreachable_since = None
+        self._pacer.calm()
+        rec.http_status, rec.status_code = answer.http_status, answer.status_code
+        self._matcher.accepted(rec)
+
+    def _on_transient(self, rec: Record, exc: TransientError) -> None:
+        if exc.unreachable:
+            now = self._clock()
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since > self._s.max_outage:
+                raise GwsUnavailable(
+                    f"GWS unreachable for more than {self._s.max_outage:g} s: {exc}"
+                ) from exc
+            self._pacer.pause(None, "GWS unreachable")
+            return
+        rec.counted_attempts += 1
+        if exc.http_status in (429, 503):
+            waited = self._pacer.pause(exc.retry_after, str(exc))
+            log.info("GWS throttled (%s): all senders pause %.1f s", exc.http_status, waited)
+        self._recorder.event(rec, "retry", str(exc))

@@ -1,0 +1,73 @@
+"""The run's summary: the counts Airflow reads from the last stdout line."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch_cancel.config import RunConfig
+from batch_cancel.journal import Journal
+
+__all__ = ["Summary", "summarise"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    run_id: str
+    total: int
+    cancelled: int
+    failed: int
+    timed_out: int
+    rejected: int
+    duplicate: int
+    pending: int
+    report: str
+    state: str
+    dry_run: bool = False
+    duplicates_of_unsuccessful: int = 0
+    elapsed_s: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+    first_rejected: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 only when every row is cancelled or a duplicate of a cancelled row."""
+        if self.dry_run:
+            return 1 if self.rejected else 0
+        bad = self.failed + self.timed_out + self.rejected + self.pending
+        return 1 if bad or self.duplicates_of_unsuccessful else 0
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("first_rejected")
+        d["exit_code"] = self.exit_code
+        return d
+
+
+def summarise(
+    journal: Journal,
+    run_id: str,
+    report: Path,
+    config: RunConfig,
+    stats: dict[str, float],
+    elapsed: float,
+) -> Summary:
+    c = journal.counts()
+    return Summary(
+        run_id=run_id,
+        total=sum(c.values()),
+        cancelled=c.get("cancelled", 0),
+        failed=c.get("failed", 0),
+        timed_out=c.get("timed_out", 0),
+        rejected=c.get("rejected", 0),
+        duplicate=c.get("duplicate", 0),
+        pending=c.get("planned", 0) + c.get("sent", 0),
+        report=str(report),
+        state=str(journal.path),
+        dry_run=config.dry_run,
+        duplicates_of_unsuccessful=journal.duplicate_of_unsuccessful(),
+        elapsed_s=round(elapsed, 3),
+        stats=stats,
+        first_rejected=journal.first_rejected(),
+    )
