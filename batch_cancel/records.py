@@ -48,7 +48,8 @@ class Record:
             calling_list=str(row["calling_list"]),
             device_path=row["device_path"] or device_path,
             chain_attribute=row["chain_attribute"],
-            status=str(row["status"]),
+            # a timed-out record handed back (--retry-timed-out) is in play again
+            status="sent" if row["status"] == "timed_out" else str(row["status"]),
             attempts=int(row["attempts"] or 0),
             http_status=row["http_status"],
             status_code=row["status_code"],

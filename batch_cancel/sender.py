@@ -84,6 +84,7 @@ class Sender:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=settings.concurrency * 4)
         self._retry: asyncio.Queue[Record] = asyncio.Queue()
         self._fed = False
+        self._feed_error: Exception | None = None
         self._unreachable_since: float | None = None
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -98,14 +99,15 @@ class Sender:
 
     async def run(self, records: Iterable[Record]) -> None:
         """Send every record; return when each one has an outcome (or on stop)."""
+        feeder = asyncio.create_task(self._feed(records), name="sender-feed")
         workers = [
             asyncio.create_task(self._worker(), name=f"sender-{i}")
             for i in range(self._s.concurrency)
         ]
-        feeder = asyncio.create_task(self._feed(records), name="sender-feed")
         try:
-            await asyncio.gather(feeder, *workers)
+            await asyncio.gather(*workers)
         finally:
+            # after a stop the feeder may be blocked on a full queue nobody drains
             for task in [feeder, *workers]:
                 task.cancel()
             for task in [feeder, *workers]:
@@ -113,11 +115,16 @@ class Sender:
                     await task
 
     async def _feed(self, records: Iterable[Record]) -> None:
-        for rec in records:
-            if self._stop.is_set():
-                break
-            await self._queue.put(rec)
-        self._fed = True
+        try:
+            for rec in records:
+                if self._stop.is_set():
+                    break
+                await self._queue.put(rec)
+        except Exception as exc:  # surfaces through the workers, who would otherwise wait forever
+            self._feed_error = exc
+            self._stop.set()
+        finally:
+            self._fed = True
 
     def _finished(self) -> bool:
         return (
@@ -146,6 +153,8 @@ class Sender:
     async def _worker(self) -> None:
         while (rec := await self._next()) is not None:
             await self._send(rec)
+        if self._feed_error is not None:
+            raise self._feed_error
 
     # -- one record ------------------------------------------------------------
     async def _send(self, rec: Record) -> None:
