@@ -129,10 +129,10 @@ class Matcher:
     def channel_changed(self, up: bool) -> None:
         self.channel_up = up
         if not up:
-            # whatever was waiting may have had its ack published into the gap
+            # whatever was sent may have had its ack published into the gap, even a
+            # request whose HTTP answer is still on its way
             for rec in self.pending.values():
-                if rec.accepted_mono is not None:
-                    rec.gap = True
+                rec.gap = True
 
     def expire(self) -> None:
         now = self._clock()

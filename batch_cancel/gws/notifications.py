@@ -54,6 +54,13 @@ class _Client(Client):  # type: ignore[misc]
             self._http_session = session
         return session
 
+    def forget_cookies(self, names: set[str]) -> None:
+        """aiohttp lets its jar override a Cookie header: drop the jar's copies of the
+        session cookies we send ourselves, or a stale JSESSIONID would win after a re-login."""
+        session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
+        if session is not None and names:
+            session.cookie_jar.clear(lambda morsel: morsel.key in names)
+
     @property
     def queue(self) -> asyncio.Queue[Message] | None:
         return self._incoming_queue  # type: ignore[no-any-return]
@@ -63,15 +70,23 @@ class _Client(Client):  # type: ignore[misc]
         return self._transport
 
 
+def _cookie_names(header: str) -> set[str]:
+    return {part.split("=", 1)[0].strip() for part in header.split(";") if "=" in part}
+
+
 class _Watch(Extension):  # type: ignore[misc]
     """Adds our session headers and follows the subscription's life."""
 
     def __init__(self, channel: AckChannel) -> None:
         self._channel = channel
         self._fresh_handshake = False
+        self._failures = 0
 
     async def outgoing(self, payload: list[Message], headers: dict[str, str]) -> None:
-        headers.update(self._channel._headers())
+        fresh = dict(self._channel._headers())
+        headers.update(fresh)
+        if "Cookie" in fresh:
+            self._channel._client.forget_cookies(_cookie_names(fresh["Cookie"]))
         for message in payload:
             name = message.get("channel")
             if name == "/meta/handshake":
@@ -85,6 +100,27 @@ class _Watch(Extension):  # type: ignore[misc]
     async def incoming(self, payload: list[Message], headers: Any = None) -> None:
         for message in payload:
             self._channel._observe(message)
+            if message.get("channel") in ("/meta/handshake", "/meta/connect"):
+                self._pace_reconnects(message)
+
+    def _pace_reconnects(self, message: Message) -> None:
+        """Bayeux gives ``advice.interval`` in milliseconds; aiocometd sleeps that many
+        *seconds*. Convert it, and back off while the server keeps refusing us, so a
+        lost session never turns into a hot handshake loop."""
+        advice = message.get("advice")
+        if message.get("successful", False):
+            self._failures = 0
+        else:
+            self._failures += 1
+        if not isinstance(advice, dict):
+            if self._failures == 0:
+                return
+            advice = message["advice"] = {}
+        interval = advice.get("interval")
+        seconds = interval / 1000.0 if isinstance(interval, (int, float)) else 0.0
+        if self._failures > 1:
+            seconds = max(seconds, min(5.0, 0.05 * 2 ** (self._failures - 1)))
+        advice["interval"] = seconds
 
 
 class AckChannel:
@@ -159,6 +195,14 @@ class AckChannel:
         self._closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.close(), 5)
+        transport = self._client.transport
+        if self._client.closed and transport is not None:
+            # after a failed open() the client thinks it is closed, yet its transport
+            # still follows reconnect advice in the background: stop it too
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(transport.disconnect(), 5)
+            with contextlib.suppress(Exception):
+                await self._client._close_http_session()
         self.up.clear()
 
     # -- state ---------------------------------------------------------------

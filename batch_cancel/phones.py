@@ -1,0 +1,270 @@
+"""Phone hygiene: turn whatever a spreadsheet holds into the number GWS is sent.
+
+``phonenumbers.parse`` plus ``is_valid_number`` costs ~100 µs a call, which
+alone would blow the 20 s budget for a million-row file. Two things make it
+cheap without changing a single answer (tests/test_phones.py compares both
+paths on generated numbers):
+
+* clean NANPA shapes (10 digits, 1 + 10 digits, +1 + 10 digits, with the usual
+  punctuation) skip ``parse``: for them parse is a pure digit split;
+* validity is the same metadata regexes ``is_valid_number`` runs, but compiled
+  once and merged per number length, so it is two regex calls instead of ~20
+  plus phonenumbers' per-call pattern lookups.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneMetadata
+
+__all__ = ["Phone", "PhoneFormat", "mask", "normalise", "region_ok"]
+
+
+class PhoneFormat(StrEnum):
+    NATIONAL = "national"
+    E164 = "e164"
+    DIGITS = "digits"
+    AS_IS = "as-is"
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    e164: str | None
+    sent: str | None
+    error: str | None
+    warning: str | None
+
+
+# A BOM survives as U+FEFF when the file was decoded as UTF-8 but the BOM sat
+# mid-file (concatenated exports), and as "ï»¿" when decoded as Latin-1.
+_BOM_REMNANTS = ("\ufeff", "ï»¿", "\ufffe")
+_UNICODE_SPACES = str.maketrans(
+    {"\xa0": " ", "\u2007": " ", "\u202f": " ", "\u200b": None, "\u200c": None,
+     "\u200d": None, "\u2060": None, "\ufeff": None}
+)
+_FLOAT_ARTIFACT = re.compile(r"(\+?\d+)\.0+")
+_SCIENTIFIC = re.compile(r"\+?\d+(?:\.\d+)?[eE]\+?\d+")
+_NANPA_FIRST = frozenset("23456789")
+# Module constants: attribute access on an enum class costs ~0.2 µs a time.
+_NATIONAL, _E164, _DIGITS = PhoneFormat.NATIONAL, PhoneFormat.E164, PhoneFormat.DIGITS
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+    NumberParseException.NOT_A_NUMBER: "not a phone number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+    NumberParseException.TOO_SHORT_NSN: "too short",
+    NumberParseException.TOO_LONG: "too long",
+}
+_LENGTH_REASONS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short",
+    phonenumbers.ValidationResult.TOO_LONG: "too long",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "wrong number of digits",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "local number without area code",
+}
+
+
+def region_ok(code: str) -> bool:
+    """True for a region phonenumbers knows ("US", "gb"); case does not matter."""
+    return code.strip().upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+@functools.cache
+def _region_info(region: str) -> tuple[str, int, re.Pattern[str] | None] | None:
+    """Upper-cased code, country code and international-prefix pattern; None if unknown."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        return None
+    meta = PhoneMetadata.metadata_for_region(code)
+    idd = meta.international_prefix if meta is not None else None
+    return code, phonenumbers.country_code_for_region(code), re.compile(idd) if idd else None
+
+
+def _metadata(region: str, cc: int) -> PhoneMetadata | None:
+    if region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY:
+        return PhoneMetadata.metadata_for_nongeo_region(cc)
+    return PhoneMetadata.metadata_for_region(region)
+
+
+def _type_checker(meta: PhoneMetadata) -> Callable[[str], bool]:
+    """``_number_type_helper(nsn, meta) != UNKNOWN``, with compiled patterns."""
+    general = meta.general_desc
+    if general is None or not general.national_number_pattern:
+        return lambda nsn: False
+    descs = [meta.premium_rate, meta.toll_free, meta.shared_cost, meta.voip,
+             meta.personal_number, meta.pager, meta.uan, meta.voicemail, meta.fixed_line]
+    if not meta.same_mobile_and_fixed_line_pattern:
+        descs.append(meta.mobile)
+    typed = [(frozenset(d.possible_length), d.national_number_pattern)
+             for d in descs if d is not None and d.national_number_pattern]
+    general_lengths = frozenset(general.possible_length)
+    general_re = re.compile(general.national_number_pattern)
+    by_length: dict[int, re.Pattern[str] | None] = {}
+
+    def check(nsn: str) -> bool:
+        n = len(nsn)
+        if general_lengths and n not in general_lengths:
+            return False
+        if general_re.fullmatch(nsn) is None:
+            return False
+        try:
+            merged = by_length[n]
+        except KeyError:
+            # An empty length set means "as the general description" (phonenumbers' rule).
+            pats = [p for lengths, p in typed if not lengths or n in lengths]
+            merged = re.compile("|".join(f"(?:{p})" for p in pats)) if pats else None
+            by_length[n] = merged
+        return merged is not None and merged.fullmatch(nsn) is not None
+
+    return check
+
+
+@functools.cache
+def _validator(cc: int) -> Callable[[str], bool]:
+    """``is_valid_number`` for a country code: first region by leading digits or type."""
+    regions: list[tuple[re.Pattern[str] | None, Callable[[str], bool]]] = []
+    for region in COUNTRY_CODE_TO_REGION_CODE.get(cc, ()):
+        meta = _metadata(region, cc)
+        if meta is not None:
+            lead = re.compile(meta.leading_digits) if meta.leading_digits else None
+            regions.append((lead, _type_checker(meta)))
+    if len(regions) == 1:
+        return regions[0][1]
+
+    def valid(nsn: str) -> bool:
+        for lead, check in regions:
+            if lead is not None:
+                if lead.match(nsn):
+                    return check(nsn)
+            elif check(nsn):
+                return True
+        return False
+
+    return valid
+
+
+def _fast_split(compact: str) -> str | None:
+    """The NSN of a punctuation-free NANPA number whose parse is a plain digit split."""
+    n = len(compact)
+    if n == 10 and compact[0] in _NANPA_FIRST and compact.isdigit():
+        return compact
+    if n == 11 and compact[0] == "1" and compact[1] in _NANPA_FIRST and compact.isdigit():
+        return compact[1:]
+    if n == 12 and compact[:2] == "+1" and compact[2] in _NANPA_FIRST and compact[2:].isdigit():
+        return compact[2:]
+    return None
+
+
+def _compact(text: str) -> str:
+    if text.isdigit():
+        return text
+    # A chain of replace() is ~3x quicker than translate() or re.sub here.
+    return (text.replace(" ", "").replace("-", "").replace("(", "").replace(")", "")
+            .replace(".", "").replace("/", "").replace("\t", ""))
+
+
+def _preclean(raw: str, idd: re.Pattern[str] | None) -> str:
+    """Undo spreadsheet and encoding damage; the result goes to either parse path."""
+    text = raw.strip()
+    if not text.isascii():
+        for bom in _BOM_REMNANTS:
+            text = text.removeprefix(bom)
+        text = text.translate(_UNICODE_SPACES).strip()
+    if "." in text and (m := _FLOAT_ARTIFACT.fullmatch(text)):
+        text = m.group(1)
+    # "00" means international in most of the world but not in NANPA (011);
+    # where the region's own prefix matches, parse handles it itself.
+    if text.startswith("00") and (idd is None or idd.match(_compact(text)) is None):
+        text = "+" + text[2:]
+    return text
+
+
+def _error(reason: str) -> Phone:
+    return Phone(None, None, reason, None)
+
+
+_EMPTY = _error("empty")
+
+
+def normalise(
+    raw: str | None,
+    region: str = "US",
+    fmt: PhoneFormat = PhoneFormat.NATIONAL,
+    strict: bool = False,
+) -> Phone:
+    """Parse one input value; ``error`` says why it cannot be sent, ``warning`` what to know."""
+    if raw is None:
+        return _EMPTY
+    info = _region_info(region)
+    if info is None:
+        return _error(f"unknown region {region.strip().upper()!r}")
+    region, region_cc, idd = info
+    text = _preclean(raw, idd)
+    if not text:
+        return _EMPTY
+    compact = _compact(text)
+    extension: str | None = None
+    nsn = (_fast_split(compact)
+           if compact.isascii() and (region_cc == 1 or compact.startswith("+")) else None)
+    if nsn is not None:
+        cc = 1
+    else:
+        if _SCIENTIFIC.fullmatch(text):
+            return _error("written in scientific notation (a spreadsheet dropped digits)")
+        try:
+            num = phonenumbers.parse(text, region)
+        except NumberParseException as exc:
+            return _error(_PARSE_REASONS.get(exc.error_type, "not a phone number"))
+        reason = phonenumbers.is_possible_number_with_reason(num)
+        if reason in _LENGTH_REASONS:
+            return _error(_LENGTH_REASONS[reason])
+        cc = num.country_code or 0
+        nsn, extension = phonenumbers.national_significant_number(num), num.extension
+
+    warning: str | None = None
+    if extension:
+        warning = f"extension {extension} dropped"
+    if not _validator(cc)(nsn):
+        where = region if cc == region_cc else phonenumbers.region_code_for_country_code(cc)
+        if strict:
+            return _error(f"not a valid number for {where}")
+        warning = _join(warning, f"not a valid number for {where}; sent anyway")
+    e164 = f"+{cc}{nsn}"
+    if fmt is _NATIONAL:
+        sent = nsn
+        if cc != region_cc:
+            warning = _join(warning, f"country code +{cc} is not {region}'s; sent without it")
+    elif fmt is _E164:
+        sent = e164
+    elif fmt is _DIGITS:
+        sent = e164[1:]
+    else:
+        sent = raw.strip()
+    return Phone(e164, sent, None, warning)
+
+
+def _join(first: str | None, second: str) -> str:
+    return second if first is None else f"{first}; {second}"
+
+
+def mask(number: str | None) -> str:
+    """Log-safe form: country prefix and last two digits, e.g. "+1********34"."""
+    if not number:
+        return ""
+    text = number.strip()
+    digits = "".join(c for c in text if c.isdigit())
+    prefix = ""
+    if text.startswith("+"):
+        for n in (1, 2, 3):
+            if digits[:n].isdigit() and int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE:
+                prefix, digits = "+" + digits[:n], digits[n:]
+                break
+    # Too few digits and the last two would be most of the number.
+    shown = digits[-2:] if len(digits) >= 6 else ""
+    return prefix + "*" * (len(digits) - len(shown)) + shown
