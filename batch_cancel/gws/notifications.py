@@ -81,6 +81,7 @@ class _Watch(Extension):  # type: ignore[misc]
         self._channel = channel
         self._fresh_handshake = False
         self._failures = 0
+        self._timeout: float | None = None
 
     async def outgoing(self, payload: list[Message], headers: dict[str, str]) -> None:
         fresh = dict(self._channel._headers())
@@ -99,7 +100,15 @@ class _Watch(Extension):  # type: ignore[misc]
 
     async def incoming(self, payload: list[Message], headers: Any = None) -> None:
         for message in payload:
+            if not isinstance(message, dict):
+                continue  # an error body that is not Bayeux (e.g. HTTP 401 JSON)
             self._channel._observe(message)
+            if message.get("channel") == "/meta/subscribe" and not message.get("successful"):
+                # aiocometd forgets a channel whose subscribe was refused, so after the
+                # next handshake it would not subscribe again; a refusal because the
+                # session was lost (402) must not cost us the subscription
+                if str(message.get("error", "")).startswith("402"):
+                    message.pop("subscription", None)
             if message.get("channel") in ("/meta/handshake", "/meta/connect"):
                 self._pace_reconnects(message)
 
@@ -116,6 +125,12 @@ class _Watch(Extension):  # type: ignore[misc]
             if self._failures == 0:
                 return
             advice = message["advice"] = {}
+        if isinstance(advice.get("timeout"), (int, float)):
+            self._timeout = advice["timeout"]
+        elif self._timeout is not None:
+            # aiocometd replaces its whole advice: without this a later advice that
+            # omits the timeout leaves every poll with no client-side time limit
+            advice["timeout"] = self._timeout
         interval = advice.get("interval")
         seconds = interval / 1000.0 if isinstance(interval, (int, float)) else 0.0
         if self._failures > 1:
@@ -127,7 +142,10 @@ class AckChannel:
     """A self-healing CometD subscription; every event message goes to ``on_messages``.
 
     ``headers`` is called before every Bayeux request, so a re-login's new cookie
-    and token are used from the next request on.
+    and token are used from the next request on. aiocometd re-handshakes and
+    re-subscribes by itself after a lost session; if it still has not recovered
+    after ``stall_reset`` seconds (a poll held forever, a reconnect loop that gave
+    up), the client is thrown away and a fresh one handshakes and subscribes.
     """
 
     def __init__(
@@ -139,28 +157,36 @@ class AckChannel:
         on_messages: Callable[[list[Message]], None],
         verify_tls: bool = True,
         on_state: Callable[[bool, str], None] | None = None,
+        stall_reset: float = 10.0,
     ) -> None:
         self.url = url
         self.channels = channels
         self._header_source = headers
         self._on_messages = on_messages
         self._on_state = on_state
+        self._verify_tls = verify_tls
+        self._stall_reset = stall_reset
         self.up = asyncio.Event()
         self.down_since: float | None = time.monotonic()
         self.handshakes = 0
         self.reconnects = 0
+        self.resets = 0
         self.last_error = ""
         self._confirmed: set[str] = set()
         self._closing = False
-        self._client = _Client(
-            url,
+        self._client = self._new_client()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def _new_client(self) -> _Client:
+        return _Client(
+            self.url,
             ConnectionType.LONG_POLLING,
             extensions=[_Watch(self)],
             max_pending_count=0,  # unbounded: we drain in batches, never block the poll
-            verify_tls=verify_tls,
+            verify_tls=self._verify_tls,
             connection_timeout=0,
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _headers(self) -> Mapping[str, str]:
         return self._header_source()
@@ -176,8 +202,14 @@ class AckChannel:
             raise NotificationChannelLost(
                 f"cannot subscribe to {', '.join(self.channels)} at {self.url}: {reason}"
             ) from exc
-        self._tasks.append(asyncio.create_task(self._drain(), name="cometd-drain"))
-        self._tasks.append(asyncio.create_task(self._watch_transport(), name="cometd-watch"))
+        self._start_tasks()
+        self._supervisor = asyncio.create_task(self._supervise(), name="cometd-supervisor")
+
+    def _start_tasks(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._drain(self._client), name="cometd-drain"),
+            asyncio.create_task(self._watch_transport(self._client), name="cometd-watch"),
+        ]
 
     async def _open(self) -> None:
         await self._client.open()
@@ -185,24 +217,52 @@ class AckChannel:
             await self._client.subscribe(channel)
         await self.up.wait()
 
-    async def close(self) -> None:
+    async def _supervise(self) -> None:
+        """Replace a client that has not recovered by itself within ``stall_reset``."""
+        while True:
+            await asyncio.sleep(min(1.0, self._stall_reset / 4))
+            if self.up.is_set() or self.outage() < self._stall_reset * (1 + self.resets % 4):
+                continue
+            self.resets += 1
+            log.info("CometD did not recover in %.0f s (%s): starting a new client",
+                     self.outage(), self.last_error or "no answer")  # fmt: skip
+            await self._stop_client()
+            self._client = self._new_client()
+            self._confirmed.clear()
+            try:
+                await asyncio.wait_for(self._open(), self._stall_reset)
+            except (TimeoutError, Exception) as exc:
+                self.last_error = self.last_error or f"{type(exc).__name__}: {exc}"
+                continue
+            finally:
+                self._start_tasks()
+
+    async def _stop_client(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        self._closing = True
+        client = self._client
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.close(), 5)
-        transport = self._client.transport
-        if self._client.closed and transport is not None:
+            await asyncio.wait_for(client.close(), 5)
+        transport = client.transport
+        if client.closed and transport is not None:
             # after a failed open() the client thinks it is closed, yet its transport
             # still follows reconnect advice in the background: stop it too
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(transport.disconnect(), 5)
             with contextlib.suppress(Exception):
-                await self._client._close_http_session()
+                await client._close_http_session()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        await self._stop_client()
         self.up.clear()
 
     # -- state ---------------------------------------------------------------
@@ -224,6 +284,8 @@ class AckChannel:
         if not isinstance(channel, str) or not channel.startswith("/meta/"):
             return
         ok = bool(message.get("successful", False))
+        if not ok:
+            log.debug("CometD %s refused: %s", channel, message)
         if channel == "/meta/handshake":
             if ok:
                 self.handshakes += 1
@@ -253,11 +315,13 @@ class AckChannel:
                 advice["reconnect"] = "handshake"
             self._set_up(False, error)
 
-    async def _watch_transport(self) -> None:
+    async def _watch_transport(self, client: _Client) -> None:
         """A failing long poll (network gap, server restart) also means 'not subscribed'."""
         from aiocometd_noloop.constants import TransportState
 
-        transport = self._client.transport
+        transport = client.transport
+        if transport is None:
+            return
         while True:
             await transport.wait_for_state(TransportState.CONNECTING)
             if transport.state == TransportState.CONNECTING:
@@ -265,9 +329,10 @@ class AckChannel:
                 self.last_error = "long poll failed"
             await transport.wait_for_state(TransportState.CONNECTED)
 
-    async def _drain(self) -> None:
-        queue = self._client.queue
-        assert queue is not None
+    async def _drain(self, client: _Client) -> None:
+        queue = client.queue
+        if queue is None:
+            return
         while True:
             first = await queue.get()
             batch = [first]

@@ -1,0 +1,296 @@
+"""``batch-cancel simulate``: serve the GWS simulator until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from batch_cancel.simulator import SimulatorConfig
+
+__all__ = ["simulate"]
+
+_RATE = click.FloatRange(0.0, 1.0)
+_COUNT = click.IntRange(min=0)
+_SECONDS = click.FloatRange(min=0.0)
+
+
+class _StartError(click.ClickException):
+    """The simulator could not start (bad combination, port taken): nothing is served."""
+
+    exit_code = 2
+
+
+class _OneLineErrorCommand(click.Command):
+    """Reports option errors as one ``Error: …`` line, without the usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            # Without a context click prints only the message line.
+            error.ctx = None
+            raise
+
+
+def _parse_users(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for value in values:
+        name, sep, password = value.partition(":")
+        if not sep or not name or not password:
+            raise click.BadParameter(f"{value!r} is not NAME:PASSWORD", ctx=ctx, param=param)
+        users[name] = password
+    return users or {"agent": "secret"}
+
+
+def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise click.BadParameter(f"{value!r} is neither seconds >= 0 nor 'none'")
+    return seconds
+
+
+@click.command(cls=_OneLineErrorCommand)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    callback=_parse_users,
+    metavar="NAME:PASSWORD",
+    help="A user that may log in (repeatable). Default: agent:secret.",
+)
+@click.option(
+    "--fail-number",
+    "fail_numbers",
+    multiple=True,
+    metavar="NUMBER",
+    help="Phone number whose cancel fails over CometD (repeatable).",
+)
+@click.option(
+    "--fail-list",
+    "fail_lists",
+    multiple=True,
+    metavar="NAME",
+    help="Calling list whose cancels all fail (repeatable).",
+)
+@click.option(
+    "--failure-style",
+    type=click.Choice(["error_message", "outbound_notification"]),
+    default="error_message",
+    show_default=True,
+    help="Shape of a failure: ErrorMessage, or OutboundRecordMessage RecordCancelError.",
+)
+@click.option("--no-csrf", is_flag=True, help="Turn CSRF protection off.")
+@click.option("--csrf-on-cometd", is_flag=True, help="Also require the CSRF header on CometD requests.")
+@click.option(
+    "--require-cc-session",
+    is_flag=True,
+    help="Refuse outbound records until StartContactCenterSession.",
+)
+@click.option(
+    "--long-poll-timeout",
+    type=_SECONDS,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a CometD /meta/connect is held.",
+)
+@click.option(
+    "--max-interval",
+    type=_SECONDS,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds without a poll before a CometD client is forgotten.",
+)
+@click.option(
+    "--answer-first-connect",
+    is_flag=True,
+    help="Answer a client's first /meta/connect at once (as CometD Java does).",
+)
+@click.option(
+    "--session-timeout",
+    type=_SECONDS,
+    default=1800.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds of inactivity before an HTTP session expires.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for every fault decision.")
+@click.option("--fault-503-rate", type=_RATE, default=0.0, help="Share answered 503.")
+@click.option("--fault-429-rate", type=_RATE, default=0.0, help="Share answered 429.")
+@click.option(
+    "--fault-retry-after",
+    default="1",
+    show_default=True,
+    metavar="S|none",
+    callback=_parse_retry_after,
+    help="Retry-After of a 429 ('none': no header).",
+)
+@click.option(
+    "--fault-reset-before-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share whose connection is reset before processing.",
+)
+@click.option(
+    "--fault-reset-after-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share processed, then reset without an answer.",
+)
+@click.option(
+    "--fault-ack-drop-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share whose CometD outcome is never published.",
+)
+@click.option(
+    "--fault-ack-duplicate-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share whose CometD outcome is published twice.",
+)
+@click.option(
+    "--fault-ack-delay",
+    type=(_SECONDS, _SECONDS),
+    default=(0.0, 0.0),
+    show_default=True,
+    metavar="MIN MAX",
+    help="Seconds before an outcome is published.",
+)
+@click.option(
+    "--fault-ack-before-http-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share whose outcome is published before the HTTP answer.",
+)
+@click.option(
+    "--fault-ack-before-http-delay",
+    type=_SECONDS,
+    default=0.05,
+    show_default=True,
+    metavar="S",
+    help="How long such an HTTP answer is held back.",
+)
+@click.option(
+    "--fault-session-expiry-every",
+    type=_COUNT,
+    default=0,
+    metavar="N",
+    help="End the HTTP session after every N outbound requests.",
+)
+@click.option(
+    "--fault-csrf-invalidate-every",
+    type=_COUNT,
+    default=0,
+    metavar="N",
+    help="Rotate the CSRF token after every N outbound requests.",
+)
+@click.option(
+    "--fault-drop-cometd-every",
+    type=_COUNT,
+    default=0,
+    metavar="N",
+    help="Forget all CometD clients after every N outbound requests.",
+)
+def simulate(**options: Any) -> None:
+    """Serve a simulated GWS (REST + CometD long-polling) until Ctrl-C.
+
+    Outbound-record requests are counted per server (the *-every knobs count
+    those that passed authentication). GET /_sim/ledger answers what the
+    simulator was asked and what it published, as JSON.
+
+    \b
+    Example: 10% of requests answer 503, 5% of acks are lost, acks lag 0-0.5 s
+      batch-cancel simulate --port 8090 --user agent:secret \\
+          --fail-number 2125550199 --fail-list BadList --seed 7 \\
+          --fault-503-rate 0.1 --fault-ack-drop-rate 0.05 --fault-ack-delay 0 0.5
+    \b
+    Then point the job at it:
+      GWS_PASSWORD=secret batch-cancel run numbers.csv \\
+          --base-url http://127.0.0.1:8090 --username agent ...
+    """
+    import asyncio
+
+    config = _config(options)
+    try:
+        asyncio.run(_serve(config))
+    except OSError as error:
+        raise _StartError(
+            f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
+        ) from None
+
+
+def _config(options: dict[str, Any]) -> SimulatorConfig:
+    from batch_cancel.simulator import Faults, SimulatorConfig
+
+    try:
+        faults = Faults(
+            seed=options["seed"],
+            http_503_rate=options["fault_503_rate"],
+            http_429_rate=options["fault_429_rate"],
+            retry_after=options["fault_retry_after"],
+            reset_before_rate=options["fault_reset_before_rate"],
+            reset_after_rate=options["fault_reset_after_rate"],
+            ack_drop_rate=options["fault_ack_drop_rate"],
+            ack_duplicate_rate=options["fault_ack_duplicate_rate"],
+            ack_delay=tuple(options["fault_ack_delay"]),
+            ack_before_http_rate=options["fault_ack_before_http_rate"],
+            ack_before_http_delay=options["fault_ack_before_http_delay"],
+            session_expiry_every=options["fault_session_expiry_every"],
+            csrf_invalidate_every=options["fault_csrf_invalidate_every"],
+            drop_cometd_every=options["fault_drop_cometd_every"],
+        )
+        return SimulatorConfig(
+            host=options["host"],
+            port=options["port"],
+            users=options["users"],
+            csrf=not options["no_csrf"],
+            csrf_on_cometd=options["csrf_on_cometd"],
+            require_cc_session=options["require_cc_session"],
+            failing_numbers=frozenset(options["fail_numbers"]),
+            failing_lists=frozenset(options["fail_lists"]),
+            failure_style=options["failure_style"],
+            long_poll_timeout=options["long_poll_timeout"],
+            max_interval=options["max_interval"],
+            hold_first_connect=not options["answer_first_connect"],
+            session_timeout=options["session_timeout"],
+            faults=faults,
+        )
+    except ValueError as error:
+        raise _StartError(str(error)) from None
+
+
+async def _serve(config: SimulatorConfig) -> None:
+    import asyncio
+    import signal
+
+    from batch_cancel.simulator import GwsSimulator
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with GwsSimulator(config) as sim:
+            click.echo(f"GWS simulator listening on {sim.base_url}  (Ctrl-C to stop)")
+            await stop.wait()
+            click.echo("GWS simulator stopped")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,111 @@
+"""What the simulator is told to be: users, failing records, timeouts and fault knobs.
+
+Both classes are frozen so a running simulator can hand them to any task or thread
+without copying; faults change at run time by swapping the whole ``Faults`` object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+__all__ = ["FailureStyle", "Faults", "SimulatorConfig"]
+
+FailureStyle = Literal["error_message", "outbound_notification"]
+
+_DEFAULT_USERS: Mapping[str, str] = {"agent": "secret"}
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Misbehaviour knobs. Rates are probabilities per outbound-record request.
+
+    Every draw comes from one ``random.Random(seed)``, so a run with the same seed and
+    the same request order makes the same decisions. The ``*_every`` knobs count
+    outbound-record requests that reached the server (0 switches them off).
+    """
+
+    seed: int | None = None
+    http_503_rate: float = 0.0
+    http_429_rate: float = 0.0
+    # Seconds for the Retry-After header of a 429; None sends no header at all, which
+    # is what a Jetty DoS filter may well do.
+    retry_after: float | None = 1.0
+    reset_before_rate: float = 0.0
+    reset_after_rate: float = 0.0
+    ack_drop_rate: float = 0.0
+    ack_duplicate_rate: float = 0.0
+    ack_delay: tuple[float, float] = (0.0, 0.0)
+    ack_before_http_rate: float = 0.0
+    # How long the HTTP answer waits after an early outcome, so the CometD delivery
+    # really reaches the client first.
+    ack_before_http_delay: float = 0.05
+    session_expiry_every: int = 0
+    csrf_invalidate_every: int = 0
+    drop_cometd_every: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_rate") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{f.name} must be within 0..1, got {value!r}")
+            if f.name.endswith("_every") and value < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {value!r}")
+        low, high = self.ack_delay
+        if low < 0 or high < low:
+            raise ValueError(f"ack_delay must be (min, max) with 0 <= min <= max, got {self.ack_delay!r}")
+        if self.retry_after is not None and self.retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0, got {self.retry_after!r}")
+        if self.ack_before_http_delay < 0:
+            raise ValueError("ack_before_http_delay must be >= 0")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated GWS is set up; defaults follow the GWS 8.5 sample configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    users: Mapping[str, str] = field(default_factory=lambda: dict(_DEFAULT_USERS))
+    csrf: bool = True
+    failing_numbers: frozenset[str] = frozenset()
+    failing_lists: frozenset[str] = frozenset()
+    # GWS documents no failure shape for CancelRecord, so both plausible ones exist.
+    failure_style: FailureStyle = "error_message"
+    long_poll_timeout: float = 30.0
+    # A CometD client that has not polled for this long after its last poll ended is
+    # forgotten (CometD's maxInterval).
+    max_interval: float = 10.0
+    # The CometD Java server answers a client's first /meta/connect at once; the Node
+    # server (measured against here) holds it like any other unless advice.timeout is 0.
+    hold_first_connect: bool = True
+    session_timeout: float = 1800.0
+    require_cc_session: bool = False
+    # GWS documents CSRF for "every POST"; whether its CometD servlet sits behind that
+    # filter is unknown, so requiring the token on /api/v2/notifications is optional.
+    csrf_on_cometd: bool = False
+    # Whether an HTTP session ending also forgets the CometD clients it handshook;
+    # GWS does not document it, so both are possible.
+    session_end_drops_clients: bool = False
+    # Bounded so a client that never polls cannot grow memory without limit; beyond
+    # it the oldest messages are lost, as with a CometD server's maxQueue.
+    client_queue_limit: int = 100_000
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if self.failure_style not in ("error_message", "outbound_notification"):
+            raise ValueError(f"unknown failure_style {self.failure_style!r}")
+        if not self.users:
+            raise ValueError("at least one user is needed")
+        for name, value in (
+            ("long_poll_timeout", self.long_poll_timeout),
+            ("max_interval", self.max_interval),
+            ("session_timeout", self.session_timeout),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.client_queue_limit < 1:
+            raise ValueError("client_queue_limit must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be within 0..65535, got {self.port!r}")

@@ -1,0 +1,97 @@
+"""Small HTTP pieces shared by the REST and CometD handlers: GWS error bodies, auth checks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import socket
+import struct
+from typing import Any
+
+from aiohttp import web
+
+from batch_cancel.simulator.sessions import SESSION_COOKIE, HttpSession
+from batch_cancel.simulator.state import SimState
+
+__all__ = [
+    "CSRF_HEADER",
+    "basic_credentials",
+    "csrf_headers",
+    "csrf_ok",
+    "drop_connection",
+    "gws_error",
+    "gws_ok",
+    "json_object",
+    "session_of",
+]
+
+CSRF_HEADER = "X-CSRF-TOKEN"
+
+NOT_AUTHENTICATED = (401, 20, "Not authenticated")
+BAD_CSRF = (403, 3, "Missing or invalid Csrf token")
+
+
+def gws_ok(body: dict[str, Any] | None = None, **headers: str) -> web.Response:
+    return web.json_response({"statusCode": 0, **(body or {})}, headers=headers or None)
+
+
+def gws_error(http_status: int, status_code: int, message: str, **headers: str) -> web.Response:
+    # No WWW-Authenticate on 401: browsers and some clients would loop on a Basic prompt.
+    return web.json_response(
+        {"statusCode": status_code, "statusMessage": message},
+        status=http_status,
+        headers=headers or None,
+    )
+
+
+def session_of(state: SimState, request: web.Request) -> HttpSession | None:
+    return state.sessions.lookup(request.cookies.get(SESSION_COOKIE))
+
+
+def csrf_ok(state: SimState, request: web.Request, session: HttpSession) -> bool:
+    if not state.config.csrf:
+        return True
+    return request.headers.get(CSRF_HEADER) == session.csrf_token
+
+
+def csrf_headers(state: SimState, session: HttpSession) -> dict[str, str]:
+    if not state.config.csrf:
+        return {}
+    return {"X-CSRF-HEADER": CSRF_HEADER, CSRF_HEADER: session.csrf_token}
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic`` header; ("", "") if malformed."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return ("", "")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", "")
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else ("", "")
+
+
+def drop_connection(request: web.Request) -> None:
+    """Cut the TCP connection with a reset, so the client gets no answer at all."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is anything else."""
+    try:
+        body = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return body if isinstance(body, dict) else None

@@ -1,0 +1,252 @@
+"""``POST /api/v2/me/outbound-records``: validation, fault injection and the CometD outcome.
+
+The order of checks mirrors a GWS behind Jetty: the connection can die first, the DoS
+filter (429) answers before authentication, then session and CSRF, then the voice
+service (503), then the request itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from batch_cancel.simulator.channels import INTERNAL_CHANNEL, OUTBOUND_CHANNEL
+from batch_cancel.simulator.httputil import (
+    BAD_CSRF,
+    NOT_AUTHENTICATED,
+    csrf_ok,
+    drop_connection,
+    gws_error,
+    gws_ok,
+    json_object,
+    session_of,
+)
+from batch_cancel.simulator.ledger import PublishEvent, PublishKind, RequestEntry
+from batch_cancel.simulator.notifications import (
+    OPERATIONS,
+    RecordRequest,
+    device_event,
+    failure_message,
+    success_message,
+)
+from batch_cancel.simulator.sessions import SESSION_COOKIE, HttpSession
+from batch_cancel.simulator.state import SimState
+
+__all__ = ["OutboundRecords"]
+
+_REQUIRED = ("applicationId", "campaignName", "callingList", "phoneNumber", "devicePath")
+_CHAIN_ATTRIBUTES = frozenset({"AllChain", "RecordOnly"})
+
+
+class _Refusal(Exception):
+    """A GWS error answer, with the ledger's name for why it was given."""
+
+    def __init__(self, http_status: int, status_code: int, message: str, fault: str, **headers: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.status_code = status_code
+        self.fault = fault
+        self.response = gws_error(http_status, status_code, message, **headers)
+
+
+class OutboundRecords:
+    def __init__(self, state: SimState) -> None:
+        self._state = state
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v2/me/outbound-records", self.post)
+        app.router.add_post("/api/v2/me/outbound-records/", self.post)
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        state = self._state
+        entry = state.ledger.begin_request()
+        body = json_object(await request.read())
+        _describe(entry, body or {})
+        faults = state.faults
+        if state.chance(faults.reset_before_rate):
+            drop_connection(request)
+            state.ledger.finish_request(entry, http_status=None, status_code=None, fault="reset_before")
+            return web.Response()
+        try:
+            session, req = self._admit(request, body)
+        except _Refusal as refusal:
+            state.ledger.finish_request(
+                entry,
+                http_status=refusal.http_status,
+                status_code=refusal.status_code,
+                fault=refusal.fault,
+            )
+            return refusal.response
+        self._process(entry, req)
+        entry.listeners = state.hub.listeners(session.user, "/v2/me/outbound")
+        early = state.chance(faults.ack_before_http_rate)
+        reset_after = state.chance(faults.reset_after_rate)
+        self._schedule_outcome(entry, session.user, req, early=early)
+        self._count_and_degrade(session)
+        if early:
+            await asyncio.sleep(faults.ack_before_http_delay)
+        if reset_after:
+            drop_connection(request)
+            state.ledger.finish_request(entry, http_status=None, status_code=None, fault="reset_after")
+            return web.Response()
+        state.ledger.finish_request(
+            entry, http_status=200, status_code=0, fault="ack_before_http" if early else None
+        )
+        return gws_ok()
+
+    def _admit(self, request: web.Request, body: dict[str, Any] | None) -> tuple[HttpSession, RecordRequest]:
+        state = self._state
+        faults = state.faults
+        if state.chance(faults.http_429_rate):
+            headers = {}
+            if faults.retry_after is not None:
+                headers["Retry-After"] = f"{faults.retry_after:g}"
+            raise _Refusal(429, 4, "Too many requests", "429", **headers)
+        session = session_of(state, request)
+        if session is None:
+            had_cookie = SESSION_COOKIE in request.cookies
+            fault = "session_expired" if had_cookie else "not_authenticated"
+            raise _Refusal(*NOT_AUTHENTICATED, fault)
+        if not csrf_ok(state, request, session):
+            raise _Refusal(*BAD_CSRF, "csrf")
+        if state.chance(faults.http_503_rate):
+            message = "Voice service is not available at this time"
+            raise _Refusal(503, 4, message, "503")
+        if state.config.require_cc_session and not session.cc_session:
+            message = "Contact center session is not started"
+            raise _Refusal(400, 2, message, "no_cc_session")
+        return session, self._validate(session, body)
+
+    def _validate(self, session: HttpSession, body: dict[str, Any] | None) -> RecordRequest:
+        if body is None:
+            raise _Refusal(400, 10, "Request body is not a JSON object", "bad_body")
+        operation = body.get("operationName")
+        if operation is None:
+            raise _Refusal(400, 1, "Missing parameter: operationName", "missing_parameter")
+        if operation not in OPERATIONS:
+            raise _Refusal(400, 10, f"Invalid operationName: {operation}", "invalid_parameter")
+        for name in _REQUIRED:
+            if body.get(name) in (None, ""):
+                raise _Refusal(400, 1, f"Missing parameter: {name}", "missing_parameter")
+        app_id = body["applicationId"]
+        if isinstance(app_id, str) and app_id.isdigit():
+            app_id = int(app_id)
+        if not isinstance(app_id, int) or isinstance(app_id, bool):
+            raise _Refusal(400, 10, "Invalid parameter: applicationId", "invalid_parameter")
+        chain = body.get("chainAttribute")
+        if chain is not None and chain not in _CHAIN_ATTRIBUTES:
+            raise _Refusal(400, 10, "Invalid parameter: chainAttribute", "invalid_parameter")
+        texts = {n: body[n] for n in _REQUIRED[1:]}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise _Refusal(400, 10, "Invalid parameter type", "invalid_parameter")
+        if body["devicePath"] != self._state.devices[session.user].path:
+            raise _Refusal(404, 6, f"Device not found: {body['devicePath']}", "device_not_found")
+        ref = body.get("referenceId")
+        return RecordRequest(
+            operation=operation,
+            application_id=app_id,
+            campaign_name=texts["campaignName"],
+            calling_list=texts["callingList"],
+            phone_number=texts["phoneNumber"],
+            device_path=texts["devicePath"],
+            chain_attribute=chain,
+            reference_id=None if ref is None else str(ref),
+        )
+
+    def _process(self, entry: RequestEntry, req: RecordRequest) -> None:
+        state = self._state
+        config = state.config
+        failed = req.phone_number in config.failing_numbers or req.calling_list in config.failing_lists
+        entry.processed = True
+        entry.outcome = "failed" if failed else "cancelled"
+        if req.reference_id is not None:
+            entry.repeat = req.reference_id in state.processed_refs
+            state.processed_refs.add(req.reference_id)
+
+    def _schedule_outcome(self, entry: RequestEntry, user: str, req: RecordRequest, *, early: bool) -> None:
+        state = self._state
+        faults = state.faults
+        failed = entry.outcome == "failed"
+        started = entry.t_start
+        if state.chance(faults.ack_drop_rate):
+            for channel, kind in _parts(failed):
+                state.ledger.record_publish(
+                    reference_id=req.reference_id,
+                    channel=channel,
+                    kind=kind,
+                    queued_to=0,
+                    dropped=True,
+                )
+            return
+        copies = 2 if state.chance(faults.ack_duplicate_rate) else 1
+        delay = 0.0 if early else state.rng.uniform(*faults.ack_delay)
+        for copy in range(copies):
+            publish = partial(self._publish, user, req, failed, started, duplicate=copy > 0)
+            if early and copy == 0:
+                publish()
+            else:
+                # A duplicate trails its original a little, so it may land in a later poll.
+                extra = state.rng.uniform(0.0, 0.1) if copy else 0.0
+                state.call_later(delay + extra, publish)
+
+    def _publish(
+        self, user: str, req: RecordRequest, failed: bool, started: float, *, duplicate: bool
+    ) -> None:
+        state = self._state
+        items: list[tuple[str, Any, PublishEvent | None]] = []
+        for channel, kind in _parts(failed):
+            event = state.ledger.record_publish(
+                reference_id=req.reference_id,
+                channel=channel,
+                kind=kind,
+                queued_to=0,
+                duplicate=duplicate,
+            )
+            if kind == "failure":
+                data = failure_message(req, state.config.failure_style)
+            elif kind == "ack":
+                data = success_message(req)
+            else:
+                handle = state.record_handle(req.calling_list, req.phone_number)
+                data = device_event(req, handle, started)
+            items.append((channel, data, event))
+        state.hub.publish(user, items)
+
+    def _count_and_degrade(self, session: HttpSession) -> None:
+        state = self._state
+        faults = state.faults
+        state.authenticated_requests += 1
+        n = state.authenticated_requests
+        if faults.session_expiry_every and n % faults.session_expiry_every == 0:
+            state.ledger.count("session_expiries")
+            state.sessions.end(session)
+        if faults.csrf_invalidate_every and n % faults.csrf_invalidate_every == 0:
+            state.ledger.count("csrf_rotations")
+            state.sessions.rotate_csrf(session)
+        if faults.drop_cometd_every and n % faults.drop_cometd_every == 0:
+            state.hub.drop_clients()
+
+
+def _parts(failed: bool) -> list[tuple[str, PublishKind]]:
+    if failed:
+        return [(OUTBOUND_CHANNEL, "failure")]
+    return [(OUTBOUND_CHANNEL, "ack"), (INTERNAL_CHANNEL, "device_event")]
+
+
+def _describe(entry: RequestEntry, body: dict[str, Any]) -> None:
+    """Copy what the request says into the ledger, even if it is refused later."""
+    ref = body.get("referenceId")
+    entry.reference_id = None if ref is None else str(ref)
+    entry.operation = _text(body.get("operationName"))
+    entry.phone_number = _text(body.get("phoneNumber"))
+    app_id = body.get("applicationId")
+    entry.application_id = app_id if isinstance(app_id, int) else None
+    entry.campaign_name = _text(body.get("campaignName"))
+    entry.calling_list = _text(body.get("callingList"))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,88 @@
+"""Everything one running simulator knows, shared by its REST and CometD handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from batch_cancel.simulator.bayeux import BayeuxHub
+from batch_cancel.simulator.config import Faults, SimulatorConfig
+from batch_cancel.simulator.ledger import Ledger
+from batch_cancel.simulator.sessions import HttpSession, SessionStore
+
+__all__ = ["Device", "SimState"]
+
+# Fixed namespace so a user's ids (and so devicePaths) stay the same across runs.
+_ID_NAMESPACE = uuid.UUID("6f0c1c2e-5b1e-4a57-9d3e-2f8d1a0b7c11")
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    phone_number: str
+
+    @property
+    def path(self) -> str:
+        return f"/devices/{self.device_id}"
+
+
+class SimState:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.ledger = Ledger()
+        self.hub = BayeuxHub(config, self.ledger)
+        self.sessions = SessionStore(config.session_timeout, self._session_ended)
+        self.faults = config.faults
+        self.rng = random.Random(config.faults.seed)
+        self.user_ids = {u: str(uuid.uuid5(_ID_NAMESPACE, "user:" + u)) for u in config.users}
+        self.devices = {
+            u: Device(str(uuid.uuid5(_ID_NAMESPACE, "device:" + u)), str(5001 + i))
+            for i, u in enumerate(sorted(config.users))
+        }
+        self.processed_refs: set[str] = set()
+        self.record_handles: dict[tuple[str, str], int] = {}
+        # outbound-record requests that got past authentication: the clock of *_every faults
+        self.authenticated_requests = 0
+        self.timers: set[asyncio.TimerHandle] = set()
+
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        # A new seed restarts the draws, so a test can pin decisions mid-run.
+        if faults.seed is not None:
+            self.rng = random.Random(faults.seed)
+
+    def chance(self, rate: float) -> bool:
+        # Draw nothing for a switched-off knob, so turning one knob on does not shift
+        # the decisions of the others.
+        return rate > 0.0 and self.rng.random() < rate
+
+    def record_handle(self, calling_list: str, phone_number: str) -> int:
+        key = (calling_list, phone_number)
+        handle = self.record_handles.get(key)
+        if handle is None:
+            handle = self.record_handles[key] = len(self.record_handles) + 1
+        return handle
+
+    def call_later(self, delay: float, func: Callable[[], None]) -> None:
+        """Run ``func`` later, remembering it so shutdown can cancel what is pending."""
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def run() -> None:
+            self.timers.discard(handle)
+            func()
+
+        handle = loop.call_later(delay, run)
+        self.timers.add(handle)
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers:
+            handle.cancel()
+        self.timers.clear()
+
+    def _session_ended(self, session: HttpSession) -> None:
+        if self.config.session_end_drops_clients:
+            self.hub.drop_clients(lambda c: c.session_id == session.session_id)
