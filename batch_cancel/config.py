@@ -90,6 +90,9 @@ class RunConfig:
     force: bool = False
     retry_timed_out: bool = False
     run_id: str | None = None
+    shard: tuple[int, int] | None = None  # (index, count), index in 0..count-1
+    adaptive_rate: bool = False
+    html: Path | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that made the journal.
@@ -100,6 +103,7 @@ class RunConfig:
         d = dataclasses.asdict(self.defaults)
         d["phone_column"] = self.phone_column
         d["encoding"] = self.encoding
+        d["shard"] = list(self.shard) if self.shard else None
         return d
 
     def public(self) -> dict[str, Any]:
@@ -108,4 +112,5 @@ class RunConfig:
         d["inputs"] = [str(p) for p in self.inputs]
         d["report"] = str(self.report) if self.report else None
         d["state"] = str(self.state) if self.state else None
+        d["html"] = str(self.html) if self.html else None
         return d

@@ -62,6 +62,18 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not I/N (e.g. 0/4)", param_hint="--shard") from None
+    if count < 1 or not 0 <= index < count:
+        raise click.BadParameter(f"{value!r}: need 0 <= I < N", param_hint="--shard")
+    return index, count
+
+
 def build_gws(base_url: str | None, username: str | None, password_file: Path | None,
               insecure: bool, start_cc_session: bool) -> Any:  # fmt: skip
     from batch_cancel.config import Credentials, GwsConfig
@@ -120,6 +132,13 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
 @click.option("--dry-run", is_flag=True, help="Plan and report what would be sent; no network.")
 @click.option("--force", is_flag=True, help="Resume a journal even if input or settings changed.")
 @click.option("--retry-timed-out", is_flag=True, help="On resume, send timed-out records again.")
+@click.option("--shard", metavar="I/N", callback=lambda c, p, v: parse_shard(v),
+              help="Take only the rows whose number hashes to shard I of N (0-based); "
+                   "--rate is then this shard's share.")
+@click.option("--adaptive-rate", is_flag=True,
+              help="Lower the rate when GWS throttles and raise it slowly again (never above --rate).")
+@click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a self-contained HTML evidence report here.")
 @gws_options
 @guarded
 def run(inputs: tuple[Path, ...], **opts: Any) -> None:
@@ -149,7 +168,8 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
-        retry_timed_out=opts["retry_timed_out"],
+        retry_timed_out=opts["retry_timed_out"], shard=opts["shard"],
+        adaptive_rate=opts["adaptive_rate"], html=opts["html"],
     )  # fmt: skip
     gws = None
     if not cfg.dry_run:
