@@ -98,7 +98,7 @@ class _Watch(Extension):  # type: ignore[misc]
                 message["advice"] = {"timeout": 0}
                 self._fresh_handshake = False
 
-    async def incoming(self, payload: list[Message], headers: Any = None) -> None:
+    async def incoming(self, payload: list[Any], headers: Any = None) -> None:
         for message in payload:
             if not isinstance(message, dict):
                 continue  # an error body that is not Bayeux (e.g. HTTP 401 JSON)
