@@ -156,8 +156,8 @@ def _estimate(out: _Steps, inputs: Sequence[Path], rate: float) -> bool:
     return out.add("input", True, f"{rows} row(s) in {len(files)} file(s); {eta}", t)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+def _duration(total: float) -> str:
+    seconds = round(total)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
