@@ -182,3 +182,10 @@ def test_device_path_taken_from_the_users_first_device(sim: ThreadedSimulator, t
     result = run_cli(job_args(sim.base_url, tmp_path, src), ENV)
     assert result.exit_code == 0
     assert "using the user's first device" in result.stderr
+
+
+def test_usage_error_still_ends_stdout_with_a_json_line(tmp_path: Path) -> None:
+    result = run_cli(["run", str(tmp_path / "missing.csv"), "--dry-run"])
+    assert result.exit_code == 2
+    assert result.summary["exit_code"] == 2 and "no such file" in result.summary["error"]
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 import click
 
@@ -71,9 +71,32 @@ def exit_with(error: BatchCancelError, summary_json: dict[str, Any] | None = Non
     sys.exit(error.exit_code)
 
 
-def guarded(fn: F) -> F:
-    """Map our exceptions to exit codes with a one-line message; no traceback for users."""
+_EMPTY_COUNTS = ("total", "cancelled", "failed", "timed_out", "rejected", "duplicate", "pending")
+
+
+def error_summary(exc: BatchCancelError) -> dict[str, Any]:
+    """The JSON line of a run that stopped before it had a summary of its own."""
+    data: dict[str, Any] = {"run_id": None, **dict.fromkeys(_EMPTY_COUNTS, 0), "report": None}
+    data.update(error=str(exc), exit_code=exc.exit_code)
+    return data
+
+
+@overload
+def guarded(fn: F) -> F: ...
+@overload
+def guarded(*, json_line: bool = False) -> Callable[[F], F]: ...
+@overload
+def guarded(fn: F, *, json_line: bool) -> F: ...
+def guarded(fn: F | None = None, *, json_line: bool = False) -> Any:
+    """Map our exceptions to exit codes with a one-line message; no traceback for users.
+
+    With ``json_line`` (the ``run`` command) an error still ends stdout with the
+    JSON summary line that Airflow reads.
+    """
     import functools
+
+    if fn is None:
+        return functools.partial(guarded, json_line=json_line)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +104,9 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except BatchCancelError as exc:
             summary = getattr(exc, "summary", None)
-            exit_with(exc, summary.as_json() if summary is not None else None)
+            if summary is not None:
+                exit_with(exc, summary.as_json())
+            exit_with(exc, error_summary(exc) if json_line else None)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
@@ -97,4 +122,4 @@ def guarded(fn: F) -> F:
             )
             sys.exit(3)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

@@ -140,7 +140,7 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
 @click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a self-contained HTML evidence report here.")
 @gws_options
-@guarded
+@guarded(json_line=True)
 def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Cancel the outbound records of the phone numbers in INPUT files.
 
