@@ -12,6 +12,8 @@ from batch_cancel.cli._common import guarded
 
 __all__ = ["describe", "status"]
 
+FINAL_ORDER = ("cancelled", "failed", "timed_out", "rejected", "duplicate")
+
 
 def describe(state: Path) -> dict[str, Any]:
     from batch_cancel.exceptions import ConfigError
@@ -34,7 +36,7 @@ def describe(state: Path) -> dict[str, Any]:
             "planned": planned,
             "total": sum(counts.values()),
             "counts": {
-                **{k: counts.get(k, 0) for k in ("cancelled", "failed", "timed_out", "rejected", "duplicate")},
+                **{k: counts.get(k, 0) for k in FINAL_ORDER},
                 "pending": to_send + resend,
             },
             "resume": {

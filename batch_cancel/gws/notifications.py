@@ -103,12 +103,12 @@ class _Watch(Extension):  # type: ignore[misc]
             if not isinstance(message, dict):
                 continue  # an error body that is not Bayeux (e.g. HTTP 401 JSON)
             self._channel._observe(message)
-            if message.get("channel") == "/meta/subscribe" and not message.get("successful"):
+            refused = message.get("channel") == "/meta/subscribe" and not message.get("successful")
+            if refused and str(message.get("error", "")).startswith("402"):
                 # aiocometd forgets a channel whose subscribe was refused, so after the
                 # next handshake it would not subscribe again; a refusal because the
                 # session was lost (402) must not cost us the subscription
-                if str(message.get("error", "")).startswith("402"):
-                    message.pop("subscription", None)
+                message.pop("subscription", None)
             if message.get("channel") in ("/meta/handshake", "/meta/connect"):
                 self._pace_reconnects(message)
 
