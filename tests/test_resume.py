@@ -197,3 +197,29 @@ def test_journal_holds_transitions_and_no_password(sim: ThreadedSimulator, tmp_p
     dump = "\n".join(db.iterdump())
     assert PASSWORD not in dump
     db.close()
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once_and_the_journal_stays_resumable(tmp_path: Path) -> None:
+    from batch_cancel.simulator import Faults
+
+    # acks that never come keep the grace period busy, so only the second signal can end it fast
+    sim = make_sim(faults=Faults(seed=1, ack_delay=(5.0, 5.0)))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(200)])
+        args = job_args(sim.base_url, tmp_path, src, rate=100, concurrency=4, grace=30)
+        proc = _spawn(args)
+        _wait_for_requests(sim, 20)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        assert proc.returncode == 3
+        assert time.monotonic() - started < 2.0
+        sim.set_faults(Faults())
+        resumed = run_cli(args, ENV)
+        assert resumed.exit_code == 0, resumed.stderr
+        assert resumed.summary["cancelled"] == 200
+    finally:
+        sim.stop()
