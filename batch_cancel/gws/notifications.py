@@ -1,17 +1,9 @@
 """The CometD (Bayeux long-polling) channel that carries CancelRecord outcomes.
 
-Built on ``aiocometd-noloop`` with three fixes the protocol notes call for:
-
-* a cookie jar that keeps cookies from IP-address hosts (CometD servers that find
-  their session by cookie, like the CometD project's own, answer 402 otherwise);
-* ``advice: {timeout: 0}`` on the first ``/meta/connect`` after each handshake, so
-  opening (and re-opening) takes milliseconds instead of a whole long poll;
-* a ``402`` without advice is treated as "handshake again" so a lost session is
-  always re-established and re-subscribed.
-
 :class:`AckChannel` tells the sender, through :attr:`AckChannel.up`, whether the
 subscription is known to be live: a request sent while it is not would have its
-acknowledgement lost, so the sender waits.
+acknowledgement lost, so the sender waits. The aiocometd adaptations it relies
+on live in :mod:`batch_cancel.gws.cometd_client`.
 """
 
 from __future__ import annotations
@@ -21,121 +13,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
-import aiohttp
-from aiocometd_noloop import Client, ConnectionType
-from aiocometd_noloop.extensions import Extension
+from aiocometd_noloop import ConnectionType
 
 from batch_cancel.exceptions import NotificationChannelLost
+from batch_cancel.gws.cometd_client import CometdClient, Message, SessionExtension
 
 __all__ = ["AckChannel"]
 
 log = logging.getLogger("batch_cancel.cometd")
-
-Message = dict[str, Any]
-
-
-class _Client(Client):  # type: ignore[misc]
-    """aiocometd's client with a cookie jar that accepts IP-address hosts."""
-
-    def __init__(self, *args: Any, verify_tls: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._verify_tls = verify_tls
-
-    async def _get_http_session(self) -> aiohttp.ClientSession:
-        session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
-        if session is None:
-            session = aiohttp.ClientSession(
-                cookie_jar=aiohttp.CookieJar(unsafe=True),
-                json_serialize=self._json_dumps,
-                connector=aiohttp.TCPConnector(ssl=bool(self._verify_tls)),
-            )
-            self._http_session = session
-        return session
-
-    def forget_cookies(self, names: set[str]) -> None:
-        """aiohttp lets its jar override a Cookie header: drop the jar's copies of the
-        session cookies we send ourselves, or a stale JSESSIONID would win after a re-login."""
-        session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
-        if session is not None and names:
-            session.cookie_jar.clear(lambda morsel: morsel.key in names)
-
-    @property
-    def queue(self) -> asyncio.Queue[Message] | None:
-        return self._incoming_queue  # type: ignore[no-any-return]
-
-    @property
-    def transport(self) -> Any:
-        return self._transport
-
-
-def _cookie_names(header: str) -> set[str]:
-    return {part.split("=", 1)[0].strip() for part in header.split(";") if "=" in part}
-
-
-class _Watch(Extension):  # type: ignore[misc]
-    """Adds our session headers and follows the subscription's life."""
-
-    def __init__(self, channel: AckChannel) -> None:
-        self._channel = channel
-        self._fresh_handshake = False
-        self._failures = 0
-        self._timeout: float | None = None
-
-    async def outgoing(self, payload: list[Message], headers: dict[str, str]) -> None:
-        fresh = dict(self._channel._headers())
-        headers.update(fresh)
-        if "Cookie" in fresh:
-            self._channel._client.forget_cookies(_cookie_names(fresh["Cookie"]))
-        for message in payload:
-            name = message.get("channel")
-            if name == "/meta/handshake":
-                self._fresh_handshake = True
-            elif name == "/meta/connect" and self._fresh_handshake:
-                # the first poll after a handshake answers at once (as the CometD
-                # JavaScript client does), so subscriptions are confirmed quickly
-                message["advice"] = {"timeout": 0}
-                self._fresh_handshake = False
-
-    async def incoming(self, payload: list[Any], headers: Any = None) -> None:
-        for message in payload:
-            if not isinstance(message, dict):
-                continue  # an error body that is not Bayeux (e.g. HTTP 401 JSON)
-            self._channel._observe(message)
-            refused = message.get("channel") == "/meta/subscribe" and not message.get("successful")
-            if refused and str(message.get("error", "")).startswith("402"):
-                # aiocometd forgets a channel whose subscribe was refused, so after the
-                # next handshake it would not subscribe again; a refusal because the
-                # session was lost (402) must not cost us the subscription
-                message.pop("subscription", None)
-            if message.get("channel") in ("/meta/handshake", "/meta/connect"):
-                self._pace_reconnects(message)
-
-    def _pace_reconnects(self, message: Message) -> None:
-        """Bayeux gives ``advice.interval`` in milliseconds; aiocometd sleeps that many
-        *seconds*. Convert it, and back off while the server keeps refusing us, so a
-        lost session never turns into a hot handshake loop."""
-        advice = message.get("advice")
-        if message.get("successful", False):
-            self._failures = 0
-        else:
-            self._failures += 1
-        if not isinstance(advice, dict):
-            if self._failures == 0:
-                return
-            advice = message["advice"] = {}
-        if isinstance(advice.get("timeout"), (int, float)):
-            self._timeout = advice["timeout"]
-        elif self._timeout is not None:
-            # aiocometd replaces its whole advice: without this a later advice that
-            # omits the timeout leaves every poll with no client-side time limit
-            advice["timeout"] = self._timeout
-        interval = advice.get("interval")
-        seconds = interval / 1000.0 if isinstance(interval, (int, float)) else 0.0
-        if self._failures > 1:
-            seconds = max(seconds, min(5.0, 0.05 * 2 ** (self._failures - 1)))
-        advice["interval"] = seconds
 
 
 class AckChannel:
@@ -178,18 +64,15 @@ class AckChannel:
         self._tasks: list[asyncio.Task[None]] = []
         self._supervisor: asyncio.Task[None] | None = None
 
-    def _new_client(self) -> _Client:
-        return _Client(
+    def _new_client(self) -> CometdClient:
+        return CometdClient(
             self.url,
             ConnectionType.LONG_POLLING,
-            extensions=[_Watch(self)],
+            extensions=[SessionExtension(lambda: self._client, self._header_source, self._observe)],
             max_pending_count=0,  # unbounded: we drain in batches, never block the poll
             verify_tls=self._verify_tls,
             connection_timeout=0,
         )
-
-    def _headers(self) -> Mapping[str, str]:
-        return self._header_source()
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self, timeout: float = 30.0) -> None:
@@ -315,7 +198,7 @@ class AckChannel:
                 advice["reconnect"] = "handshake"
             self._set_up(False, error)
 
-    async def _watch_transport(self, client: _Client) -> None:
+    async def _watch_transport(self, client: CometdClient) -> None:
         """A failing long poll (network gap, server restart) also means 'not subscribed'."""
         from aiocometd_noloop.constants import TransportState
 
@@ -329,7 +212,7 @@ class AckChannel:
                 self.last_error = "long poll failed"
             await transport.wait_for_state(TransportState.CONNECTED)
 
-    async def _drain(self, client: _Client) -> None:
+    async def _drain(self, client: CometdClient) -> None:
         queue = client.queue
         if queue is None:
             return
