@@ -55,6 +55,7 @@ class Matcher:
         self._timed_out: dict[str, Record] = {}
         self._deadlines: deque[tuple[float, Record]] = deque()
         self.channel_up = True
+        self.max_attempts = 5  # the run's --max-attempts; bounds gap resends too
         self.duplicate_acks = 0
         self.foreign = 0
         self.gap_resends = 0
@@ -140,8 +141,9 @@ class Matcher:
             deadline, rec = self._deadlines.popleft()
             if rec.final or rec.deadline != deadline or rec.reference_id not in self.pending:
                 continue
-            if rec.gap and not rec.gap_retried:
+            if rec.gap and rec.attempts < self.max_attempts:
                 # the ack may have been published while nobody listened: ask once more
+                # (once per gap the record was caught in, within --max-attempts POSTs)
                 rec.gap_retried = True
                 rec.gap = False
                 rec.accepted_mono = None
