@@ -32,6 +32,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: venv npm lint
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 bench: venv

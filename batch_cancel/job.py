@@ -161,4 +161,9 @@ def _finish(
     with contextlib.suppress(Exception):
         journal.set_meta(finished_at=time.time(), last_stats=stats)
     write_report(journal, report)
-    return summarise(journal, run_id, report, config, stats, time.monotonic() - started)
+    summary = summarise(journal, run_id, report, config, stats, time.monotonic() - started)
+    if config.html is not None:
+        from batch_cancel.evidence import write_html
+
+        write_html(journal, summary, config.html)
+    return summary

@@ -45,6 +45,7 @@ def demo(inputs: tuple[Path, ...], rate: float, concurrency: int, report: Path |
     summary = asyncio.run(_demo(files, rate, concurrency, report))
     print_summary(summary)
     click.echo(f"report: {summary.report}", err=True)
+    click.echo(f"evidence: {Path(summary.report).with_suffix('.html')}", err=True)
     # rejected and failed rows are part of the sample on purpose: the demo worked
     raise SystemExit(0 if summary.exit_code in (0, 1) else summary.exit_code)
 
@@ -53,7 +54,7 @@ async def _demo(files: tuple[Path, ...], rate: float, concurrency: int, report: 
     import secrets
 
     from batch_cancel.config import Credentials, GwsConfig, JobDefaults, RunConfig
-    from batch_cancel.job import run_job
+    from batch_cancel.job import new_run_id, run_job
     from batch_cancel.simulator import GwsSimulator, SimulatorConfig
 
     password = secrets.token_urlsafe(12)  # lives only in this process
@@ -61,9 +62,13 @@ async def _demo(files: tuple[Path, ...], rate: float, concurrency: int, report: 
     async with GwsSimulator(sim_cfg) as sim:
         click.echo(f"simulator: {sim.base_url}", err=True)
         gws = GwsConfig(base_url=sim.base_url, credentials=Credentials("demo", password))
+        # the run id is fixed here so the evidence page can sit next to the default report
+        run_id = new_run_id()
+        report = report or Path("reports") / f"{run_id}.csv"
         cfg = RunConfig(
             inputs=files,
             defaults=JobDefaults(application_id=134, campaign="Campaign1", calling_list="CallingList1"),
-            rate=rate, concurrency=concurrency, ack_timeout=10.0, report=report,
+            rate=rate, concurrency=concurrency, ack_timeout=10.0, report=report, run_id=run_id,
+            html=report.with_suffix(".html"),
         )  # fmt: skip
         return await run_job(cfg, gws)
