@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 NODE_DIR := tests/interop
 
-.PHONY: demo test lint typecheck bench clean venv npm
+.PHONY: demo test lint typecheck bench clean venv npm airflow-test
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,19 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The Airflow DAG (jobs/airflow/) under real Apache Airflow, in a venv of its own
+# so the main suite never needs Airflow. Measured: ~95 s to build the venv from
+# an empty pip cache, ~40 s for the tests.
+AIRFLOW_VERSION := 3.3.2
+AF_VENV := .venv-airflow
+
+$(AF_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AF_VENV)
+	$(AF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AF_VENV)/bin/python -m pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e . \
+		pytest pytest-timeout pytest-asyncio
+	touch $@
+
+airflow-test: $(AF_VENV)/.installed
+	$(AF_VENV)/bin/python -m pytest -q -p no:cacheprovider jobs/airflow/tests

@@ -53,6 +53,12 @@ class GwsConfig:
     request_timeout: float = 30.0
     notifications_path: str = "/api/v2/notifications"
     ack_channels: tuple[str, ...] = ("/v2/me/outbound",)
+    # where CometD is served when not beside the REST API (another host or port)
+    cometd_url: str | None = None
+
+    @property
+    def notifications_url(self) -> str:
+        return self.cometd_url or self.base_url.rstrip("/") + self.notifications_path
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -69,9 +70,10 @@ class Engine:
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
                 clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
             )  # fmt: skip
+            matcher.max_attempts = cfg.max_attempts
             self._matcher = matcher
             channel = AckChannel(
-                self._gws.base_url.rstrip("/") + self._gws.notifications_path,
+                self._gws.notifications_url,
                 channels=self._gws.ack_channels,
                 headers=session.auth_headers,
                 on_messages=matcher.on_messages,
@@ -81,7 +83,8 @@ class Engine:
             self._channel = channel
             await channel.start(timeout=min(60.0, cfg.max_outage))
             log.info("subscribed to %s", ", ".join(self._gws.ack_channels))
-            pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep)
+            pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep,
+                          adaptive=cfg.adaptive_rate)  # fmt: skip
             self._pacer = pacer
             sender = Sender(
                 SenderSettings(cfg.defaults.operation, cfg.concurrency, cfg.max_attempts,
@@ -179,9 +182,17 @@ class Engine:
                 peak_in_flight=s.peak_in_flight,
                 achieved_rate=round(s.requests / span, 2) if span > 0 else 0.0,
             )  # fmt: skip
-        if self._pacer is not None:
-            out.update(throttle_pauses=self._pacer.pauses,
-                       paused_s=round(self._pacer.paused_seconds, 3))  # fmt: skip
+        pacer = self._pacer
+        if pacer is not None:
+            out.update(throttle_pauses=pacer.pauses, paused_s=round(pacer.paused_seconds, 3))
+            if pacer.adaptive:
+                # inf (unlimited until the first throttling) is not JSON: report 0 as --rate does
+                def finite(rate: float) -> float:
+                    return round(rate, 2) if math.isfinite(rate) else 0.0
+
+                out.update(adaptive_rate=finite(pacer.current), adaptive_min_rate=finite(pacer.minimum),
+                           adaptive_ceiling=finite(pacer.ceiling),
+                           adaptive_decreases=pacer.decreases)  # fmt: skip
         if self._channel is not None:
             out.update(cometd_handshakes=self._channel.handshakes,
                        cometd_reconnects=self._channel.reconnects)  # fmt: skip

@@ -67,6 +67,11 @@ def prepare(
             )  # fmt: skip
         else:
             run_id = str(journal.get_meta("run_id"))
+            if config.run_id and config.run_id != run_id and not config.force:
+                raise JournalMismatch(
+                    f"journal {journal.path} belongs to run {run_id}, not {config.run_id}; "
+                    "use --force to resume anyway"
+                )
             _check_resume(journal, files, config)
         if not journal.get_meta("planned"):
             counts = build_plan(journal, files, config, run_id, stop=stop)

@@ -23,7 +23,8 @@ from enum import StrEnum
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneMetadata
 
-__all__ = ["Phone", "PhoneFormat", "mask", "normalise", "region_ok"]
+__all__ = ["NANPA_REGIONS", "Phone", "PhoneFormat", "mask", "normalise", "region_ok",
+           "us_ten_digit_patterns"]
 
 
 class PhoneFormat(StrEnum):
@@ -70,6 +71,10 @@ _LENGTH_REASONS = {
 }
 
 
+# Regions whose country code is +1: a clean 10-digit number means the same in all of them.
+NANPA_REGIONS = frozenset(COUNTRY_CODE_TO_REGION_CODE[1]) & phonenumbers.SUPPORTED_REGIONS
+
+
 def region_ok(code: str) -> bool:
     """True for a region phonenumbers knows ("US", "gb"); case does not matter."""
     return code.strip().upper() in phonenumbers.SUPPORTED_REGIONS
@@ -92,17 +97,27 @@ def _metadata(region: str, cc: int) -> PhoneMetadata | None:
     return PhoneMetadata.metadata_for_region(region)
 
 
+def _typed_patterns(meta: PhoneMetadata) -> list[tuple[frozenset[int], str]]:
+    descs = [meta.premium_rate, meta.toll_free, meta.shared_cost, meta.voip,
+             meta.personal_number, meta.pager, meta.uan, meta.voicemail, meta.fixed_line]
+    if not meta.same_mobile_and_fixed_line_pattern:
+        descs.append(meta.mobile)
+    return [(frozenset(d.possible_length), d.national_number_pattern)
+            for d in descs if d is not None and d.national_number_pattern]
+
+
+def _merged_pattern(typed: list[tuple[frozenset[int], str]], n: int) -> str | None:
+    # An empty length set means "as the general description" (phonenumbers' rule).
+    pats = [p for lengths, p in typed if not lengths or n in lengths]
+    return "|".join(f"(?:{p})" for p in pats) if pats else None
+
+
 def _type_checker(meta: PhoneMetadata) -> Callable[[str], bool]:
     """``_number_type_helper(nsn, meta) != UNKNOWN``, with compiled patterns."""
     general = meta.general_desc
     if general is None or not general.national_number_pattern:
         return lambda nsn: False
-    descs = [meta.premium_rate, meta.toll_free, meta.shared_cost, meta.voip,
-             meta.personal_number, meta.pager, meta.uan, meta.voicemail, meta.fixed_line]
-    if not meta.same_mobile_and_fixed_line_pattern:
-        descs.append(meta.mobile)
-    typed = [(frozenset(d.possible_length), d.national_number_pattern)
-             for d in descs if d is not None and d.national_number_pattern]
+    typed = _typed_patterns(meta)
     general_lengths = frozenset(general.possible_length)
     general_re = re.compile(general.national_number_pattern)
     by_length: dict[int, re.Pattern[str] | None] = {}
@@ -116,13 +131,32 @@ def _type_checker(meta: PhoneMetadata) -> Callable[[str], bool]:
         try:
             merged = by_length[n]
         except KeyError:
-            # An empty length set means "as the general description" (phonenumbers' rule).
-            pats = [p for lengths, p in typed if not lengths or n in lengths]
-            merged = re.compile("|".join(f"(?:{p})" for p in pats)) if pats else None
-            by_length[n] = merged
+            pattern = _merged_pattern(typed, n)
+            merged = by_length[n] = re.compile(pattern) if pattern else None
         return merged is not None and merged.fullmatch(nsn) is not None
 
     return check
+
+
+def us_ten_digit_patterns() -> tuple[str, str] | None:
+    """Two patterns a 10-digit NSN must both fully match to be valid for +1.
+
+    That is ``_validator(1)`` for the numbers it accepts: the US comes first for
+    +1 and has no leading-digits filter, so a number valid for the US is valid
+    for +1 whatever other NANPA region it might also be. A number they reject
+    may still be valid elsewhere in NANPA (Canada): callers fall back to
+    :func:`normalise` for those. None when the metadata is not shaped that way.
+    """
+    meta = PhoneMetadata.metadata_for_region("US")
+    if meta is None or meta.leading_digits or COUNTRY_CODE_TO_REGION_CODE[1][0] != "US":
+        return None
+    general = meta.general_desc
+    if general is None or not general.national_number_pattern:
+        return None
+    if general.possible_length and 10 not in general.possible_length:
+        return None
+    merged = _merged_pattern(_typed_patterns(meta), 10)
+    return (general.national_number_pattern, merged) if merged else None
 
 
 @functools.cache

@@ -4,22 +4,40 @@ Every row gets a row in the journal, whatever happens to it: ``planned`` (will
 be sent), ``rejected`` (with the reason) or ``duplicate`` (of an earlier row with
 the same E.164 number, application, campaign and list; never sent). Planning
 streams the input in batches, so memory does not grow with the file.
+
+Speed: a batch is classified column-wise in Arrow (``plan_columns.py``); only
+rows that need a decision of their own (odd numbers, bad values) go through the
+per-row rules in :func:`classify_row`, which define the outcome for every row.
+With ``--shard I/N`` a row is kept when its key (the E.164 number when it
+parses, else the trimmed raw text) hashes to shard I; see :func:`shard_of`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from batch_cancel.config import CHAIN_ATTRIBUTES, RunConfig
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch_cancel import snapshot
+from batch_cancel.config import CHAIN_ATTRIBUTES, JobDefaults, RunConfig
+from batch_cancel.dedupe import Deduper, partitions_for
 from batch_cancel.exceptions import Interrupted
 from batch_cancel.inputs import InputFile, read_batches
 from batch_cancel.journal import Journal
-from batch_cancel.phones import PhoneFormat, normalise, region_ok
+from batch_cancel.phones import Phone, PhoneFormat, normalise, region_ok
+from batch_cancel.plan_columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
 
-__all__ = ["build_plan", "reference_id"]
+__all__ = ["build_plan", "classify_row", "reference_id", "shard_of"]
+
+# A batch's rows exist as Python objects while they are inserted: 20,000 keeps
+# that near 10 MB; larger batches are no faster (measured on 1M rows).
+_BATCH_ROWS = 20_000
 
 
 def reference_id(run_id: str, row: int) -> str:
@@ -27,14 +45,103 @@ def reference_id(run_id: str, row: int) -> str:
     return f"bc-{run_id}-{row}"
 
 
-def _text(values: list[str | None] | None, i: int) -> str | None:
-    if values is None:
-        return None
-    value = values[i]
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
+def shard_of(key: str, count: int) -> int:
+    """The shard of a key: the same on every machine and Python (``hash()`` is salted)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def classify_row(
+    d: JobDefaults, fmt: PhoneFormat, raw: str | None, region_text: str | None,
+    app_text: str | None, campaign: str | None, calling_list: str | None, chain: str | None,
+    normalise: Callable[[str | None, str, PhoneFormat, bool], Phone] = normalise,
+) -> tuple[Phone, str | None]:
+    """The rules for one row: its phone and the reasons it cannot be sent, if any.
+
+    ``campaign``, ``calling_list`` and ``chain`` are the effective values
+    (the row's own, else the job's default).
+    """
+    region = (region_text or d.default_region).upper()
+    problems: list[str] = []
+    parsed = None if app_text is None else parse_application_id(app_text)
+    if app_text is not None and parsed is None:
+        problems.append(f"application id {app_text!r} is not a number")
+    known = region_ok(region)
+    phone = normalise(raw, region if known else d.default_region, fmt, d.strict_validation)
+    if region_text and not known:
+        problems.append(f"unknown region {region!r}")
+    if phone.error:
+        problems.insert(0, phone.error)
+    if app_text is None and d.application_id is None:
+        problems.append("missing application id")
+    if not campaign:
+        problems.append("missing campaign")
+    if not calling_list:
+        problems.append("missing calling list")
+    if chain is not None and chain not in CHAIN_ATTRIBUTES:
+        problems.append(f"chain attribute {chain!r} is not AllChain or RecordOnly")
+    return phone, "; ".join(problems) or None
+
+
+def _settle_slow_rows(plan: BatchPlan, d: JobDefaults, fmt: PhoneFormat) -> None:
+    answers: dict[str, list[str | None]] = {"phone_e164": [], "phone_sent": [], "error": [],
+                                            "warnings": []}
+    # Junk repeats ("n/a", "0"), and phonenumbers takes ~100 µs to refuse it each time.
+    cached = functools.lru_cache(maxsize=4096)(normalise)
+    for raw, region, app, campaign, calling_list, chain in plan.slow_rows():
+        phone, error = classify_row(d, fmt, raw, region, app, campaign, calling_list, chain,
+                                    cached)
+        answers["phone_e164"].append(phone.e164)
+        answers["phone_sent"].append(phone.sent)
+        answers["error"].append(error)
+        answers["warnings"].append(phone.warning)
+    plan.settle(answers)
+
+
+def _shard_mask(plan: BatchPlan, shard: tuple[int, int]) -> pa.Array:
+    index, count = shard
+    e164, raw = (plan.columns[c] for c in ("phone_e164", "phone_number"))
+    assert isinstance(e164, pa.Array) and isinstance(raw, pa.Array)
+    keys = pc.coalesce(e164, raw, "").to_pylist()
+    return pa.array([shard_of(key, count) == index for key in keys], pa.bool_())
+
+
+def _journal_args(plan: BatchPlan) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """PLAN_COLUMNS for Journal.add_plan: per-row lists ("" for NULL text), and constants."""
+    columns: dict[str, list[Any]] = {}
+    constants: dict[str, Any] = {"source": plan.source}
+    for name, values in plan.columns.items():
+        if isinstance(values, Const):
+            constants[name] = values.value
+        elif name in TEXT and values.null_count == len(values):
+            columns[name] = [""] * len(values)  # one shared object, not a string per row
+        elif name in TEXT:
+            columns[name] = pc.fill_null(values, "").to_pylist()
+        else:
+            columns[name] = values.to_pylist()
+    return columns, constants
+
+
+def _arrow(plan: BatchPlan, name: str, type_: pa.DataType) -> pa.Array:
+    values = plan.columns[name]
+    if isinstance(values, Const):
+        return pa.repeat(pa.scalar(values.value, type_), len(plan))
+    return values.cast(type_)
+
+
+def _dedupe_keys(plan: BatchPlan) -> list[pa.Array]:
+    """Key columns and row numbers of the sendable rows, for the Deduper."""
+    sendable = pc.is_null(plan.columns["error"])
+    return [_arrow(plan, name, type_).filter(sendable)
+            for name, type_ in (("phone_e164", pa.string()), ("application_id", pa.int64()),
+                                ("campaign", pa.string()), ("calling_list", pa.string()),
+                                ("row", pa.int64()))]
+
+
+def _estimated_rows(files: Sequence[InputFile]) -> int:
+    # A CSV row of a phone list is rarely under 16 bytes, or 4 gzipped ones.
+    return sum(f.rows if f.rows is not None else f.size * (4 if f.format == "csv.gz" else 1) // 16
+               for f in files)
 
 
 def build_plan(
@@ -49,70 +156,40 @@ def build_plan(
     """Write the whole plan into the journal; answer the counts by status."""
     d = config.defaults
     fmt = PhoneFormat(d.phone_format)
+    prefix = reference_id(run_id, 0).removesuffix("0")
     counts: Counter[str] = Counter()
     journal.reset_plan()
-    for batch in read_batches(files, phone_column=config.phone_column, encoding=config.encoding):
-        cols = batch.columns
-        phones = cols["phone"]
-        apps, camps, lists = cols.get("application_id"), cols.get("campaign"), cols.get("calling_list")
-        chains, devices, regions = (
-            cols.get("chain_attribute"), cols.get("device_path"), cols.get("region"),
-        )  # fmt: skip
-        rows: list[list[Any]] = []
-        keys: list[tuple[str, int]] = []
-        source = str(batch.source)
-        for i, raw in enumerate(phones):
-            row = batch.first_row + i
-            region = (_text(regions, i) or d.default_region).upper()
-            app_text = _text(apps, i)
-            campaign = _text(camps, i) or d.campaign
-            calling_list = _text(lists, i) or d.calling_list
-            chain = _text(chains, i) or d.chain_attribute
-            device = _text(devices, i) or d.device_path
-            problems: list[str] = []
-            application_id: int | None = d.application_id
-            if app_text is not None:
-                try:
-                    application_id = int(float(app_text)) if app_text.endswith(".0") else int(app_text)
-                except ValueError:
-                    problems.append(f"application id {app_text!r} is not a number")
-            phone = normalise(raw, region if region_ok(region) else d.default_region, fmt,
-                              d.strict_validation)  # fmt: skip
-            if regions is not None and _text(regions, i) and not region_ok(region):
-                problems.append(f"unknown region {region!r}")
-            if phone.error:
-                problems.insert(0, phone.error)
-            if application_id is None and not any("application id" in p for p in problems):
-                problems.append("missing application id")
-            if not campaign:
-                problems.append("missing campaign")
-            if not calling_list:
-                problems.append("missing calling list")
-            if chain is not None and chain not in CHAIN_ATTRIBUTES:
-                problems.append(f"chain attribute {chain!r} is not AllChain or RecordOnly")
-            status = "rejected" if problems else "planned"
-            ref = None if problems else reference_id(run_id, row)
-            if not problems:
-                keys.append((f"{phone.e164}|{application_id}|{campaign}|{calling_list}", row))
-            rows.append([
-                row, source, raw, phone.e164, phone.sent, application_id, campaign, calling_list,
-                chain, device, ref, status, 0, None, None, None, "; ".join(problems) or None,
-                phone.warning, None, None, None, None,
-            ])  # fmt: skip
+    with journal.planning(), Deduper(journal.path.parent,
+                                     partitions_for(_estimated_rows(files))) as deduper:
+        for batch in read_batches(files, phone_column=config.phone_column,
+                                  encoding=config.encoding, batch_rows=_BATCH_ROWS):
+            plan = plan_batch(batch, d, fmt)
+            _settle_slow_rows(plan, d, fmt)
+            if config.shard:
+                plan.keep(_shard_mask(plan, config.shard))
+            if len(plan):
+                columns, constants = _journal_args(plan)
+                with journal.transaction():
+                    journal.add_plan(columns, constants, prefix)
+                    journal.add_snapshot(batch.first_row, snapshot.encode(plan.columns, plan.source))
+                deduper.add(_dedupe_keys(plan))
+                error = plan.columns["error"]
+                assert isinstance(error, pa.Array)
+                rejected = len(error) - error.null_count
+                counts["rejected"] += rejected
+                counts["planned"] += len(plan) - rejected
+            # mimalloc (pyarrow's default) keeps freed pages for reuse; handing them
+            # back per batch keeps the peak RSS ~50 MB lower, for no measurable time
+            pa.default_memory_pool().release_unused()
+            if progress is not None:
+                progress(len(batch))
+            if stop is not None and stop.is_set():
+                raise Interrupted("interrupted while planning: nothing was sent; "
+                                  "run again to plan anew")
         with journal.transaction():
-            duplicates = journal.claim(keys)
-            if duplicates:
-                first = batch.first_row
-                for row, original in duplicates.items():
-                    rec = rows[row - first]
-                    rec[10] = None  # a duplicate is never sent, so it has no referenceId
-                    rec[11] = "duplicate"
-                    rec[18] = original
-            journal.add_records(rows)
-        for rec in rows:
-            counts[rec[11]] += 1
-        if progress is not None:
-            progress(len(rows))
-        if stop is not None and stop.is_set():
-            raise Interrupted("interrupted while planning: nothing was sent; run again to plan anew")
-    return counts
+            for pairs in deduper.duplicates():
+                repeats = journal.mark_duplicates(pairs)
+                counts["duplicate"] += repeats
+                counts["planned"] -= repeats
+    journal.seal_snapshot({"ref_prefix": prefix})
+    return +counts  # no zero counts, as before

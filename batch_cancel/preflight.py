@@ -90,7 +90,7 @@ async def preflight(
 
         t = time.monotonic()
         channel = AckChannel(
-            gws.base_url.rstrip("/") + gws.notifications_path, channels=gws.ack_channels,
+            gws.notifications_url, channels=gws.ack_channels,
             headers=session.auth_headers, on_messages=collect, verify_tls=gws.verify_tls,
         )  # fmt: skip
         try:

@@ -6,21 +6,36 @@ never sees half a report.
 
 Spreadsheet safety: a CSV cell that starts with ``=``, ``+``, ``-``, ``@``, tab
 or carriage return is written with a leading apostrophe (``'+12125550134``), the
-OWASP recommendation: spreadsheets show the text and do not evaluate it. The
-Parquet and JSONL reports carry the values untouched.
+OWASP recommendation: spreadsheets show the text and do not evaluate it. That
+covers every text column: the raw ``phone_number`` as the input had it, the
+E.164 and sent forms, campaign, calling list, ``error`` and ``warnings`` text and
+the rest. Numbers are written as numbers. The Parquet and JSONL reports carry
+the values untouched.
+
+Speed: the rows come as Arrow batches, from the journal's plan snapshot while no
+record has changed state (a dry run: see snapshot.py), else from SQL; the CSV
+text is made column-wise (report_csv.py) in exactly ``csv.writer``'s format.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from batch_cancel.exceptions import ConfigError
 from batch_cancel.journal import Journal
+from batch_cancel.report_csv import write_csv_batch
+from batch_cancel.snapshot import REPORT_SCHEMA
+from batch_cancel.snapshot import report_batches as snapshot_batches
 
 __all__ = ["REPORT_COLUMNS", "report_rows", "write_report"]
 
@@ -31,26 +46,44 @@ REPORT_COLUMNS = (
     # beyond the contract's columns, appended so positional readers keep working
     "phone_sent", "warnings", "duplicate_of", "source",
 )  # fmt: skip
+assert tuple(REPORT_SCHEMA.names) == REPORT_COLUMNS
 FORMATS = (".csv", ".parquet", ".jsonl")
 _UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")
 _STATUS = {"planned": "pending", "sent": "pending"}
+_BATCH = 50_000
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def report_rows(journal: Journal) -> Iterator[dict[str, Any]]:
+    """The report's rows as dicts, read from the journal's records."""
     for r in journal.iter_rows():
         out = {c: r.get(c) for c in REPORT_COLUMNS}
         out["status"] = _STATUS.get(r["status"], r["status"])
         out["sent_at"] = _iso(r["sent_at"])
         out["acked_at"] = _iso(r["acked_at"])
         yield out
+
+
+def _as_batches(rows: Iterable[dict[str, Any]], size: int = _BATCH) -> Iterator[pa.RecordBatch]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield pa.RecordBatch.from_pylist(chunk, schema=REPORT_SCHEMA)
+            chunk = []
+    if chunk:
+        yield pa.RecordBatch.from_pylist(chunk, schema=REPORT_SCHEMA)
+
+
+def report_batches(journal: Journal) -> Iterator[pa.RecordBatch]:
+    """The report's rows as Arrow batches (REPORT_COLUMNS), in row order."""
+    fast = snapshot_batches(journal)
+    return fast if fast is not None else _as_batches(report_rows(journal))
 
 
 def check_report_path(path: Path) -> None:
@@ -62,50 +95,39 @@ def write_report(journal: Journal, path: Path) -> Path:
     check_report_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    suffix = path.suffix.lower()
-    rows = report_rows(journal)
-    if suffix == ".csv":
-        _write_csv(rows, tmp)
-    elif suffix == ".jsonl":
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        _write_parquet(rows, tmp)
+    _write(report_batches(journal), tmp, path.suffix.lower())
     os.replace(tmp, path)
     return path
 
 
-def _safe(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_UNSAFE_START):
-        return "'" + value
-    return value
+def _write(batches: Iterable[pa.RecordBatch], path: Path, suffix: str) -> None:
+    if suffix == ".csv":
+        with path.open("wb") as f:
+            header = io.StringIO()
+            csv.writer(header).writerow(REPORT_COLUMNS)
+            f.write(header.getvalue().encode("utf-8"))
+            for batch in batches:
+                write_csv_batch(f, batch)
+                pa.default_memory_pool().release_unused()  # see plan.py
+    elif suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as f:
+            for batch in batches:
+                for row in batch.to_pylist():
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        with pq.ParquetWriter(path, REPORT_SCHEMA) as writer:
+            wrote = False
+            for batch in batches:
+                writer.write_batch(batch)
+                wrote = True
+            if not wrote:  # a file with the schema and no rows, as before
+                writer.write_table(REPORT_SCHEMA.empty_table())
 
 
+# merge.py writes merged reports with these, so its output is a single run's format.
 def _write_csv(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(REPORT_COLUMNS)
-        for row in rows:
-            writer.writerow([_safe(row[c]) for c in REPORT_COLUMNS])
+    _write(_as_batches(rows), path, ".csv")
 
 
-def _write_parquet(rows: Iterable[dict[str, Any]], path: Path, batch: int = 50_000) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ints = {"row", "application_id", "attempts", "http_status", "status_code", "duplicate_of"}
-    schema = pa.schema(
-        [
-            (c, pa.int64() if c in ints else pa.float64() if c == "latency_ms" else pa.string())
-            for c in REPORT_COLUMNS
-        ]
-    )
-    with pq.ParquetWriter(path, schema) as writer:
-        chunk: list[dict[str, Any]] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= batch:
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                chunk = []
-        writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+def _write_parquet(rows: Iterable[dict[str, Any]], path: Path, batch: int = _BATCH) -> None:
+    _write(_as_batches(rows, batch), path, ".parquet")

@@ -21,6 +21,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("batch_cancel.cli.demo", "demo", "Run the job on sample_data/ against the embedded simulator."),
     "status": ("batch_cancel.cli.status", "status", "Show a run's counts and what a resume would do."),
     "simulate": ("batch_cancel.cli.simulate", "simulate", "Serve the GWS simulator (REST + CometD)."),
+    "validate-job": ("batch_cancel.cli.validate_job", "validate_job",
+                     "Check a job file (keys, types, inputs) without sending anything."),
+    "merge": ("batch_cancel.cli.merge", "merge", "Combine the reports of a sharded run into one."),
     "preflight": ("batch_cancel.cli.preflight", "preflight", "Check that a run would work, step by step."),
 }
 

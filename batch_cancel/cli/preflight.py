@@ -50,7 +50,7 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
     password = read_password(opts["password_file"])
     setup_logging(opts["verbose"], opts["quiet"] or not opts["verbose"], [password] if password else [])
     gws = build_gws(opts["base_url"], opts["username"], opts["password_file"], opts["insecure"],
-                    opts["start_cc_session"])  # fmt: skip
+                    opts["start_cc_session"], cometd_url=opts["cometd_url"])  # fmt: skip
     defaults = JobDefaults(
         application_id=opts["application_id"], campaign=opts["campaign"],
         calling_list=opts["calling_list"], device_path=opts["device_path"],

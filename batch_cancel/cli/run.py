@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import click
 
 from batch_cancel import config as defaults
 from batch_cancel.cli._common import guarded, read_password, setup_logging
+from batch_cancel.jobfile import check_env, job_option, job_password
 
 __all__ = ["gws_options", "run"]
 
@@ -30,6 +32,9 @@ Examples:
 \b
   # what would happen, without sending anything:
   batch-cancel run big.parquet --campaign C1 --calling-list L1 --application-id 134 --dry-run
+\b
+  # options kept in a job file (jobs/*.toml); flags and env variables override it:
+  batch-cancel run --job jobs/nightly_dnc_scrub.toml dnc_2026-11-26.csv --rate 2
 \b
   # resume after a crash or a kill (same input, same journal):
   batch-cancel run dnc_2026-11-26.csv ... --state state/dnc.sqlite
@@ -51,6 +56,8 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "GWS_PASSWORD or --password-file."),
         click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="File holding the password (first line)."),
+        click.option("--cometd-url", envvar="GWS_COMETD_URL", metavar="URL",
+                     help="CometD endpoint, when not <base-url>/api/v2/notifications (env GWS_COMETD_URL)."),
         click.option("--insecure", is_flag=True,
                      help="Do not verify the server's TLS certificate (explicit opt-out)."),
         click.option("--start-cc-session", is_flag=True,
@@ -74,13 +81,24 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def parse_run_id(value: str | None) -> str | None:
+    if value is not None and not _RUN_ID.fullmatch(value):
+        raise click.BadParameter(f"{value!r}: use 1 to 64 of A-Z a-z 0-9 _ . -", param_hint="--run-id")
+    return value
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def build_gws(base_url: str | None, username: str | None, password_file: Path | None,
-              insecure: bool, start_cc_session: bool) -> Any:  # fmt: skip
+              insecure: bool, start_cc_session: bool, password: str | None = None, *,
+              cometd_url: str | None = None) -> Any:  # fmt: skip
     from batch_cancel.config import Credentials, GwsConfig
     from batch_cancel.exceptions import ConfigError
 
     missing = [n for n, v in (("--base-url", base_url), ("--username", username)) if not v]
-    password = read_password(password_file)
+    # a job file's password_env comes last: --password-file, then GWS_PASSWORD, then it
+    password = read_password(password_file) or password
     if password is None:
         missing.append("a password (env GWS_PASSWORD or --password-file)")
     if missing:
@@ -88,12 +106,16 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
     assert base_url and username and password
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"--base-url {base_url!r} must start with http:// or https://")
+    if cometd_url is not None and not cometd_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--cometd-url {cometd_url!r} must start with http:// or https://")
     return GwsConfig(base_url=base_url.rstrip("/"), credentials=Credentials(username, password),
-                     verify_tls=not insecure, start_cc_session=start_cc_session)  # fmt: skip
+                     verify_tls=not insecure, start_cc_session=start_cc_session,
+                     cometd_url=cometd_url)  # fmt: skip
 
 
 @click.command(epilog=EPILOG)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@job_option
 @click.option("--phone-column", metavar="NAME",
               help="Column holding the numbers (default: phone_number, phoneNumber or phone).")
 @click.option("--encoding", default="utf-8", show_default=True, help="Encoding of CSV inputs.")
@@ -132,6 +154,9 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
 @click.option("--dry-run", is_flag=True, help="Plan and report what would be sent; no network.")
 @click.option("--force", is_flag=True, help="Resume a journal even if input or settings changed.")
 @click.option("--retry-timed-out", is_flag=True, help="On resume, send timed-out records again.")
+@click.option("--run-id", metavar="ID", callback=lambda c, p, v: parse_run_id(v),
+              help="Run id for a new journal (default: time + random); shards of one job share it, "
+                   "so `batch-cancel merge` can tell their reports belong together.")
 @click.option("--shard", metavar="I/N", callback=lambda c, p, v: parse_shard(v),
               help="Take only the rows whose number hashes to shard I of N (0-based); "
                    "--rate is then this shard's share.")
@@ -151,7 +176,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     from batch_cancel.exceptions import ConfigError
     from batch_cancel.phones import region_ok
 
-    password = None if opts["dry_run"] else read_password(opts["password_file"])
+    password = None if opts["dry_run"] else read_password(opts["password_file"]) or job_password()
     setup_logging(opts["verbose"], opts["quiet"], [password] if password else [])
     if not region_ok(opts["default_region"]):
         raise ConfigError(f"--default-region {opts['default_region']!r} is not a known region code")
@@ -168,13 +193,15 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
-        retry_timed_out=opts["retry_timed_out"], shard=opts["shard"],
+        retry_timed_out=opts["retry_timed_out"], shard=opts["shard"], run_id=opts["run_id"],
         adaptive_rate=opts["adaptive_rate"], html=opts["html"],
     )  # fmt: skip
     gws = None
     if not cfg.dry_run:
+        check_env(opts, password)
         gws = build_gws(opts["base_url"], opts["username"], opts["password_file"],
-                        opts["insecure"], opts["start_cc_session"])  # fmt: skip
+                        opts["insecure"], opts["start_cc_session"], password,
+                        cometd_url=opts["cometd_url"])  # fmt: skip
     summary = asyncio.run(execute(cfg, gws))
     print_summary(summary)
     raise SystemExit(summary.exit_code)

@@ -211,6 +211,8 @@ class BayeuxHub:
         if client is None:
             return [_unknown_client(message)]
         self._ledger.count("connects")
+        # every poll counts as a sign of life, not only one that was held open
+        client.last_seen = time.monotonic()
         client.wake("superseded")
         why: _Wake = "messages"
         timeout = self._poll_timeout(message)

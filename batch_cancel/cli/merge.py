@@ -1,0 +1,57 @@
+"""``batch-cancel merge``: one report, one summary and one exit code for a sharded run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from batch_cancel.cli._common import guarded
+from batch_cancel.cli.run import parse_run_id
+
+__all__ = ["merge"]
+
+
+@click.command(epilog="""\b
+Example: a job run as three shards with one run id, then merged
+  for i in 0 1 2; do
+    batch-cancel run --job jobs/nightly_dnc_scrub.toml dnc.csv --shard $i/3 \\
+        --run-id nightly-2026-11-26 --state state/n/shard-$i.sqlite --report reports/n/shard-$i.csv
+  done
+  batch-cancel merge reports/n/shard-*.csv --out reports/n/merged.csv --run-id nightly-2026-11-26
+\b
+Exit codes (as for run, on the merged rows): 0 every row cancelled (or a
+duplicate of a cancelled row); 1 some rows failed, timed out or were rejected;
+2 the reports do not fit together (other runs, a row twice, a missing shard) or
+cannot be read, nothing written; 3 some rows are still pending: resume their
+shard, then merge again. The last stdout line is the JSON summary.
+""")  # fmt: skip
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Merged report: .csv, .parquet or .jsonl (any mix of formats may go in).")
+@click.option("--run-id", metavar="ID", callback=lambda c, p, v: parse_run_id(v),
+              help="Refuse reports whose reference ids carry another run id.")
+@click.option("--allow-gaps", is_flag=True,
+              help="Merge even when some row numbers are in no report (a partial merge).")
+@guarded
+def merge(reports: tuple[Path, ...], out: Path, run_id: str | None, allow_gaps: bool) -> None:
+    """Merge the reports of the shards of one run (REPORT...) into one, ordered by row.
+
+    The merged report has the same columns as each shard's, and the JSON summary
+    counts are those of the merged rows. Reports of different runs, or whose
+    rows overlap, are refused.
+    """
+    from batch_cancel.exceptions import ConfigError
+    from batch_cancel.merge import merge_reports
+
+    if out.resolve() in {p.resolve() for p in reports}:
+        raise ConfigError(f"--out {out} is one of the reports to merge; write the merge elsewhere")
+    result = merge_reports(reports, out, run_id=run_id, allow_gaps=allow_gaps)
+    c = result.counts
+    click.echo(f"merged {len(reports)} report(s) of run {result.run_id or '(none)'}: "
+               f"{sum(c.values())} rows, {c['cancelled']} cancelled, {c['failed']} failed, "
+               f"{c['timed_out']} timed out, {c['rejected']} rejected, {c['duplicate']} duplicate, "
+               f"{c['pending']} pending; report {out}", err=True)  # fmt: skip
+    click.echo(json.dumps(result.as_json()))
+    raise SystemExit(result.exit_code)

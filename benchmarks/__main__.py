@@ -1,0 +1,300 @@
+"""batch-cancel's figures against the GWS simulator on loopback: ``python -m benchmarks``.
+
+    python -m benchmarks [--repeat 3] [--quick] [--records N] [--json OUT]
+
+Every figure is the median of ``--repeat`` runs. The simulator runs in a process of
+its own (a fresh one per run, so ledgers never mix) and batch-cancel runs through
+its real CLI as a subprocess; the clients to compare are run in turn within each
+repeat, so a busy moment on a shared box hits them alike. Throughput is measured on
+the simulator's clock, from the first POST it received to the last ack it
+published, for every client alike (start-up, planning and the report are shown
+separately as the tool's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.sim import (
+    PASSWORD,
+    USER,
+    LedgerFigures,
+    SimProcess,
+    ledger_figures,
+    percentile,
+    write_numbers,
+)
+
+__all__ = ["main"]
+
+ENV = {**os.environ, "GWS_PASSWORD": PASSWORD}
+HEAVY = ("pandas", "pyarrow", "aiohttp", "httpx")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    records: int  # tool, lean baseline (aiohttp), journal on/off
+    httpx_records: int  # lean baseline on stock httpx (about 5x slower)
+    sequential_records: int
+    rate_seconds: float  # how long each --rate run lasts
+    help_runs: int
+
+
+FULL = Sizes(records=10_000, httpx_records=2_000, sequential_records=1_000, rate_seconds=5.0, help_runs=10)
+QUICK = Sizes(records=1_500, httpx_records=400, sequential_records=150, rate_seconds=1.5, help_runs=3)
+
+
+# -- running things ---------------------------------------------------------------------
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _last_json(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{out.args[:4]} printed nothing; stderr: {out.stderr[-800:]}")
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+def _tool_args(src: Path, base_url: str, tmp: Path, *extra: str) -> list[str]:
+    return _python("-m", "batch_cancel", "run", str(src), "--base-url", base_url, "--username", USER,
+                   "--application-id", "134", "--campaign", "Campaign1", "--calling-list", "CallingList1",
+                   "--state", str(tmp / "state.sqlite"), "--report", str(tmp / "report.csv"), "-q",
+                   *extra)  # fmt: skip
+
+
+@dataclass
+class Run:
+    figures: LedgerFigures
+    wall: float
+    out: dict[str, Any]
+    tool_latency_ms: list[float]
+
+
+def _run(cmd_for: Callable[[str, Path], list[str]], records: int, *, read_report: bool = False) -> Run:
+    """A fresh simulator and a fresh temp dir; the command gets (base_url, tmp)."""
+    with tempfile.TemporaryDirectory(prefix="bc-bench-") as name:
+        tmp = Path(name)
+        write_numbers(tmp / "in.csv", records)
+        with SimProcess() as sim:
+            started = time.monotonic()
+            out = subprocess.run(cmd_for(sim.base_url, tmp), capture_output=True, text=True, env=ENV,
+                                 check=False)  # fmt: skip
+            wall = time.monotonic() - started
+            data = _last_json(out)
+            figures = ledger_figures(sim.ledger())
+        latency = _report_latency(tmp / "report.csv") if read_report else []
+    return Run(figures, wall, data, latency)
+
+
+def _report_latency(path: Path) -> list[float]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return [float(r["latency_ms"]) for r in csv.DictReader(f) if r.get("latency_ms")]
+
+
+# -- the measurements ---------------------------------------------------------------------
+def _tool(extra: Sequence[str]) -> Callable[[str, Path], list[str]]:
+    return lambda url, tmp: _tool_args(tmp / "in.csv", url, tmp, *extra)
+
+
+def _lean(http: str) -> Callable[[str, Path], list[str]]:
+    return lambda url, tmp: _python("-m", "benchmarks.lean_baseline", str(tmp / "in.csv"), "--base-url", url,
+                                    "--username", USER, "--concurrency", "64", "--http", http)  # fmt: skip
+
+
+def _sequential(url: str, tmp: Path) -> list[str]:
+    return _python("-m", "benchmarks.sequential_baseline", str(tmp / "in.csv"), "--base-url", url,
+                   "--username", USER)  # fmt: skip
+
+
+def _inproc(journal: bool) -> Callable[[str, Path], list[str]]:
+    def cmd(url: str, tmp: Path) -> list[str]:
+        args = _python("-m", "benchmarks.inproc", str(tmp / "in.csv"), "--base-url", url, "--username", USER,
+                       "--state", str(tmp / "state.sqlite"), "--report", str(tmp / "report.csv"))  # fmt: skip
+        return [*args, "--no-journal"] if not journal else args
+
+    return cmd
+
+
+FAST = ("--rate", "0", "--concurrency", "64")
+RATES = (20.0, 200.0, 2000.0)
+
+
+def measure(sizes: Sizes, repeat: int, log: Callable[[str], None]) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {}
+
+    def add(key: str, run: Run) -> None:
+        runs.setdefault(key, []).append(run)
+        f = run.figures
+        log(f"  {key:<22} acked {f.acked:>6}/{f.requests:<6} {f.throughput:8.1f}/s  rate {f.rate:8.1f}/s  "
+            f"peak1s {f.peak_1s:>5}  wall {run.wall:6.2f} s")  # fmt: skip
+
+    for i in range(repeat):
+        log(f"repeat {i + 1}/{repeat}")
+        add("tool", _run(_tool(FAST), sizes.records, read_report=True))
+        add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records))
+        add("lean-httpx", _run(_lean("httpx"), sizes.httpx_records))
+        add("sequential", _run(_sequential, sizes.sequential_records))
+        add("journal-on", _run(_inproc(True), sizes.records))
+        add("journal-off", _run(_inproc(False), sizes.records))
+        for rate in RATES:
+            n = max(40, round(rate * sizes.rate_seconds))
+            add(f"rate-{rate:g}", _run(_tool(("--rate", f"{rate:g}", "--concurrency", "64")), n,
+                                       read_report=True))  # fmt: skip
+    return runs
+
+
+def startup(sizes: Sizes) -> dict[str, Any]:
+    exe = str(Path(sys.executable).with_name("batch-cancel"))
+    cmd = [exe, "--help"] if Path(exe).exists() else _python("-m", "batch_cancel", "--help")
+    subprocess.run(cmd, capture_output=True, check=True)  # warm the file cache
+    times = []
+    for _ in range(sizes.help_runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    trace = subprocess.run(_python("-X", "importtime", "-m", "batch_cancel", "--help"), capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    loaded = {m.group(1).split(".")[0] for m in re.finditer(r"\|\s+(\S+)\s*$", trace.stderr, re.M)}
+    return {"median_s": statistics.median(times), "heavy_loaded": sorted(set(HEAVY) & loaded)}
+
+
+def dry_run_row(quick: bool) -> str:
+    """Row 4 comes from benchmarks.dry_run (another helper's), when it exists."""
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks.dry_run") is None:
+        return "skipped: benchmarks/dry_run.py does not exist yet"
+    cmd = _python("-m", "benchmarks.dry_run")
+    helptext = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=False).stdout
+    if quick and "--rows" in helptext:  # a smoke run: 100k rows once, not 1M three times
+        cmd += ["--rows", "100000"] + (["--repeat", "1"] if "--repeat" in helptext else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        return f"failed (exit {out.returncode}): {out.stderr[-300:]}"
+    # its own table, as it prints it (exit 1 there means a target was missed, not a crash)
+    note = "" if out.returncode == 0 else f"   (benchmarks.dry_run exit {out.returncode}: a target missed)"
+    return "\n".join(["python -m benchmarks.dry_run " + " ".join(cmd[3:]), *lines, note]).rstrip()
+
+
+# -- the table --------------------------------------------------------------------------
+def _med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _paired(runs: dict[str, list[Run]], key: str) -> float:
+    """Median of the per-repeat ratios: a busy spell on a shared box hits both sides of a pair."""
+    pairs = zip(runs["tool"], runs[key], strict=False)
+    return _med([t.figures.throughput / b.figures.throughput for t, b in pairs if b.figures.throughput])
+
+
+def table(runs: dict[str, list[Run]], start: dict[str, Any], dry: str, sizes: Sizes, repeat: int) -> str:
+    def thr(key: str) -> float:
+        return _med([r.figures.throughput for r in runs[key]])
+
+    rows: list[str] = []
+    out = rows.append
+    out(f"batch-cancel benchmarks: medians of {repeat} run(s), simulator on loopback in its own process")
+    out("")
+    out("1. throughput at 64 in flight, --rate 0 (acks/s, simulator clock: first POST -> last ack)")
+    tool = thr("tool")
+    lines = [
+        ("batch-cancel (CLI, journal + report)", "tool", sizes.records),
+        ("lean baseline, aiohttp (same HTTP stack)", "lean-aiohttp", sizes.records),
+        ("lean baseline, stock httpx", "lean-httpx", sizes.httpx_records),
+        ("sequential baseline (1 at a time)", "sequential", sizes.sequential_records),
+    ]
+    for label, key, n in lines:
+        acked = _med([r.figures.acked for r in runs[key]])
+        ratio = ""
+        if key != "tool" and thr(key):
+            ratio = f"tool/this {tool / thr(key):5.2f} (paired by repeat {_paired(runs, key):5.2f})"
+        out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} {ratio}")
+    wall = _med([r.wall for r in runs["tool"]])
+    out(f"   batch-cancel wall time incl. start-up, plan, report: {wall:.2f} s for {sizes.records} records")
+    on, off = thr("journal-on"), thr("journal-off")
+    out("")
+    out("   journal on/off (run_job in-process, 64 in flight)")
+    pairs = zip(runs["journal-on"], runs["journal-off"], strict=False)
+    paired = _med([a.figures.throughput / b.figures.throughput for a, b in pairs if b.figures.throughput])
+    out(f"   journal on {on:8.1f}/s   journal off {off:8.1f}/s   on/off {on / off if off else 0:5.3f}"
+        f" (paired {paired:5.3f})   journal cost {(1 - on / off) * 100 if off else 0:+.1f}%")  # fmt: skip
+    out("")
+    out("2. rate accuracy (simulator ledger; a --rate above the unlimited throughput of 1. is client-bound)")
+    out(f"   {'--rate':>8} {'achieved':>10} {'error':>8} {'peak 1 s':>9} {'tool says':>10}")
+    for rate in RATES:
+        rs = runs[f"rate-{rate:g}"]
+        achieved = _med([r.figures.rate for r in rs])
+        peak = _med([r.figures.peak_1s for r in rs])
+        says = _med([float(r.out.get("stats", {}).get("achieved_rate", 0.0)) for r in rs])
+        error = (achieved / rate - 1) * 100
+        out(f"   {rate:>8g} {achieved:>10.1f} {error:>+7.1f}% {peak:>9.0f} {says:>10.1f}")
+    out("")
+    out("3. latency, POST -> matched ack (ms)")
+    out("   tool = report latency_ms; simulator = request start -> ack publish (ledger); at 64 in flight")
+    out("   the tool's figure includes queueing: 64 in flight / throughput (Little's law) per POST")
+    for label, key in (("at --rate 200", "rate-200"), ("at 64 in flight, --rate 0", "tool")):
+        rs = runs[key]
+        t50 = _med([percentile(r.tool_latency_ms, 50) for r in rs])
+        t99 = _med([percentile(r.tool_latency_ms, 99) for r in rs])
+        s50 = _med([percentile(r.figures.latency_ms, 50) for r in rs])
+        s99 = _med([percentile(r.figures.latency_ms, 99) for r in rs])
+        out(f"   {label:<26} tool p50 {t50:7.2f} p99 {t99:8.2f} | simulator p50 {s50:7.2f} p99 {s99:8.2f}"
+            f" | overhead p50 {t50 - s50:+7.2f}")  # fmt: skip
+    out("")
+    out("4. dry run (benchmarks.dry_run):")
+    out("\n".join("   " + line for line in dry.splitlines()))
+    out("")
+    heavy = ", ".join(start["heavy_loaded"]) or "none of " + "/".join(HEAVY)
+    out(f"5. start-up: batch-cancel --help {start['median_s'] * 1000:.0f} ms (median of {sizes.help_runs});"
+        f" heavy modules loaded: {heavy}")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is shown)")
+    parser.add_argument("--quick", action="store_true", help="small runs, one repeat: a smoke test")
+    parser.add_argument("--records", type=int, help="records per throughput run")
+    parser.add_argument("--json", type=Path, help="also write the raw medians here")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.records:
+        sizes = Sizes(args.records, max(100, args.records // 5), max(50, args.records // 10),
+                      sizes.rate_seconds, sizes.help_runs)  # fmt: skip
+    repeat = 1 if args.quick else args.repeat
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    runs = measure(sizes, repeat, log)
+    start = startup(sizes)
+    dry = dry_run_row(args.quick)
+    print(table(runs, start, dry, sizes, repeat))
+    if args.json:
+        medians = {key: {"throughput": _med([r.figures.throughput for r in rs]),
+                         "rate": _med([r.figures.rate for r in rs]),
+                         "peak_1s": _med([r.figures.peak_1s for r in rs])}
+                   for key, rs in runs.items()}  # fmt: skip
+        args.json.write_text(json.dumps({"runs": medians, "startup": start, "dry_run": dry}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

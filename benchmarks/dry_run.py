@@ -1,0 +1,127 @@
+"""Time the real ``batch-cancel run --dry-run`` on big generated inputs.
+
+    python -m benchmarks.dry_run [--rows 1000000] [--formats csv,parquet] [--repeat 3]
+
+Generates ``numbers_<label>.csv`` / ``.parquet`` with benchmarks/gen_numbers.py
+when missing (``--data``, default bench_data/), then for each format runs the
+CLI as a subprocess ``--repeat`` times (fresh journal and report each time) and
+prints the median wall time and peak RSS of the child, read from ``os.wait4``
+(per child, unlike RUSAGE_CHILDREN, which keeps the maximum over all of them).
+For context, each file is also read whole by pyarrow in a fresh interpreter,
+measured the same way: the ratio says what planning, journaling and reporting
+cost on top of just parsing the input. Targets (issue 5): 1M rows in < 20 s
+and < 300 MB; memory flat in the number of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Measurement", "main", "measure"]
+
+TARGET_SECONDS_PER_MILLION = 20.0
+TARGET_RSS_MB = 300.0
+_BASELINE = """
+import sys, pyarrow.csv as c, pyarrow.parquet as pq
+p = sys.argv[1]
+t = pq.read_table(p) if p.endswith(".parquet") else c.read_csv(p)
+print(t.num_rows)
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    peak_mb: float
+    exit_code: int
+
+
+def measure(argv: list[str], cwd: Path | None = None) -> Measurement:
+    """Run one child to the end; its wall time and its own peak RSS."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    if child.returncode not in (0, 1):  # 1: some rows rejected, as generated inputs have
+        raise SystemExit(f"{' '.join(argv)} exited {child.returncode}:\n{stderr}")
+    return Measurement(elapsed, usage.ru_maxrss / 1024, child.returncode)
+
+
+def _label(rows: int) -> str:
+    from benchmarks.gen_numbers import _label
+
+    return _label(rows)
+
+
+def inputs(rows: int, data: Path, formats: list[str]) -> dict[str, Path]:
+    paths = {fmt: data / f"numbers_{_label(rows)}.{fmt}" for fmt in formats}
+    if not all(p.exists() for p in paths.values()):
+        from benchmarks.gen_numbers import generate
+
+        print(f"generating {rows:,} rows into {data} ...", flush=True)
+        generate(rows, data)
+    return paths
+
+
+def dry_run_argv(path: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "batch_cancel", "run", str(path), "--application-id", "1",
+            "--campaign", "C", "--calling-list", "L", "--dry-run", "--state",
+            str(work / "state.sqlite"), "--report", str(work / "report.csv"), "-q"]
+
+
+def _median(runs: list[Measurement]) -> Measurement:
+    return Measurement(statistics.median(r.seconds for r in runs),
+                       statistics.median(r.peak_mb for r in runs), runs[-1].exit_code)
+
+
+def bench(path: Path, repeat: int, rows: int) -> tuple[Measurement, Measurement, list[float]]:
+    runs = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="bc-dry-run-") as tmp:
+            runs.append(measure(dry_run_argv(path, Path(tmp))))
+    base = _median([measure([sys.executable, "-c", _BASELINE, str(path)]) for _ in range(repeat)])
+    return _median(runs), base, [r.seconds for r in runs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dry_run")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--formats", default="csv,parquet",
+                        help="comma-separated: csv, parquet (default both)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path("bench_data"),
+                        help="where the generated inputs are (made if missing)")
+    args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = set(formats) - {"csv", "parquet"}
+    if unknown or args.repeat < 1 or args.rows < 1:
+        parser.error(f"bad --formats {sorted(unknown)} or --repeat/--rows")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"median of {args.repeat} run(s)")
+    target = TARGET_SECONDS_PER_MILLION * args.rows / 1e6
+    failed = False
+    for fmt, path in inputs(args.rows, args.data, formats).items():
+        run, base, all_seconds = bench(path, args.repeat, args.rows)
+        ok = run.seconds < target and run.peak_mb < TARGET_RSS_MB
+        failed |= not ok
+        print(f"{fmt:8} {args.rows:>12,} rows  dry-run {run.seconds:7.2f} s "
+              f"({args.rows / run.seconds:>9,.0f} rows/s) peak {run.peak_mb:6.0f} MB  | "
+              f"pyarrow read {base.seconds:5.2f} s peak {base.peak_mb:5.0f} MB  | "
+              f"ratio {run.seconds / base.seconds:5.1f}x time {run.peak_mb / base.peak_mb:4.1f}x RSS"
+              f"  | runs {', '.join(f'{s:.2f}' for s in all_seconds)} s"
+              f"  [{'ok' if ok else 'MISSED'}: < {target:.0f} s, < {TARGET_RSS_MB:.0f} MB]")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Airflow DAG: the nightly DNC scrub, sharded, resumable, merged into one report.
+
+    find_input ──> run_shard[0..N-1] (mapped) ──> merge_reports
+
+* ``find_input`` copies the newest file of the inbox into this run's folder on
+  shared storage, so every shard (and every retry) reads the same bytes.
+* ``run_shard`` runs ``batch-cancel run --job <job file> <input> --shard i/N
+  --run-id <from the DAG run id> --state <run folder>/shard-i.sqlite --report
+  <run folder>/shard-i.csv`` as a subprocess. The journal path and run id are the
+  same on every try, so an Airflow retry resumes the shard, it never restarts it.
+  Exit 0/1 (finished) succeeds and pushes the JSON summary (the last stdout line)
+  to XCom; 3 (aborted, resumable) fails the try and Airflow retries; 2 (usage or
+  input error) fails at once, since a retry cannot fix it.
+* ``merge_reports`` runs ``batch-cancel merge`` over the shards' reports even when a
+  shard failed; its exit code colours the DAG run: 0 green, anything else red.
+
+Configuration is environment only, read by the scheduler (shard count) and the
+workers (the rest); nothing secret is in this file:
+
+    BATCH_CANCEL_INBOX       folder the nightly files arrive in (/data/dnc/inbox)
+    BATCH_CANCEL_PATTERN     which of its files count ("*.csv")
+    BATCH_CANCEL_MIN_AGE_S   ignore files younger than this, still being written (300)
+    BATCH_CANCEL_SHARED      shared storage for journals and reports (/data/batch-cancel)
+    BATCH_CANCEL_SHARDS      N, the number of shards run at once (4); GWS sees N x rate
+    BATCH_CANCEL_SCHEDULE    cron schedule ("0 2 * * *")
+    BATCH_CANCEL_RETRIES     tries after the first for a stopped shard (3), each resuming
+    BATCH_CANCEL_RETRY_DELAY_S  seconds before the first retry, doubled each time (120)
+    BATCH_CANCEL_JOB_FILE    job file (../nightly_dnc_scrub.toml beside this folder)
+    BATCH_CANCEL_CMD         how to start the CLI ("<this python> -m batch_cancel")
+    BATCH_CANCEL_CONN_ID     Airflow connection with GWS host, login and password
+                             (batch_cancel_gws); when it does not exist, the worker's
+                             environment must hold the variables the job file names
+
+The connection's password reaches the subprocess as GWS_PASSWORD in its
+environment, never on a command line (where `ps` would show it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "batch_cancel_nightly_dnc_scrub"
+SHARDS = int(os.environ.get("BATCH_CANCEL_SHARDS", "4"))
+SCHEDULE = os.environ.get("BATCH_CANCEL_SCHEDULE", "0 2 * * *")
+RETRIES = int(os.environ.get("BATCH_CANCEL_RETRIES", "3"))
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("BATCH_CANCEL_RETRY_DELAY_S", "120")))
+
+
+def _setting(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def batch_run_id(airflow_run_id: str) -> str:
+    """A batch-cancel run id ([A-Za-z0-9_.-]{1,64}) that is the same on every try of one DAG run."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_.") or "run"
+    if len(safe) <= 56:
+        return "nightly-" + safe
+    digest = hashlib.blake2b(airflow_run_id.encode(), digest_size=4).hexdigest()
+    return f"nightly-{safe[:47]}-{digest}"
+
+
+def run_folder(run_id: str) -> Path:
+    return Path(_setting("BATCH_CANCEL_SHARED", "/data/batch-cancel")) / run_id
+
+
+def cli() -> list[str]:
+    configured = os.environ.get("BATCH_CANCEL_CMD")
+    return shlex.split(configured) if configured else [sys.executable, "-m", "batch_cancel"]
+
+
+def job_file() -> str:
+    default = Path(__file__).resolve().parent.parent / "nightly_dnc_scrub.toml"
+    return _setting("BATCH_CANCEL_JOB_FILE", str(default))
+
+
+def shard_command(input_path: str, shard: int, count: int, run_id: str) -> list[str]:
+    folder = run_folder(run_id)
+    return [*cli(), "run", "--job", job_file(), input_path, "--shard", f"{shard}/{count}",
+            "--run-id", run_id, "--state", str(folder / f"shard-{shard}.sqlite"),
+            "--report", str(folder / f"shard-{shard}.csv")]  # fmt: skip
+
+
+def merge_command(count: int, run_id: str) -> list[str]:
+    folder = run_folder(run_id)
+    reports = [str(folder / f"shard-{i}.csv") for i in range(count)]
+    return [*cli(), "merge", *reports, "--out", str(folder / "merged.csv"), "--run-id", run_id]
+
+
+def gws_env() -> dict[str, str]:
+    """The subprocess's environment: the worker's, plus GWS_* from the Airflow connection if any."""
+    env = dict(os.environ)
+    conn_id = _setting("BATCH_CANCEL_CONN_ID", "batch_cancel_gws")
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.info("no Airflow connection %r: GWS settings come from the environment", conn_id)
+        return env
+    base_url = conn.extra_dejson.get("base_url") or _url(conn.schema, conn.host, conn.port)
+    for name, value in (("GWS_BASE_URL", base_url), ("GWS_USERNAME", conn.login),
+                        ("GWS_PASSWORD", conn.password)):  # fmt: skip
+        if value:
+            env[name] = str(value)
+    return env
+
+
+def _url(scheme: str | None, host: str | None, port: int | None) -> str | None:
+    if not host:
+        return None
+    if "://" in host:
+        return host.rstrip("/")
+    return f"{scheme or 'https'}://{host}" + (f":{port}" if port else "")
+
+
+def invoke(cmd: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any] | None]:
+    """Run the CLI; its stderr (logs, progress) goes to the task log, the last stdout line is parsed."""
+    log.info("running: %s", shlex.join(cmd))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        # the task was killed (timeout, mark-failed): SIGTERM lets the CLI finish
+        # its journal within --grace, so the next try resumes where this one stopped
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    lines = out.strip().splitlines()
+    try:
+        summary = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        summary = None
+    log.info("exit code %d; summary: %s", proc.returncode, lines[-1] if lines else "(none)")
+    return proc.returncode, summary if isinstance(summary, dict) else None
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=SCHEDULE,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two nights at once would double the load on GWS
+    tags=["batch-cancel", "dnc"],
+    doc_md=__doc__,
+)
+def nightly_dnc_scrub() -> None:
+    @task
+    def find_input() -> str:
+        ctx = get_current_context()
+        run_id = batch_run_id(str(ctx["run_id"]))
+        folder = run_folder(run_id)
+        snapshot = folder / "input"
+        taken = sorted(p for p in snapshot.glob("*") if not p.name.startswith("."))  # not a half copy
+        if taken:
+            return str(taken[0])  # a retry of this task keeps the file the run started with
+        inbox = Path(_setting("BATCH_CANCEL_INBOX", "/data/dnc/inbox"))
+        pattern = _setting("BATCH_CANCEL_PATTERN", "*.csv")
+        min_age = float(_setting("BATCH_CANCEL_MIN_AGE_S", "300"))
+        now = datetime.now().timestamp()
+        ready = [p for p in inbox.glob(pattern) if p.is_file() and now - p.stat().st_mtime >= min_age]
+        if not ready:
+            raise AirflowFailException(f"no input: nothing matching {pattern} (older than "
+                                       f"{min_age:.0f} s) in {inbox}")  # fmt: skip
+        newest = max(ready, key=lambda p: (p.stat().st_mtime, p.name))
+        snapshot.mkdir(parents=True, exist_ok=True)
+        partial = snapshot / f".{newest.name}.copying"
+        shutil.copy2(newest, partial)
+        target = snapshot / newest.name
+        partial.rename(target)
+        log.info("input %s (copied from %s)", target, newest)
+        return str(target)
+
+    @task(retries=RETRIES, retry_delay=RETRY_DELAY, retry_exponential_backoff=True)
+    def run_shard(shard: int, count: int, input_path: str) -> dict[str, Any]:
+        run_id = batch_run_id(str(get_current_context()["run_id"]))
+        run_folder(run_id).mkdir(parents=True, exist_ok=True)
+        code, summary = invoke(shard_command(input_path, shard, count, run_id), gws_env())
+        if code == 2:
+            raise AirflowFailException(f"shard {shard}/{count}: usage or input error (exit 2), see the log")
+        if code not in (0, 1) or summary is None:
+            raise AirflowException(f"shard {shard}/{count}: stopped (exit {code}); a retry resumes it")
+        return summary  # 0 or 1: finished; the merged report decides the colour
+
+    @task(trigger_rule="all_done")  # also after a failed shard: its rows must show as not done
+    def merge_reports(count: int) -> dict[str, Any]:
+        ctx = get_current_context()
+        run_id = batch_run_id(str(ctx["run_id"]))
+        code, summary = invoke(merge_command(count, run_id), dict(os.environ))
+        if summary is not None:
+            ctx["ti"].xcom_push(key="summary", value=summary)  # also when the run goes red
+        if code != 0 or summary is None:
+            counts = {k: (summary or {}).get(k) for k in ("total", "cancelled", "failed", "timed_out",
+                                                             "rejected", "duplicate", "pending")}  # fmt: skip
+            raise AirflowFailException(f"merged run {run_id}: exit {code}: {counts}")
+        return summary
+
+    shards = run_shard.partial(count=SHARDS, input_path=find_input()).expand(shard=list(range(SHARDS)))
+    shards >> merge_reports(SHARDS)
+
+
+nightly_dnc_scrub()
