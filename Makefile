@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
+	rm -rf .venv-airflow
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 # The Airflow DAG (jobs/airflow/) under real Apache Airflow, in a venv of its own
