@@ -88,7 +88,10 @@ class GwsSession:
                 # keeps cookies set by an IP-address host (the default jar drops them)
                 cookie_jar=aiohttp.CookieJar(unsafe=True),
                 timeout=self._timeout,
-                headers={"Accept": "application/json"},
+                # Basic on every request, not only the login: a GWS that authenticates
+                # per request (no session kept) works too, and one that keeps sessions
+                # ignores it while the JSESSIONID is valid
+                headers={"Accept": "application/json", "Authorization": self._basic},
             )  # fmt: skip
         return self._client
 
