@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from batch_cancel.logsummary import OncePerInterval
 from batch_cancel.recorder import Recorder
 from batch_cancel.records import Record
 
@@ -59,6 +60,7 @@ class Matcher:
         self.duplicate_acks = 0
         self.foreign = 0
         self.gap_resends = 0
+        self._events = OncePerInterval(log)
 
     # -- requests ---------------------------------------------------------------
     def register(self, rec: Record) -> None:
@@ -148,6 +150,8 @@ class Matcher:
                 rec.gap = False
                 rec.accepted_mono = None
                 self.gap_resends += 1
+                self._events.info("gap", "no outcome for a request sent around a CometD gap: "
+                                  "asking again with the same referenceId")  # fmt: skip
                 self._recorder.event(rec, "gap_resend")
                 self._resend(rec)
                 continue

@@ -25,6 +25,7 @@ from batch_cancel.exceptions import (
     TransientError,
 )
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.logsummary import OncePerInterval
 from batch_cancel.matcher import Matcher
 from batch_cancel.recorder import Recorder
 from batch_cancel.records import Record
@@ -91,6 +92,7 @@ class Sender:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.retries = 0
+        self._events = OncePerInterval(log)
         self.relogins = 0
         self.requests = 0
         self.first_request: float | None = None
@@ -295,11 +297,17 @@ class Sender:
                 raise GwsUnavailable(
                     f"GWS unreachable for more than {self._s.max_outage:g} s: {exc}"
                 ) from exc
-            self._pacer.pause(None, "GWS unreachable")
+            waited = self._pacer.pause(None, "GWS unreachable")
+            self._events.info("unreachable", "GWS unreachable (%s): all senders pause %.1f s",
+                              exc, waited)  # fmt: skip
             return
         rec.counted_attempts += 1
         if exc.http_status in (429, 503):
             self._pacer.throttled()
             waited = self._pacer.pause(exc.retry_after, str(exc))
-            log.info("GWS throttled (%s): all senders pause %.1f s", exc.http_status, waited)
+            self._events.info(f"throttled-{exc.http_status}", "GWS throttled (%s): all senders pause %.1f s",
+                              exc.http_status, waited)  # fmt: skip
+        else:
+            self._events.info(f"retry-{type(exc).__name__}-{exc.http_status}",
+                              "request failed, retrying with the same referenceId: %s", exc)  # fmt: skip
         self._recorder.event(rec, "retry", str(exc))
