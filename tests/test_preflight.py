@@ -69,3 +69,20 @@ def test_bad_input_is_a_usage_error(sim: ThreadedSimulator, tmp_path: Path) -> N
 def test_help_has_an_example() -> None:
     result = run_cli(["preflight", "--help"])
     assert result.exit_code == 0 and "--canary-number 4100180988" in result.stdout
+
+
+def test_run_with_preflight_checks_first(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    from helpers import job_args
+
+    src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(3)])
+    ok = run_cli(job_args(sim.base_url, tmp_path, src, preflight=True), ENV)
+    assert ok.exit_code == 0, ok.stderr
+    assert "preflight cometd: ok" in ok.stderr and ok.summary["cancelled"] == 3
+    sim.pause_cometd(60)
+    other = tmp_path / "second"
+    other.mkdir()
+    failed = run_cli(job_args(sim.base_url, other, src, preflight=True, ack_timeout=3), ENV)
+    assert failed.exit_code == 3
+    assert "preflight failed at cometd" in failed.stderr
+    assert failed.summary["exit_code"] == 3
+    assert len(sim.ledger.entries) == 3  # nothing more was sent

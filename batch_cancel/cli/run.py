@@ -164,6 +164,8 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               help="Lower the rate when GWS throttles and raise it slowly again (never above --rate).")
 @click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a self-contained HTML evidence report here.")
+@click.option("--preflight", "check_first", is_flag=True,
+              help="Run the preflight checks first (login, CSRF, devices, CometD); exit 3 if one fails.")
 @gws_options
 @guarded(json_line=True)
 def run(inputs: tuple[Path, ...], **opts: Any) -> None:
@@ -202,9 +204,24 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         gws = build_gws(opts["base_url"], opts["username"], opts["password_file"],
                         opts["insecure"], opts["start_cc_session"], password,
                         cometd_url=opts["cometd_url"])  # fmt: skip
+    if opts["check_first"] and gws is not None:
+        asyncio.run(check_first(cfg, gws))
     summary = asyncio.run(execute(cfg, gws))
     print_summary(summary)
     raise SystemExit(summary.exit_code)
+
+
+async def check_first(cfg: Any, gws: Any) -> None:
+    """``run --preflight``: the preflight steps, so a broken set-up fails before planning."""
+    from batch_cancel.exceptions import AbortedError
+    from batch_cancel.preflight import preflight
+
+    steps = await preflight(gws, cfg.defaults, rate=cfg.rate, ack_timeout=min(cfg.ack_timeout, 30.0))
+    for step in steps:
+        log.info("preflight %s: %s %s", step.name, "ok" if step.ok else "FAILED", step.detail)
+    failed = next((s for s in steps if not s.ok), None)
+    if failed is not None:
+        raise AbortedError(f"preflight failed at {failed.name}: {failed.detail}")
 
 
 async def execute(cfg: Any, gws: Any) -> Any:
