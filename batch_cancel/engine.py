@@ -69,8 +69,8 @@ class Engine:
             matcher = Matcher(
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
                 clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
+                max_attempts=cfg.max_attempts,
             )  # fmt: skip
-            matcher.max_attempts = cfg.max_attempts
             self._matcher = matcher
             channel = AckChannel(
                 self._gws.notifications_url,

@@ -49,9 +49,6 @@ CREATE TABLE IF NOT EXISTS records (
     http_status INTEGER, status_code INTEGER, notification_type TEXT, error TEXT,
     warnings TEXT, duplicate_of INTEGER, sent_at REAL, acked_at REAL, latency_ms REAL
 );
--- written by earlier versions only (planning now finds repeats in dedupe.py);
--- kept so that their journals and this schema stay one
-CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, row INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS plan_snapshot (first_row INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, row INTEGER NOT NULL, at REAL NOT NULL, event TEXT NOT NULL,
@@ -102,7 +99,6 @@ class Journal:
         """Forget a plan that was interrupted half-way (nothing was sent from it)."""
         with self.transaction():
             self._db.execute("DELETE FROM records")
-            self._db.execute("DELETE FROM dedupe")
             self._db.execute("DELETE FROM events")
             self._drop_snapshot()
 

@@ -45,6 +45,7 @@ class Matcher:
         clock: Callable[[], float],
         wall: Callable[[], float],
         resend: Callable[[Record], None],
+        max_attempts: int = 5,
     ) -> None:
         self._success = SUCCESS.get(operation, "RecordCancelAcknowledge")
         self._ack_timeout = ack_timeout
@@ -56,7 +57,7 @@ class Matcher:
         self._timed_out: dict[str, Record] = {}
         self._deadlines: deque[tuple[float, Record]] = deque()
         self.channel_up = True
-        self.max_attempts = 5  # the run's --max-attempts; bounds gap resends too
+        self.max_attempts = max_attempts  # the run's --max-attempts; bounds gap resends too
         self.duplicate_acks = 0
         self.foreign = 0
         self.gap_resends = 0

@@ -32,11 +32,11 @@ from batch_cancel.exceptions import ConfigError, InputError
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
 from batch_cancel.report import (
-    _UNSAFE_START,
     REPORT_COLUMNS,
-    _write_csv,
-    _write_parquet,
+    UNSAFE_START,
     check_report_path,
+    write_csv_rows,
+    write_parquet_rows,
 )
 from batch_cancel.summary import Summary
 
@@ -110,7 +110,7 @@ def _unescape(value: str) -> str | None:
     # report.py writes "'" before a cell that a spreadsheet would evaluate; take it off again
     if not value:
         return None
-    if value[0] == "'" and len(value) > 1 and value[1] in _UNSAFE_START:
+    if value[0] == "'" and len(value) > 1 and value[1] in UNSAFE_START:
         return value[1:]
     return value
 
@@ -248,9 +248,9 @@ class _Merger:
 
 def _write_rows(rows: Iterable[dict[str, Any]], path: Path, suffix: str) -> None:
     if suffix == ".csv":
-        _write_csv(rows, path)
+        write_csv_rows(rows, path)
     elif suffix == ".parquet":
-        _write_parquet(rows, path)
+        write_parquet_rows(rows, path)
     else:
         with path.open("w", encoding="utf-8") as f:
             for row in rows:

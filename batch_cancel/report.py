@@ -37,7 +37,14 @@ from batch_cancel.report_csv import write_csv_batch
 from batch_cancel.snapshot import REPORT_SCHEMA
 from batch_cancel.snapshot import report_batches as snapshot_batches
 
-__all__ = ["REPORT_COLUMNS", "report_rows", "write_report"]
+__all__ = [
+    "REPORT_COLUMNS",
+    "UNSAFE_START",
+    "report_rows",
+    "write_csv_rows",
+    "write_parquet_rows",
+    "write_report",
+]
 
 REPORT_COLUMNS = (
     "row", "phone_number", "phone_e164", "application_id", "campaign", "calling_list",
@@ -48,7 +55,7 @@ REPORT_COLUMNS = (
 )  # fmt: skip
 assert tuple(REPORT_SCHEMA.names) == REPORT_COLUMNS
 FORMATS = (".csv", ".parquet", ".jsonl")
-_UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")
+UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")
 _STATUS = {"planned": "pending", "sent": "pending"}
 _BATCH = 50_000
 
@@ -125,9 +132,9 @@ def _write(batches: Iterable[pa.RecordBatch], path: Path, suffix: str) -> None:
 
 
 # merge.py writes merged reports with these, so its output is a single run's format.
-def _write_csv(rows: Iterable[dict[str, Any]], path: Path) -> None:
+def write_csv_rows(rows: Iterable[dict[str, Any]], path: Path) -> None:
     _write(_as_batches(rows), path, ".csv")
 
 
-def _write_parquet(rows: Iterable[dict[str, Any]], path: Path, batch: int = _BATCH) -> None:
+def write_parquet_rows(rows: Iterable[dict[str, Any]], path: Path, batch: int = _BATCH) -> None:
     _write(_as_batches(rows, batch), path, ".parquet")
