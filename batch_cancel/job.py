@@ -26,10 +26,10 @@ from batch_cancel.exceptions import (
     JournalMismatch,
     RequestError,
 )
-from batch_cancel.inputs import InputFile, inspect_inputs
-from batch_cancel.journal import Journal
-from batch_cancel.plan import build_plan
-from batch_cancel.report import check_report_path, write_report
+from batch_cancel.input.files import InputFile, inspect_inputs
+from batch_cancel.journal.store import Journal
+from batch_cancel.plan.planner import build_plan
+from batch_cancel.report.writers import check_report_path, write_report
 from batch_cancel.summary import Summary, summarise
 
 __all__ = ["new_run_id", "prepare", "run_job"]
@@ -132,7 +132,7 @@ async def run_job(
         if not config.dry_run and to_send:
             if gws is None:
                 raise ConfigError("no GWS to send to: give --base-url, --username and a password")
-            from batch_cancel.engine import Engine
+            from batch_cancel.send.phase import Engine
 
             view = progress(to_send) if progress is not None else None
             engine = Engine(config, gws, journal, stop=stop, progress=view)
@@ -168,7 +168,7 @@ def _finish(
     write_report(journal, report)
     summary = summarise(journal, run_id, report, config, stats, time.monotonic() - started)
     if config.html is not None:
-        from batch_cancel.evidence import write_html
+        from batch_cancel.report.evidence import write_html
 
         write_html(journal, summary, config.html)
     return summary

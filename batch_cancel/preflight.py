@@ -17,9 +17,9 @@ from typing import Any
 
 from batch_cancel.config import GwsConfig, JobDefaults
 from batch_cancel.exceptions import BatchCancelError
-from batch_cancel.gws.notifications import AckChannel
+from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.session import GwsSession
-from batch_cancel.matcher import SUCCESS, describe_failure
+from batch_cancel.send.matcher import SUCCESS, describe_failure
 
 __all__ = ["Step", "preflight"]
 
@@ -146,7 +146,7 @@ async def _canary(
 
 
 def _estimate(out: _Steps, inputs: Sequence[Path], rate: float) -> bool:
-    from batch_cancel.inputs import inspect_inputs, read_batches
+    from batch_cancel.input.files import inspect_inputs, read_batches
 
     t = time.monotonic()
     # unreadable input is a usage error (exit 2), raised to the caller

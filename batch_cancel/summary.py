@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_cancel.config import RunConfig
-from batch_cancel.journal import Journal
+from batch_cancel.journal.store import Journal
 
 __all__ = ["Summary", "summarise"]
 

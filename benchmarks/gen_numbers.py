@@ -109,8 +109,8 @@ def generate(rows: int, out: Path, seed: int = 7) -> tuple[Path, Path]:
 
 def measure(paths: list[Path]) -> None:
     """Read and normalise every row, as the dry-run does, and report speed and memory."""
-    from batch_cancel.inputs import inspect_inputs, read_batches
-    from batch_cancel.phones import normalise
+    from batch_cancel.input.files import inspect_inputs, read_batches
+    from batch_cancel.plan.phones import normalise
 
     started = time.perf_counter()
     files = inspect_inputs(paths)

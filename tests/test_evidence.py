@@ -27,9 +27,9 @@ import pytest
 from helpers import ENV, job_args, make_sim, numbers, read_report, run_cli, write_csv
 
 from batch_cancel import __version__
-from batch_cancel.evidence import STATUSES, write_html
-from batch_cancel.evidence_svg import LatencyHistogram, TimeBins
-from batch_cancel.journal import RECORD_COLUMNS, Journal
+from batch_cancel.journal.store import RECORD_COLUMNS, Journal
+from batch_cancel.report.charts import LatencyHistogram, TimeBins
+from batch_cancel.report.evidence import STATUSES, write_html
 from batch_cancel.summary import Summary
 
 SHA_A = "a" * 64

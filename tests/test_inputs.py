@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_cancel.exceptions import ConfigError, InputError
-from batch_cancel.inputs import RowBatch, inspect_inputs, read_batches
+from batch_cancel.input.files import RowBatch, inspect_inputs, read_batches
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from batch_cancel.logsummary import OncePerInterval
+from batch_cancel.log_once import OncePerInterval
 
 
 def test_first_event_logged_then_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from helpers import ENV, job_args, make_sim, numbers, read_report, run_cli, write_csv
 
-from batch_cancel.report import REPORT_COLUMNS
+from batch_cancel.report.writers import REPORT_COLUMNS
 
 # Compared per row between the merged shards and the single run; timings and
 # reference ids (which carry the run id) differ by nature.

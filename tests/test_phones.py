@@ -7,8 +7,8 @@ import random
 import phonenumbers
 import pytest
 
-from batch_cancel import phones
-from batch_cancel.phones import Phone, PhoneFormat, mask, normalise, region_ok
+from batch_cancel.plan import phones
+from batch_cancel.plan.phones import Phone, PhoneFormat, mask, normalise, region_ok
 
 US = "+12125550134"
 

@@ -17,14 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_cancel import plan as plan_module
 from batch_cancel.config import JobDefaults, RunConfig
-from batch_cancel.inputs import RowBatch, inspect_inputs
-from batch_cancel.journal import Journal
-from batch_cancel.phones import PhoneFormat
-from batch_cancel.plan import _settle_slow_rows, build_plan, classify_row
-from batch_cancel.plan_columns import Const, plan_batch
-from batch_cancel.report import REPORT_COLUMNS, _as_batches, _write, report_rows, write_report
+from batch_cancel.input.files import RowBatch, inspect_inputs
+from batch_cancel.journal.store import Journal
+from batch_cancel.plan import planner as plan_module
+from batch_cancel.plan.columns import Const, plan_batch
+from batch_cancel.plan.phones import PhoneFormat
+from batch_cancel.plan.planner import _settle_slow_rows, build_plan, classify_row
+from batch_cancel.report.writers import REPORT_COLUMNS, _as_batches, _write, report_rows, write_report
 
 SHAPES = ["{a}{b}{c}", "({a}) {b}-{c}", "{a}-{b}-{c}", "{a}.{b}.{c}", "1{a}{b}{c}", "+1 {a} {b} {c}",
           "+1{a}{b}{c}", "{a}{b}{c}.0", "{a}{b}{c}.00", "00 1 {a}{b}{c}", "001{a}{b}{c}",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from helpers import job_args, numbers, read_report, run_cli, write_csv
 
-from batch_cancel.plan import shard_of
+from batch_cancel.plan.planner import shard_of
 
 
 def test_assignment_is_a_fixed_function_of_the_key() -> None:

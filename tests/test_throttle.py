@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ENV, Faults, job_args, make_sim, numbers, run_cli, write_csv
 
-from batch_cancel.throttle import Pacer
+from batch_cancel.send.pacer import Pacer
 
 
 class FakeTime:

@@ -43,7 +43,7 @@ def merge(reports: tuple[Path, ...], out: Path, run_id: str | None, allow_gaps: 
     rows overlap, are refused.
     """
     from batch_cancel.exceptions import ConfigError
-    from batch_cancel.merge import merge_reports
+    from batch_cancel.report.merge import merge_reports
 
     if out.resolve() in {p.resolve() for p in reports}:
         raise ConfigError(f"--out {out} is one of the reports to merge; write the merge elsewhere")

@@ -16,7 +16,7 @@ import click
 
 from batch_cancel import config as defaults
 from batch_cancel.cli._common import guarded, read_password, setup_logging
-from batch_cancel.jobfile import check_env, job_option, job_password
+from batch_cancel.cli.jobfile import check_env, job_option, job_password
 
 __all__ = ["gws_options", "run"]
 
@@ -176,7 +176,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     """
     from batch_cancel.config import JobDefaults, RunConfig
     from batch_cancel.exceptions import ConfigError
-    from batch_cancel.phones import region_ok
+    from batch_cancel.plan.phones import region_ok
 
     password = None if opts["dry_run"] else read_password(opts["password_file"]) or job_password()
     setup_logging(opts["verbose"], opts["quiet"], [password] if password else [])
@@ -225,8 +225,8 @@ async def check_first(cfg: Any, gws: Any) -> None:
 
 
 async def execute(cfg: Any, gws: Any) -> Any:
+    from batch_cancel.cli.progress import make_progress
     from batch_cancel.job import run_job
-    from batch_cancel.progress import make_progress
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -259,7 +259,7 @@ async def execute(cfg: Any, gws: Any) -> Any:
 
 
 def print_summary(summary: Any) -> None:
-    from batch_cancel.phones import mask
+    from batch_cancel.plan.phones import mask
 
     log.info(
         "run %s: %d rows: %d cancelled, %d failed, %d timed out, %d rejected, %d duplicate, "

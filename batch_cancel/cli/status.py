@@ -17,7 +17,7 @@ FINAL_ORDER = ("cancelled", "failed", "timed_out", "rejected", "duplicate")
 
 def describe(state: Path) -> dict[str, Any]:
     from batch_cancel.exceptions import ConfigError
-    from batch_cancel.journal import Journal
+    from batch_cancel.journal.store import Journal
 
     if not state.is_file():
         raise ConfigError(f"no journal at {state}")

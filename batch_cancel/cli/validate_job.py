@@ -40,10 +40,10 @@ def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) ->
     planned exactly as `batch-cancel run --job JOB_FILE --dry-run` would, with
     a temporary journal and report: nothing is sent and nothing is kept.
     """
+    from batch_cancel.cli.jobfile import load_job
     from batch_cancel.cli.run import run
     from batch_cancel.exceptions import ConfigError
-    from batch_cancel.jobfile import load_job
-    from batch_cancel.report import check_report_path
+    from batch_cancel.report.writers import check_report_path
 
     job = load_job(job_file, run)
     if job.values.get("report"):  # the dry run below writes its own report, so check the file's here

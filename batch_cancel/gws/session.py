@@ -31,7 +31,7 @@ from batch_cancel.exceptions import (
     SessionExpired,
     TransientError,
 )
-from batch_cancel.gws.errors import (
+from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
     Reply,
     body_json,

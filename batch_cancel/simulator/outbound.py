@@ -25,7 +25,7 @@ from batch_cancel.simulator.httputil import (
     session_of,
 )
 from batch_cancel.simulator.ledger import PublishEvent, PublishKind, RequestEntry
-from batch_cancel.simulator.notifications import (
+from batch_cancel.simulator.messages import (
     OPERATIONS,
     RecordRequest,
     device_event,

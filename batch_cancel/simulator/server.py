@@ -25,7 +25,7 @@ from batch_cancel.simulator.rest import UserResources
 from batch_cancel.simulator.state import SimState
 
 if TYPE_CHECKING:
-    from batch_cancel.simulator.threaded import ThreadedSimulator
+    pass
 
 __all__ = ["LEDGER_PATH", "NOTIFICATIONS_PATH", "GwsSimulator"]
 
@@ -91,12 +91,6 @@ class GwsSimulator:
     ) -> None:
         await self.stop()
 
-    @staticmethod
-    def start_in_thread(config: SimulatorConfig | None = None) -> ThreadedSimulator:
-        """Serve from a background thread with its own event loop (for subprocess tests)."""
-        from batch_cancel.simulator.threaded import ThreadedSimulator
-
-        return ThreadedSimulator(config).start()
 
     # -- what tests look at and turn -------------------------------------------------------
 

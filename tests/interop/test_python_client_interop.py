@@ -12,7 +12,7 @@ What is proved here:
 * after a session loss the server answers ``402::session_unknown`` with advice ``handshake``, and
   aiocometd-noloop re-handshakes and re-subscribes *by itself* (the subscribe rides on the first
   ``/meta/connect`` after the new handshake), so a message published afterwards arrives;
-* the same through our wrapper, ``batch_cancel.gws.notifications.AckChannel``, including its own
+* the same through our wrapper, ``batch_cancel.gws.ack_channel.AckChannel``, including its own
   cookie jar (IP host 127.0.0.1), its headers (a JSESSIONID cookie sent next to BAYEUX_BROWSER) and
   its up/down signal.
 """
@@ -222,7 +222,7 @@ async def test_raw_aiocometd_open_waits_a_long_poll_without_the_advice(
 
 async def test_ack_channel_against_cometd_node_server(cometd_server: CometDNodeServer) -> None:
     """batch-cancel's AckChannel: subscribe, receive, survive a session loss, receive again."""
-    from batch_cancel.gws import notifications
+    from batch_cancel.gws import ack_channel as notifications
 
     received: list[Message] = []
     states: list[tuple[bool, str]] = []
@@ -296,7 +296,7 @@ async def test_ack_channel_failed_start_leaves_nothing_running(
     /meta/connect is refused with 402 (advice: handshake, interval 0).
     """
     from batch_cancel.exceptions import NotificationChannelLost
-    from batch_cancel.gws import notifications
+    from batch_cancel.gws import ack_channel as notifications
 
     await cometd_server.strip_cookie(True)
     channel = notifications.AckChannel(

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from simhelpers import MakeClient, StartSim
 
-from batch_cancel.simulator import Faults, GwsSimulator, Ledger, SimulatorConfig
+from batch_cancel.simulator import Faults, GwsSimulator, Ledger, SimulatorConfig, ThreadedSimulator
 
 
 def _ledger_with_starts(*starts: float) -> Ledger:
@@ -56,7 +56,7 @@ async def test_ledger_endpoint_round_trips_through_json(sim: GwsSimulator, make_
 def test_threaded_simulator_serves_from_a_plain_thread() -> None:
     config = SimulatorConfig(users={"agent": "secret"}, long_poll_timeout=1.0)
     with (
-        GwsSimulator.start_in_thread(config) as threaded,
+        ThreadedSimulator(config).start() as threaded,
         httpx.Client(base_url=threaded.base_url) as http,
     ):
         me = http.get("/api/v2/me", auth=("agent", "secret"))

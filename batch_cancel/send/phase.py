@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 from batch_cancel.config import GwsConfig, RunConfig
 from batch_cancel.exceptions import ConfigError, TransientError
-from batch_cancel.gws.notifications import AckChannel
+from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.session import GwsSession
-from batch_cancel.journal import Journal
-from batch_cancel.matcher import Matcher
-from batch_cancel.recorder import Recorder
-from batch_cancel.records import Record
-from batch_cancel.sender import Sender, SenderSettings
-from batch_cancel.throttle import Pacer
+from batch_cancel.journal.store import Journal
+from batch_cancel.journal.writer import Recorder
+from batch_cancel.send.matcher import Matcher
+from batch_cancel.send.pacer import Pacer
+from batch_cancel.send.record import Record
+from batch_cancel.send.sender import Sender, SenderSettings
 
 __all__ = ["Engine"]
 

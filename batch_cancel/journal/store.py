@@ -3,7 +3,7 @@
 It holds the run's identity (run id, input files with size and SHA-256, the
 effective configuration, never a secret), one row per input row with its current
 state, and an append-only log of state transitions. The report is always
-rebuilt from it. Writes are buffered by :class:`batch_cancel.recorder.Recorder`
+rebuilt from it. Writes are buffered by :class:`batch_cancel.journal.writer.Recorder`
 and committed in batches, so the journal does not cap throughput.
 """
 

@@ -13,13 +13,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from batch_cancel.logsummary import OncePerInterval
-from batch_cancel.recorder import Recorder
-from batch_cancel.records import Record
+from batch_cancel.journal.writer import Recorder
+from batch_cancel.log_once import OncePerInterval
+from batch_cancel.send.record import Record
 
 __all__ = ["Matcher", "describe_failure"]
 
-log = logging.getLogger("batch_cancel.matcher")
+log = logging.getLogger("batch_cancel.send.matcher")
 
 SUCCESS = {"CancelRecord": "RecordCancelAcknowledge", "DoNotCallRecord": "DoNotCallAcknowledge"}
 _TEXT_KEYS = ("errorMessage", "statusMessage", "error", "message", "reason", "description")

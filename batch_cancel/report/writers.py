@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_cancel.exceptions import ConfigError
-from batch_cancel.journal import Journal
-from batch_cancel.report_csv import write_csv_batch
-from batch_cancel.snapshot import REPORT_SCHEMA
-from batch_cancel.snapshot import report_batches as snapshot_batches
+from batch_cancel.journal.snapshot import report_batches as snapshot_batches
+from batch_cancel.journal.store import Journal
+from batch_cancel.report.csv_text import write_csv_batch
+from batch_cancel.report.schema import REPORT_COLUMNS, REPORT_SCHEMA
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -46,14 +46,6 @@ __all__ = [
     "write_report",
 ]
 
-REPORT_COLUMNS = (
-    "row", "phone_number", "phone_e164", "application_id", "campaign", "calling_list",
-    "reference_id", "status", "attempts", "http_status", "status_code", "notification_type",
-    "error", "sent_at", "acked_at", "latency_ms",
-    # beyond the contract's columns, appended so positional readers keep working
-    "phone_sent", "warnings", "duplicate_of", "source",
-)  # fmt: skip
-assert tuple(REPORT_SCHEMA.names) == REPORT_COLUMNS
 FORMATS = (".csv", ".parquet", ".jsonl")
 UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")
 _STATUS = {"planned": "pending", "sent": "pending"}

@@ -1,7 +1,7 @@
 """A vectorised pre-pass over a batch of phone values: the clean, valid NANPA numbers.
 
 Most rows of a do-not-call list are a 10-digit US number with some punctuation.
-For those, :func:`batch_cancel.phones.normalise` is a digit split plus two
+For those, :func:`batch_cancel.plan.phones.normalise` is a digit split plus two
 regex matches, and doing that per row in Python is what made planning slow.
 Here the same steps run over a whole Arrow array in C++ (RE2):
 
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_cancel.phones import PhoneFormat, us_ten_digit_patterns
+from batch_cancel.plan.phones import PhoneFormat, us_ten_digit_patterns
 
 __all__ = ["FastPhones", "fast_nanpa"]
 

@@ -31,7 +31,7 @@ from batch_cancel.exceptions import ConfigError, InputError
 
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
-from batch_cancel.report import (
+from batch_cancel.report.writers import (
     REPORT_COLUMNS,
     UNSAFE_START,
     check_report_path,

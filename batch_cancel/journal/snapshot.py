@@ -16,19 +16,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_cancel.journal import Journal
+from batch_cancel.journal.store import Journal
+from batch_cancel.report.schema import REPORT_SCHEMA
 
-__all__ = ["REPORT_SCHEMA", "encode", "report_batches"]
+__all__ = ["encode", "report_batches"]
 
-REPORT_SCHEMA = pa.schema([
-    ("row", pa.int64()), ("phone_number", pa.string()), ("phone_e164", pa.string()),
-    ("application_id", pa.int64()), ("campaign", pa.string()), ("calling_list", pa.string()),
-    ("reference_id", pa.string()), ("status", pa.string()), ("attempts", pa.int64()),
-    ("http_status", pa.int64()), ("status_code", pa.int64()), ("notification_type", pa.string()),
-    ("error", pa.string()), ("sent_at", pa.string()), ("acked_at", pa.string()),
-    ("latency_ms", pa.float64()), ("phone_sent", pa.string()), ("warnings", pa.string()),
-    ("duplicate_of", pa.int64()), ("source", pa.string()),
-])  # fmt: skip
 # The report columns a plan decides; the rest are derived or empty until sending.
 _STORED = ("row", "phone_number", "phone_e164", "application_id", "campaign", "calling_list",
            "error", "phone_sent", "warnings", "source")

@@ -1,8 +1,8 @@
-"""Column-wise classification of one input batch, for :mod:`batch_cancel.plan`.
+"""Column-wise classification of one input batch, for :mod:`batch_cancel.plan.planner`.
 
 A row is settled here, without Python code of its own, when nothing about it
 needs a decision: its number is a clean, valid NANPA number
-(:mod:`batch_cancel.phone_batch`) and its application id, campaign, calling
+(:mod:`batch_cancel.plan.nanp`) and its application id, campaign, calling
 list, chain attribute and region are all usable. Every other row is listed in
 ``BatchPlan.slow`` for ``plan.classify_row``, so the rules live in one place.
 Per-value work on the other columns (parsing an id, checking a region) runs once
@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_cancel.config import CHAIN_ATTRIBUTES, JobDefaults
-from batch_cancel.inputs import RowBatch
-from batch_cancel.phone_batch import fast_nanpa
-from batch_cancel.phones import NANPA_REGIONS, PhoneFormat, region_ok
+from batch_cancel.input.files import RowBatch
+from batch_cancel.plan.nanp import fast_nanpa
+from batch_cancel.plan.phones import NANPA_REGIONS, PhoneFormat, region_ok
 
 __all__ = ["TEXT", "BatchPlan", "Const", "parse_application_id", "plan_batch"]
 

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from batch_cancel.journal import Journal
-from batch_cancel.records import Record
+from batch_cancel.journal.store import Journal
+from batch_cancel.send.record import Record
 
 __all__ = ["Recorder"]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from batch_cancel import __version__
-from batch_cancel.evidence_svg import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
-from batch_cancel.journal import Journal
+from batch_cancel.journal.store import Journal
+from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
 from batch_cancel.summary import Summary
 
 __all__ = ["ATTENTION", "STATUSES", "write_html"]

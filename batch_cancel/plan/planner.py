@@ -24,14 +24,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_cancel import snapshot
 from batch_cancel.config import CHAIN_ATTRIBUTES, JobDefaults, RunConfig
-from batch_cancel.dedupe import Deduper, partitions_for
 from batch_cancel.exceptions import Interrupted
-from batch_cancel.inputs import InputFile, read_batches
-from batch_cancel.journal import Journal
-from batch_cancel.phones import Phone, PhoneFormat, normalise, region_ok
-from batch_cancel.plan_columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
+from batch_cancel.input.files import InputFile, read_batches
+from batch_cancel.journal import snapshot
+from batch_cancel.journal.store import Journal
+from batch_cancel.plan.columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
+from batch_cancel.plan.dedupe import Deduper, partitions_for
+from batch_cancel.plan.phones import Phone, PhoneFormat, normalise, region_ok
 
 __all__ = ["build_plan", "classify_row", "reference_id", "shard_of"]
 

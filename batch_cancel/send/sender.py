@@ -25,15 +25,15 @@ from batch_cancel.exceptions import (
     TransientError,
 )
 from batch_cancel.gws.session import GwsSession
-from batch_cancel.logsummary import OncePerInterval
-from batch_cancel.matcher import Matcher
-from batch_cancel.recorder import Recorder
-from batch_cancel.records import Record
-from batch_cancel.throttle import Pacer
+from batch_cancel.journal.writer import Recorder
+from batch_cancel.log_once import OncePerInterval
+from batch_cancel.send.matcher import Matcher
+from batch_cancel.send.pacer import Pacer
+from batch_cancel.send.record import Record
 
 __all__ = ["Channel", "Sender", "SenderSettings"]
 
-log = logging.getLogger("batch_cancel.sender")
+log = logging.getLogger("batch_cancel.send.sender")
 
 # A session error does not count as an attempt (GWS did nothing with the
 # request), but a record cannot bounce between logins forever.

@@ -1,0 +1,1 @@
+"""Input: validate the files up front, then stream their rows in bounded memory."""

@@ -1,0 +1,1 @@
+"""Plan: classify every input row (phone hygiene, columns, duplicates) into the journal."""

@@ -1,0 +1,1 @@
+"""Report: one schema, the writers, shard merging and the evidence page."""

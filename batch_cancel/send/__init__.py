@@ -1,0 +1,1 @@
+"""Send and match: the send phase, its workers, the pacer, records in flight and the matcher."""
