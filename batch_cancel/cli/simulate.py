@@ -89,10 +89,11 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
 )
 @click.option(
     "--failure-style",
-    type=click.Choice(["error_message", "outbound_notification"]),
+    type=click.Choice(["error_message", "outbound_notification", "user_event"]),
     default="error_message",
     show_default=True,
-    help="Shape of a failure: ErrorMessage, or OutboundRecordMessage RecordCancelError.",
+    help="Shape of a failure: ErrorMessage, OutboundRecordMessage RecordCancelError, or only "
+    "an OCS error (GSW_ERROR) as DeviceUserEventMessage on /me/internal.",
 )
 @click.option("--no-csrf", is_flag=True, help="Turn CSRF protection off.")
 @click.option("--csrf-on-cometd", is_flag=True, help="Also require the CSRF header on CometD requests.")
@@ -208,6 +209,40 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
     metavar="N",
     help="Forget all CometD clients after every N outbound requests.",
 )
+@click.option(
+    "--fault-hang-before-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share accepted and never answered, not processed.",
+)
+@click.option(
+    "--fault-hang-after-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share processed (outcome published) and never answered.",
+)
+@click.option(
+    "--fault-foreign-every",
+    type=_COUNT,
+    default=0,
+    metavar="N",
+    help="After every N outbound requests, publish messages that answer none of them.",
+)
+@click.option(
+    "--dos-max-requests-per-sec",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    metavar="R",
+    help="Jetty DoSFilter per session: requests over R/s wait their turn (0: off).",
+)
+@click.option(
+    "--dos-max-wait",
+    type=_SECONDS,
+    default=2.0,
+    show_default=True,
+    metavar="S",
+    help="A request the DoS filter would hold longer than this is answered 429.",
+)
 def simulate(**options: Any) -> None:
     """Serve a simulated GWS (REST + CometD long-polling) until Ctrl-C.
 
@@ -220,6 +255,11 @@ def simulate(**options: Any) -> None:
       batch-cancel simulate --port 8090 --user agent:secret \\
           --fail-number 2125550199 --fail-list BadList --seed 7 \\
           --fault-503-rate 0.1 --fault-ack-drop-rate 0.05 --fault-ack-delay 0 0.5
+    \b
+    Example: a GWS behind Jetty's DoS filter (25/s per session, then delay), which
+    tells failures only on /me/internal and leaves 2% of requests unanswered
+      batch-cancel simulate --dos-max-requests-per-sec 25 --dos-max-wait 2 \\
+          --failure-style user_event --fault-hang-before-rate 0.02
     \b
     Then point the job at it:
       GWS_PASSWORD=secret batch-cancel run numbers.csv \\
@@ -255,6 +295,11 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
             session_expiry_every=options["fault_session_expiry_every"],
             csrf_invalidate_every=options["fault_csrf_invalidate_every"],
             drop_cometd_every=options["fault_drop_cometd_every"],
+            hang_before_rate=options["fault_hang_before_rate"],
+            hang_after_rate=options["fault_hang_after_rate"],
+            foreign_every=options["fault_foreign_every"],
+            dos_max_requests_per_sec=options["dos_max_requests_per_sec"],
+            dos_max_wait=options["dos_max_wait"],
         )
         return SimulatorConfig(
             host=options["host"],

@@ -12,7 +12,9 @@ from typing import Literal
 
 __all__ = ["FailureStyle", "Faults", "SimulatorConfig"]
 
-FailureStyle = Literal["error_message", "outbound_notification"]
+# "user_event": the failure is told only as OCS's desktop-protocol error, a
+# DeviceUserEventMessage on /me/internal with GSW_ERROR and no referenceId.
+FailureStyle = Literal["error_message", "outbound_notification", "user_event"]
 
 _DEFAULT_USERS: Mapping[str, str] = {"agent": "secret"}
 
@@ -44,6 +46,20 @@ class Faults:
     session_expiry_every: int = 0
     csrf_invalidate_every: int = 0
     drop_cometd_every: int = 0
+    # Requests accepted on the socket and never answered: "hang_before" ones are never
+    # processed, "hang_after" ones are processed (their outcome is published) first.
+    hang_before_rate: float = 0.0
+    hang_after_rate: float = 0.0
+    # After every N processed requests, publish messages that match no request of the
+    # client's: a user event of the agent's device and an outbound notification with
+    # a referenceId nobody sent (0: never).
+    foreign_every: int = 0
+    # Jetty's DoSFilter, per HTTP session (by JSESSIONID, else by client address):
+    # at most dos_max_requests_per_sec outbound-record requests start within any one
+    # second; the excess waits its turn, and a request that would wait more than
+    # dos_max_wait seconds is answered 429 without Retry-After (0: filter off).
+    dos_max_requests_per_sec: float = 0.0
+    dos_max_wait: float = 2.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -59,6 +75,8 @@ class Faults:
             raise ValueError(f"retry_after must be >= 0, got {self.retry_after!r}")
         if self.ack_before_http_delay < 0:
             raise ValueError("ack_before_http_delay must be >= 0")
+        if self.dos_max_requests_per_sec < 0 or self.dos_max_wait < 0:
+            raise ValueError("dos_max_requests_per_sec and dos_max_wait must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,7 @@ class SimulatorConfig:
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        if self.failure_style not in ("error_message", "outbound_notification"):
+        if self.failure_style not in ("error_message", "outbound_notification", "user_event"):
             raise ValueError(f"unknown failure_style {self.failure_style!r}")
         if not self.users:
             raise ValueError("at least one user is needed")

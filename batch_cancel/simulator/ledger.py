@@ -16,7 +16,9 @@ from typing import Any, Literal
 __all__ = ["Ledger", "Outcome", "PublishEvent", "PublishKind", "RequestEntry"]
 
 Outcome = Literal["cancelled", "failed"]
-PublishKind = Literal["ack", "failure", "device_event"]
+# "error_event": a failure told as a user event on /me/internal; "foreign": a message
+# that answers no request (the foreign_every knob).
+PublishKind = Literal["ack", "failure", "device_event", "error_event", "foreign"]
 
 
 @dataclass
@@ -42,6 +44,8 @@ class RequestEntry:
     # CometD clients of the user subscribed to /v2/me/outbound when the request was
     # processed: 0 means its outcome was published to nobody
     listeners: int | None = None
+    # Seconds the DoS filter held the request back before looking at it.
+    dos_wait: float = 0.0
 
 
 @dataclass
@@ -69,6 +73,8 @@ class _Counters:
     client_drops: int = 0
     session_expiries: int = 0
     csrf_rotations: int = 0
+    cc_session_starts: int = 0
+    cc_session_ends: int = 0
 
 
 @dataclass
@@ -172,6 +178,15 @@ class Ledger:
         return self._counters.client_drops
 
     @property
+    def cc_session_starts(self) -> int:
+        return self._counters.cc_session_starts
+
+    @property
+    def cc_session_ends(self) -> int:
+        """EndContactCenterSession requests answered (the agent logged out of its device)."""
+        return self._counters.cc_session_ends
+
+    @property
     def peak_in_flight(self) -> int:
         return self._peak_in_flight
 
@@ -191,8 +206,8 @@ class Ledger:
         return self._delivered_refs("ack")
 
     def failed_refs(self) -> set[str]:
-        """Refs whose failure message was handed to at least one client."""
-        return self._delivered_refs("failure")
+        """Refs whose failure message (outbound or user event) reached at least one client."""
+        return self._delivered_refs("failure") | self._delivered_refs("error_event")
 
     def refs_with_outcome(self, outcome: Outcome) -> set[str]:
         """Refs the server decided this way, delivered or not."""

@@ -1,8 +1,9 @@
 """``POST /api/v2/me/outbound-records``: validation, fault injection and the CometD outcome.
 
 The order of checks mirrors a GWS behind Jetty: the connection can die first, the DoS
-filter (429) answers before authentication, then session and CSRF, then the voice
-service (503), then the request itself.
+filter (delay, then 429) acts before authentication, then session and CSRF, then the
+voice service (503), then the contact-center session (statusCode 2), then the request.
+A request can also hang: accepted on the socket and never answered, processed or not.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from batch_cancel.simulator.messages import (
     OPERATIONS,
     RecordRequest,
     device_event,
+    error_event,
     failure_message,
+    foreign_messages,
     success_message,
 )
 from batch_cancel.simulator.sessions import SESSION_COOKIE, HttpSession
@@ -38,6 +41,10 @@ from batch_cancel.simulator.state import SimState
 __all__ = ["OutboundRecords"]
 
 _REQUIRED = ("applicationId", "campaignName", "callingList", "phoneNumber", "devicePath")
+# DoNotCallRecord by phone number does not need a calling list (its API page).
+_OPTIONAL_BY_OPERATION = {"DoNotCallRecord": frozenset({"callingList"})}
+# How often a hung request looks whether its client gave up or the server stops.
+_HANG_CHECK = 0.2
 _CHAIN_ATTRIBUTES = frozenset({"AllChain", "RecordOnly"})
 
 
@@ -70,6 +77,18 @@ class OutboundRecords:
             drop_connection(request)
             state.ledger.finish_request(entry, http_status=None, status_code=None, fault="reset_before")
             return web.Response()
+        wait = state.dos_filter.admit(
+            _dos_key(request), faults.dos_max_requests_per_sec, faults.dos_max_wait
+        )
+        if wait is None:
+            # Jetty's DoSFilter sends no Retry-After with its 429.
+            state.ledger.finish_request(entry, http_status=429, status_code=4, fault="dos_429")
+            return gws_error(429, 4, "Too many requests")
+        if wait > 0:
+            entry.dos_wait = wait
+            await asyncio.sleep(wait)
+        if state.chance(faults.hang_before_rate):
+            return await self._hang(request, entry, "hang_before")
         try:
             session, req = self._admit(request, body)
         except _Refusal as refusal:
@@ -86,6 +105,9 @@ class OutboundRecords:
         reset_after = state.chance(faults.reset_after_rate)
         self._schedule_outcome(entry, session.user, req, early=early)
         self._count_and_degrade(session)
+        self._maybe_foreign(session.user)
+        if state.chance(faults.hang_after_rate):
+            return await self._hang(request, entry, "hang_after")
         if early:
             await asyncio.sleep(faults.ack_before_http_delay)
         if reset_after:
@@ -128,8 +150,9 @@ class OutboundRecords:
             raise _Refusal(400, 1, "Missing parameter: operationName", "missing_parameter")
         if operation not in OPERATIONS:
             raise _Refusal(400, 10, f"Invalid operationName: {operation}", "invalid_parameter")
+        optional = _OPTIONAL_BY_OPERATION.get(operation, frozenset())
         for name in _REQUIRED:
-            if body.get(name) in (None, ""):
+            if name not in optional and body.get(name) in (None, ""):
                 raise _Refusal(400, 1, f"Missing parameter: {name}", "missing_parameter")
         app_id = body["applicationId"]
         if isinstance(app_id, str) and app_id.isdigit():
@@ -139,19 +162,22 @@ class OutboundRecords:
         chain = body.get("chainAttribute")
         if chain is not None and chain not in _CHAIN_ATTRIBUTES:
             raise _Refusal(400, 10, "Invalid parameter: chainAttribute", "invalid_parameter")
-        texts = {n: body[n] for n in _REQUIRED[1:]}
-        if not all(isinstance(v, str) for v in texts.values()):
+        texts = {n: body.get(n) for n in _REQUIRED[1:]}
+        if texts["callingList"] == "":
+            texts["callingList"] = None
+        if not all(isinstance(v, str) for n, v in texts.items() if v is not None or n not in optional):
             raise _Refusal(400, 10, "Invalid parameter type", "invalid_parameter")
         if body["devicePath"] != self._state.devices[session.user].path:
             raise _Refusal(404, 6, f"Device not found: {body['devicePath']}", "device_not_found")
         ref = body.get("referenceId")
+        calling_list = texts["callingList"]
         return RecordRequest(
             operation=operation,
             application_id=app_id,
-            campaign_name=texts["campaignName"],
-            calling_list=texts["callingList"],
-            phone_number=texts["phoneNumber"],
-            device_path=texts["devicePath"],
+            campaign_name=str(texts["campaignName"]),
+            calling_list=None if calling_list is None else str(calling_list),
+            phone_number=str(texts["phoneNumber"]),
+            device_path=str(texts["devicePath"]),
             chain_attribute=chain,
             reference_id=None if ref is None else str(ref),
         )
@@ -172,7 +198,7 @@ class OutboundRecords:
         failed = entry.outcome == "failed"
         started = entry.t_start
         if state.chance(faults.ack_drop_rate):
-            for channel, kind in _parts(failed):
+            for channel, kind in _parts(failed, state.config.failure_style):
                 state.ledger.record_publish(
                     reference_id=req.reference_id,
                     channel=channel,
@@ -197,7 +223,7 @@ class OutboundRecords:
     ) -> None:
         state = self._state
         items: list[tuple[str, Any, PublishEvent | None]] = []
-        for channel, kind in _parts(failed):
+        for channel, kind in _parts(failed, state.config.failure_style):
             event = state.ledger.record_publish(
                 reference_id=req.reference_id,
                 channel=channel,
@@ -207,10 +233,12 @@ class OutboundRecords:
             )
             if kind == "failure":
                 data = failure_message(req, state.config.failure_style)
+            elif kind == "error_event":
+                data = error_event(req, started)
             elif kind == "ack":
                 data = success_message(req)
             else:
-                handle = state.record_handle(req.calling_list, req.phone_number)
+                handle = state.record_handle(req.calling_list or "", req.phone_number)
                 data = device_event(req, handle, started)
             items.append((channel, data, event))
         state.hub.publish(user, items)
@@ -230,7 +258,45 @@ class OutboundRecords:
             state.hub.drop_clients()
 
 
-def _parts(failed: bool) -> list[tuple[str, PublishKind]]:
+    def _maybe_foreign(self, user: str) -> None:
+        state = self._state
+        every = state.faults.foreign_every
+        if not every or state.authenticated_requests % every:
+            return
+        n = state.authenticated_requests // every
+        user_event, outbound = foreign_messages(state.devices[user].device_id, n)
+        items: list[tuple[str, Any, PublishEvent | None]] = []
+        for channel, data in ((INTERNAL_CHANNEL, user_event), (OUTBOUND_CHANNEL, outbound)):
+            event = state.ledger.record_publish(
+                reference_id=None, channel=channel, kind="foreign", queued_to=0
+            )
+            items.append((channel, data, event))
+        state.hub.publish(user, items)
+
+    async def _hang(self, request: web.Request, entry: RequestEntry, fault: str) -> web.StreamResponse:
+        """Keep the connection open and never answer, until the client gives up or we stop."""
+        state = self._state
+        state.ledger.finish_request(entry, http_status=None, status_code=None, fault=fault)
+        while not state.stopping.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            try:
+                await asyncio.wait_for(state.stopping.wait(), _HANG_CHECK)
+            except TimeoutError:
+                continue
+        drop_connection(request)
+        return web.Response()
+
+
+def _dos_key(request: web.Request) -> str:
+    session_id = request.cookies.get(SESSION_COOKIE)
+    return f"session:{session_id}" if session_id else f"addr:{request.remote}"
+
+
+def _parts(failed: bool, style: str = "error_message") -> list[tuple[str, PublishKind]]:
+    if failed and style == "user_event":
+        return [(INTERNAL_CHANNEL, "error_event")]
     if failed:
         return [(OUTBOUND_CHANNEL, "failure")]
     return [(OUTBOUND_CHANNEL, "ack"), (INTERNAL_CHANNEL, "device_event")]

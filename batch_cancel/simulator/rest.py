@@ -93,8 +93,10 @@ class UserResources:
             if not isinstance(channels, list) or not channels:
                 return gws_error(400, 1, "Missing parameter: channels")
             session.cc_session = True
+            state.ledger.count("cc_session_starts")
             return gws_ok()
         if operation == "EndContactCenterSession":
+            state.ledger.count("cc_session_ends")
             self._end(session)
             return gws_ok()
         return gws_error(400, 10, f"Invalid operationName: {operation}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from batch_cancel.simulator.bayeux import BayeuxHub
 from batch_cancel.simulator.config import Faults, SimulatorConfig
+from batch_cancel.simulator.dos_filter import DosFilter
 from batch_cancel.simulator.ledger import Ledger
 from batch_cancel.simulator.sessions import HttpSession, SessionStore
 
@@ -47,6 +48,9 @@ class SimState:
         # outbound-record requests that got past authentication: the clock of *_every faults
         self.authenticated_requests = 0
         self.timers: set[asyncio.TimerHandle] = set()
+        self.dos_filter = DosFilter()
+        # Set when the server stops, so hung requests let go of their connections.
+        self.stopping = asyncio.Event()
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults

@@ -24,7 +24,14 @@ def test_help_carries_a_worked_example() -> None:
     assert "Example" in result.output
     # \b keeps the example's lines as written instead of re-wrapping them.
     assert "  batch-cancel simulate --port 8090 --user agent:secret \\\n" in result.output
-    for knob in ("--fault-503-rate", "--fault-ack-delay", "--fault-drop-cometd-every"):
+    for knob in (
+        "--fault-503-rate",
+        "--fault-ack-delay",
+        "--fault-drop-cometd-every",
+        "--fault-hang-before-rate",
+        "--dos-max-requests-per-sec",
+        "user_event",
+    ):
         assert knob in result.output
 
 
