@@ -140,16 +140,18 @@ async def run_job(
                 await engine.run(run_id, journaling=journaling)
             except (AbortedError, RequestError) as exc:
                 summary = _finish(journal, run_id, report, config, engine.stats(), started)
-                if isinstance(exc, RequestError):  # e.g. the device list could not be read
-                    raise AbortedError(str(exc)) from exc
-                exc.summary = summary  # type: ignore[attr-defined]
-                raise
+                # a RequestError here: e.g. the device list could not be read
+                error = exc if isinstance(exc, AbortedError) else AbortedError(str(exc))
+                error.summary = summary  # type: ignore[attr-defined]
+                if error is exc:
+                    raise
+                raise error from exc
             stats = engine.stats()
             if engine.interrupted:
                 summary = _finish(journal, run_id, report, config, stats, started)
-                error = Interrupted("interrupted by a signal: the run can be resumed with --state")
-                error.summary = summary  # type: ignore[attr-defined]
-                raise error
+                stopped = Interrupted("interrupted by a signal: the run can be resumed with --state")
+                stopped.summary = summary  # type: ignore[attr-defined]
+                raise stopped
         return _finish(journal, run_id, report, config, stats, started)
     finally:
         journal.close()

@@ -15,7 +15,8 @@ import click
 
 from batch_cancel.exceptions import BatchCancelError, ConfigError
 
-__all__ = ["exit_with", "guarded", "read_password", "setup_logging"]
+__all__ = ["JsonLineCommand", "error_summary", "exit_with", "guarded", "read_password",
+           "setup_logging"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,13 +73,53 @@ def exit_with(error: BatchCancelError, summary_json: dict[str, Any] | None = Non
 
 
 _EMPTY_COUNTS = ("total", "cancelled", "failed", "timed_out", "rejected", "duplicate", "pending")
+# what a run ends with when it stopped for a bug: the journal is consistent at every
+# instant, so a later run can resume it (exit 3, as for every resumable abort)
+INTERNAL_ERROR_EXIT = 3
 
 
-def error_summary(exc: BatchCancelError) -> dict[str, Any]:
+def error_summary(error: BaseException | str, exit_code: int | None = None) -> dict[str, Any]:
     """The JSON line of a run that stopped before it had a summary of its own."""
+    if exit_code is None:
+        exit_code = error.exit_code if isinstance(error, BatchCancelError) else INTERNAL_ERROR_EXIT
     data: dict[str, Any] = {"run_id": None, **dict.fromkeys(_EMPTY_COUNTS, 0), "report": None}
-    data.update(error=str(exc), exit_code=exc.exit_code)
+    data.update(error=str(error), exit_code=exit_code)
     return data
+
+
+def _aborted_summary(summary: Any, error: BatchCancelError) -> dict[str, Any]:
+    """A run that stopped part-way: its counts, and the exit code the process really ends with.
+
+    The summary's own ``exit_code`` judges only the counts (1 while rows are pending);
+    the error decides how the process ends, and the JSON line must say the same.
+    """
+    data: dict[str, Any] = summary.as_json()
+    data.update(error=str(error), exit_code=error.exit_code)
+    return data
+
+
+class JsonLineCommand(click.Command):
+    """A command whose stdout always ends with the JSON summary line, usage errors included.
+
+    Click reports a bad option (``--concurrency 0``, an unknown flag, a job file
+    that does not load) before the command body runs, so ``guarded`` never sees
+    it; a scheduler reading the last stdout line must still find one, with
+    ``exit_code`` 2 and the reason.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:
+            exc.exit_code = 2  # type: ignore[misc]  # a usage error, whatever click calls it
+            show, line = exc.show, json.dumps(error_summary(exc.format_message(), 2))
+
+            def show_then_json(file: Any = None) -> None:
+                show(file)
+                click.echo(line)
+
+            exc.show = show_then_json  # type: ignore[method-assign]
+            raise
 
 
 @overload
@@ -105,21 +146,23 @@ def guarded(fn: F | None = None, *, json_line: bool = False) -> Any:
         except BatchCancelError as exc:
             summary = getattr(exc, "summary", None)
             if summary is not None:
-                exit_with(exc, summary.as_json())
+                exit_with(exc, _aborted_summary(summary, exc))
             exit_with(exc, error_summary(exc) if json_line else None)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
             click.echo("batch-cancel: interrupted", err=True)
+            if json_line:
+                click.echo(json.dumps(error_summary("interrupted", 3)))
             sys.exit(3)
         except Exception as exc:  # a bug: the journal is consistent, so the run can resume
             logging.getLogger("batch_cancel").debug("internal error", exc_info=True)
             last = traceback.extract_tb(exc.__traceback__)[-1]
-            click.echo(
-                f"batch-cancel: internal error: {type(exc).__name__}: {exc} "
-                f"(at {Path(last.filename).name}:{last.lineno}; run with -v for the traceback)",
-                err=True,
-            )
-            sys.exit(3)
+            message = (f"internal error: {type(exc).__name__}: {exc} "
+                       f"(at {Path(last.filename).name}:{last.lineno})")  # fmt: skip
+            click.echo(f"batch-cancel: {message}; run with -v for the traceback", err=True)
+            if json_line:
+                click.echo(json.dumps(error_summary(message, INTERNAL_ERROR_EXIT)))
+            sys.exit(INTERNAL_ERROR_EXIT)
 
     return wrapper

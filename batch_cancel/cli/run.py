@@ -15,7 +15,13 @@ from typing import Any
 import click
 
 from batch_cancel import config as defaults
-from batch_cancel.cli._common import guarded, read_password, setup_logging
+from batch_cancel.cli._common import (
+    JsonLineCommand,
+    error_summary,
+    guarded,
+    read_password,
+    setup_logging,
+)
 from batch_cancel.cli.jobfile import check_env, job_option, job_password
 
 __all__ = ["gws_options", "run"]
@@ -113,7 +119,7 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
                      cometd_url=cometd_url)  # fmt: skip
 
 
-@click.command(epilog=EPILOG)
+@click.command(cls=JsonLineCommand, epilog=EPILOG)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @job_option
 @click.option("--phone-column", metavar="NAME",
@@ -235,7 +241,10 @@ async def execute(cfg: Any, gws: Any) -> Any:
     def on_signal(signum: int) -> None:
         signals["count"] += 1
         if signals["count"] > 1:
-            # committed journal state is consistent at every instant; leave now
+            # committed journal state is consistent at every instant; leave now, and
+            # still end stdout with the JSON line a scheduler reads
+            print(json.dumps(error_summary("interrupted by a second signal: stopped at once; "
+                                           "the run can be resumed with --state", 3)), flush=True)
             os._exit(3)
         log.warning("%s received: no new requests; waiting up to %.1f s for outstanding acks",
                     signal.Signals(signum).name, cfg.grace)  # fmt: skip

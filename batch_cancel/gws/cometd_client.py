@@ -51,6 +51,11 @@ class CometdClient(Client):  # type: ignore[misc]
         if session is not None and names:
             session.cookie_jar.clear(lambda morsel: morsel.key in names)
 
+    async def _negotiate_transport(self) -> Any:
+        transport = await super()._negotiate_transport()
+        _quiet_when_cancelled(transport)
+        return transport
+
     @property
     def queue(self) -> asyncio.Queue[Message] | None:
         return self._incoming_queue  # type: ignore[no-any-return]
@@ -58,6 +63,20 @@ class CometdClient(Client):  # type: ignore[misc]
     @property
     def transport(self) -> Any:
         return self._transport
+
+
+def _quiet_when_cancelled(transport: Any) -> None:
+    """aiocometd's transport reads the result of its connect task in a done callback
+    that catches ``Exception`` only; closing the client cancels that task, and the
+    ``CancelledError`` then escapes into asyncio's "Exception in callback" log with a
+    traceback on every normal shutdown. A cancelled connect has no advice to follow."""
+    follow = transport._connect_done
+
+    def connect_done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            follow(future)
+
+    transport._connect_done = connect_done
 
 
 def _cookie_names(header: str) -> set[str]:
