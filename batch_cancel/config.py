@@ -7,11 +7,15 @@ Secrets live only in :class:`Credentials`, whose password never appears in a rep
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_cancel.exceptions import ConfigError
+
 __all__ = [
+    "BOUNDS",
     "DEFAULT_ACK_TIMEOUT",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_GRACE",
@@ -31,6 +35,37 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_GRACE = 2.0
 CHAIN_ATTRIBUTES = ("AllChain", "RecordOnly")
+
+_DAY = 86_400.0
+# (lowest, highest, lowest excluded) of each numeric setting. Floats must also be
+# finite: NaN passes every comparison (a NaN timeout never fires, a NaN rate never
+# limits) and a huge timeout overflows the event loop's timers. The CLI builds its
+# option types from this table, so flags, env variables, job files and library
+# callers all meet the same bounds.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "rate": (0.0, 1_000_000.0, False),
+    "concurrency": (1, 1024, False),
+    "ack_timeout": (0.0, _DAY, True),
+    "max_attempts": (1, 100, False),
+    "max_outage": (0.0, 7 * _DAY, True),
+    "grace": (0.0, _DAY, False),
+    "wait_lock": (0.0, 7 * _DAY, False),
+}
+
+
+def _check_bounds(owner: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value: Any = getattr(owner, name)
+        low, high, low_open = BOUNDS[name]
+        whole = isinstance(low, int)
+        ok = False
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            ok = (not whole or isinstance(value, int)) and math.isfinite(value) and (
+                value > low if low_open else value >= low) and value <= high
+        if not ok:
+            what = "a whole number" if whole else "a finite number"
+            shown = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
+            raise ConfigError(f"{name.replace('_', '-')} must be {what} {shown}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +90,11 @@ class GwsConfig:
     ack_channels: tuple[str, ...] = ("/v2/me/outbound",)
     # where CometD is served when not beside the REST API (another host or port)
     cometd_url: str | None = None
+
+    def __post_init__(self) -> None:
+        timeout = self.request_timeout
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and 0 < timeout <= _DAY):
+            raise ConfigError(f"request_timeout must be a finite number of seconds > 0, not {timeout!r}")
 
     @property
     def notifications_url(self) -> str:
@@ -99,6 +139,12 @@ class RunConfig:
     shard: tuple[int, int] | None = None  # (index, count), index in 0..count-1
     adaptive_rate: bool = False
     html: Path | None = None
+    # seconds to wait for another run's lock on the journal (0: exit 2 at once)
+    wait_lock: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, ("rate", "concurrency", "ack_timeout", "max_attempts", "max_outage",
+                             "grace", "wait_lock"))  # fmt: skip
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that made the journal.

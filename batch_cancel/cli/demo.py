@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from batch_cancel.cli._common import guarded, setup_logging
+from batch_cancel.cli.param_types import bounded
 
 __all__ = ["demo"]
 
@@ -24,8 +25,8 @@ Example:
 """)  # fmt: skip
 @click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path),
               help="Input files (default: every file in sample_data/).")
-@click.option("--rate", type=float, default=20.0, show_default=True)
-@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--rate", type=bounded("rate"), default=20.0, show_default=True)
+@click.option("--concurrency", type=bounded("concurrency"), default=8, show_default=True)
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Report path (default reports/<run id>.csv).")
 @guarded

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from batch_cancel.cli._common import guarded, read_password, setup_logging
+from batch_cancel.cli.param_types import bounded
 from batch_cancel.cli.run import build_gws, gws_options
 
 __all__ = ["preflight"]
@@ -33,9 +34,9 @@ Exit codes: 0 every step passed; 2 usage error; 3 a step failed (it is named).
 @click.option("--calling-list")
 @click.option("--device-path")
 @click.option("--chain-attribute", type=click.Choice(["AllChain", "RecordOnly"]))
-@click.option("--rate", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--rate", type=bounded("rate"), default=10.0, show_default=True,
               help="Rate used for the ETA of INPUT files.")
-@click.option("--ack-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+@click.option("--ack-timeout", type=bounded("ack_timeout"), default=30.0,
               show_default=True, metavar="SECONDS")
 @gws_options
 @guarded

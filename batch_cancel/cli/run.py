@@ -23,6 +23,7 @@ from batch_cancel.cli._common import (
     setup_logging,
 )
 from batch_cancel.cli.jobfile import check_env, job_option, job_password
+from batch_cancel.cli.param_types import bounded
 
 __all__ = ["gws_options", "run"]
 
@@ -138,19 +139,19 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               help="Reject numbers that parse but are not valid for their region.")
 @click.option("--operation", type=click.Choice(["CancelRecord", "DoNotCallRecord"]),
               default="CancelRecord", show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0), default=defaults.DEFAULT_RATE,
+@click.option("--rate", type=bounded("rate"), default=defaults.DEFAULT_RATE,
               show_default=True, help="Max requests per second (0: unlimited).")
-@click.option("--concurrency", type=click.IntRange(1, 1024),
+@click.option("--concurrency", type=bounded("concurrency"),
               default=defaults.DEFAULT_CONCURRENCY, show_default=True,
               help="Max requests in flight.")
-@click.option("--ack-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--ack-timeout", type=bounded("ack_timeout"),
               default=defaults.DEFAULT_ACK_TIMEOUT, show_default=True, metavar="SECONDS")
-@click.option("--max-attempts", type=click.IntRange(1, 100),
+@click.option("--max-attempts", type=bounded("max_attempts"),
               default=defaults.DEFAULT_MAX_ATTEMPTS, show_default=True)
-@click.option("--max-outage", type=click.FloatRange(min=0, min_open=True),
+@click.option("--max-outage", type=bounded("max_outage"),
               default=defaults.DEFAULT_MAX_OUTAGE, show_default=True, metavar="SECONDS",
               help="Abort (exit 3) when GWS or CometD stays unreachable this long.")
-@click.option("--grace", type=click.FloatRange(min=0), default=defaults.DEFAULT_GRACE,
+@click.option("--grace", type=bounded("grace"), default=defaults.DEFAULT_GRACE,
               show_default=True, metavar="SECONDS",
               help="After SIGINT/SIGTERM, wait this long for outstanding acks.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),

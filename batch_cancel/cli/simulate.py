@@ -6,14 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from batch_cancel.cli.param_types import FiniteFloat
+
 if TYPE_CHECKING:
     from batch_cancel.simulator import SimulatorConfig
 
 __all__ = ["simulate"]
 
-_RATE = click.FloatRange(0.0, 1.0)
+_RATE = FiniteFloat(0.0, 1.0)
 _COUNT = click.IntRange(min=0)
-_SECONDS = click.FloatRange(min=0.0)
+_SECONDS = FiniteFloat(min=0.0)
 
 
 class _StartError(click.ClickException):
@@ -230,7 +232,7 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
 )
 @click.option(
     "--dos-max-requests-per-sec",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     metavar="R",
     help="Jetty DoSFilter per session: requests over R/s wait their turn (0: off).",
