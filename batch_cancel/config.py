@@ -90,6 +90,14 @@ class GwsConfig:
     ack_channels: tuple[str, ...] = ("/v2/me/outbound",)
     # where CometD is served when not beside the REST API (another host or port)
     cometd_url: str | None = None
+    # TLS: a CA bundle that replaces the default trust store, and a client
+    # certificate for servers that require mutual TLS (see gws/network.py)
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    # an explicit proxy URL (else the environment's, as curl reads it); it may carry
+    # credentials taken from the environment, so it stays out of the repr
+    proxy: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         timeout = self.request_timeout

@@ -7,7 +7,8 @@ The command line maps each branch to an exit code; a library user catches
     ├── UsageError                     exit 2: nothing was sent
     │   ├── ConfigError                bad option, job file or credentials source
     │   ├── InputError                 unreadable or malformed input file
-    │   └── JournalMismatch            resuming a journal with other input or settings
+    │   ├── JournalMismatch            resuming a journal with other input or settings
+    │   └── TlsCertificateError        a certificate refused (theirs or ours) before anything was sent
     ├── AbortedError                   exit 3: the run stopped, its journal can be resumed
     │   ├── AuthenticationError        log-in refused, or a re-login failed
     │   ├── GwsUnavailable             GWS unreachable for longer than allowed
@@ -34,6 +35,7 @@ __all__ = [
     "RequestError",
     "RequestRejected",
     "SessionExpired",
+    "TlsCertificateError",
     "TransientError",
     "UsageError",
 ]
@@ -61,6 +63,11 @@ class InputError(UsageError):
 
 class JournalMismatch(UsageError):
     """An existing journal belongs to other input or other settings."""
+
+
+class TlsCertificateError(UsageError):
+    """A TLS certificate was refused before anything was sent: GWS's (unknown CA,
+    expired, wrong name) or ours (mutual TLS). A retry cannot fix it, so exit 2."""
 
 
 class AbortedError(BatchCancelError):

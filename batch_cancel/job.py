@@ -21,10 +21,12 @@ from batch_cancel import __version__
 from batch_cancel.config import GwsConfig, RunConfig
 from batch_cancel.exceptions import (
     AbortedError,
+    BatchCancelError,
     ConfigError,
     Interrupted,
     JournalMismatch,
     RequestError,
+    TlsCertificateError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.store import Journal
@@ -138,10 +140,12 @@ async def run_job(
             engine = Engine(config, gws, journal, stop=stop, progress=view)
             try:
                 await engine.run(run_id, journaling=journaling)
-            except (AbortedError, RequestError) as exc:
+            except (AbortedError, RequestError, TlsCertificateError) as exc:
                 summary = _finish(journal, run_id, report, config, engine.stats(), started)
                 # a RequestError here: e.g. the device list could not be read
-                error = exc if isinstance(exc, AbortedError) else AbortedError(str(exc))
+                error: BatchCancelError = (
+                    exc if isinstance(exc, (AbortedError, TlsCertificateError)) else AbortedError(str(exc))
+                )
                 error.summary = summary  # type: ignore[attr-defined]
                 if error is exc:
                     raise

@@ -18,6 +18,7 @@ from typing import Any
 from batch_cancel.config import GwsConfig, JobDefaults
 from batch_cancel.exceptions import BatchCancelError
 from batch_cancel.gws.ack_channel import AckChannel
+from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
 from batch_cancel.send.matcher import SUCCESS, describe_failure
 
@@ -54,7 +55,18 @@ async def preflight(
     out = _Steps()
     if inputs and not _estimate(out, inputs, rate):
         return out.steps
-    async with GwsSession(gws, max_connections=2) as session:
+    t = time.monotonic()
+    try:
+        session = GwsSession(gws, max_connections=2)
+        cometd_route = route_for(gws.notifications_url, gws, session.route.ssl)
+    except BatchCancelError as exc:
+        out.add("network", False, str(exc), t)
+        return out.steps
+    same = cometd_route.proxy == session.route.proxy
+    out.add("network", True, f"proxy {session.route.proxy_shown}"
+            + ("" if same else f", CometD proxy {cometd_route.proxy_shown}")
+            + f"; trust store {trust_store(gws)}", t)  # fmt: skip
+    async with session:
         t = time.monotonic()
         try:
             user = await session.login()
@@ -91,7 +103,7 @@ async def preflight(
         t = time.monotonic()
         channel = AckChannel(
             gws.notifications_url, channels=gws.ack_channels,
-            headers=session.auth_headers, on_messages=collect, verify_tls=gws.verify_tls,
+            headers=session.auth_headers, on_messages=collect, route=cometd_route,
         )  # fmt: skip
         try:
             await channel.start(timeout=min(30.0, ack_timeout))

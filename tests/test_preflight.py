@@ -20,7 +20,7 @@ def test_healthy_with_eta(sim: ThreadedSimulator, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["ready"] is True
-    assert [s["name"] for s in out["steps"]] == ["input", "login", "csrf", "devices", "cometd"]
+    assert [s["name"] for s in out["steps"]] == ["input", "network", "login", "csrf", "devices", "cometd"]
     assert "120 row(s)" in result.stderr and "1m00s at 2/s" in result.stderr
     assert sim.ledger.entries == []  # nothing cancelled without a canary
     assert sim.ledger.subscribe_count >= 1

@@ -11,7 +11,7 @@ import click
 
 from batch_cancel.cli._common import guarded, read_password, setup_logging
 from batch_cancel.cli.param_types import bounded
-from batch_cancel.cli.run import build_gws, gws_options
+from batch_cancel.cli.run import build_gws, gws_options, network_options
 
 __all__ = ["preflight"]
 
@@ -49,9 +49,13 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
     from batch_cancel.preflight import preflight as check
 
     password = read_password(opts["password_file"])
-    setup_logging(opts["verbose"], opts["quiet"] or not opts["verbose"], [password] if password else [])
+    from batch_cancel.gws.network import proxy_secrets
+
+    secrets = ([password] if password else []) + proxy_secrets(opts["proxy"])
+    setup_logging(opts["verbose"], opts["quiet"] or not opts["verbose"], secrets)
     gws = build_gws(opts["base_url"], opts["username"], opts["password_file"], opts["insecure"],
-                    opts["start_cc_session"], cometd_url=opts["cometd_url"])  # fmt: skip
+                    opts["start_cc_session"], cometd_url=opts["cometd_url"],
+                    **network_options(opts))  # fmt: skip
     defaults = JobDefaults(
         application_id=opts["application_id"], campaign=opts["campaign"],
         calling_list=opts["calling_list"], device_path=opts["device_path"],

@@ -67,6 +67,21 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="CometD endpoint, when not <base-url>/api/v2/notifications (env GWS_COMETD_URL)."),
         click.option("--insecure", is_flag=True,
                      help="Do not verify the server's TLS certificate (explicit opt-out)."),
+        click.option("--ca-bundle", envvar="GWS_CA_BUNDLE", metavar="PATH",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="PEM file of the CAs to trust instead of the default store (env "
+                          "GWS_CA_BUNDLE; without it SSL_CERT_FILE, else the system's store)."),
+        click.option("--client-cert", envvar="GWS_CLIENT_CERT", metavar="PATH",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="PEM client certificate for mutual TLS (env GWS_CLIENT_CERT); may hold the key."),
+        click.option("--client-key", envvar="GWS_CLIENT_KEY", metavar="PATH",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="PEM key of --client-cert (env GWS_CLIENT_KEY; an encrypted key's "
+                          "passphrase in env GWS_CLIENT_KEY_PASSWORD)."),
+        click.option("--proxy", envvar="GWS_PROXY", metavar="URL",
+                     help="HTTP proxy for REST and CometD, e.g. http://proxy:3128 (env GWS_PROXY); "
+                          "default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY as curl reads them. Proxy "
+                          "credentials only from the environment (user:pass@ in GWS_PROXY or HTTPS_PROXY)."),
         click.option("--start-cc-session", is_flag=True,
                      help="Start a contact-center session after login (some GWS set-ups need it)."),
         click.option("-v", "--verbose", count=True, help="More logging."),
@@ -97,9 +112,29 @@ def parse_run_id(value: str | None) -> str | None:
 _RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
+def network_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """TLS and proxy options for build_gws; a proxy password given as a flag value is refused."""
+    from batch_cancel.exceptions import ConfigError
+
+    proxy = opts.get("proxy")
+    if proxy:
+        ctx = click.get_current_context(silent=True)
+        source = ctx.get_parameter_source("proxy") if ctx is not None else None
+        authority = proxy.split("://", 1)[-1].split("/", 1)[0]
+        if "@" in authority and source is not click.core.ParameterSource.ENVIRONMENT:
+            raise ConfigError("--proxy carries credentials (user:pass@): a flag value or a job "
+                              "file is no place for them; set GWS_PROXY or HTTPS_PROXY instead")
+        if not proxy.startswith(("http://", "https://")):
+            raise ConfigError("--proxy must start with http:// or https://")
+    return {"ca_bundle": opts.get("ca_bundle"), "client_cert": opts.get("client_cert"),
+            "client_key": opts.get("client_key"), "proxy": proxy or None}  # fmt: skip
+
+
 def build_gws(base_url: str | None, username: str | None, password_file: Path | None,
               insecure: bool, start_cc_session: bool, password: str | None = None, *,
-              cometd_url: str | None = None) -> Any:  # fmt: skip
+              cometd_url: str | None = None, ca_bundle: Path | None = None,
+              client_cert: Path | None = None, client_key: Path | None = None,
+              proxy: str | None = None) -> Any:  # fmt: skip
     from batch_cancel.config import Credentials, GwsConfig
     from batch_cancel.exceptions import ConfigError
 
@@ -117,7 +152,8 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
         raise ConfigError(f"--cometd-url {cometd_url!r} must start with http:// or https://")
     return GwsConfig(base_url=base_url.rstrip("/"), credentials=Credentials(username, password),
                      verify_tls=not insecure, start_cc_session=start_cc_session,
-                     cometd_url=cometd_url)  # fmt: skip
+                     cometd_url=cometd_url, ca_bundle=ca_bundle, client_cert=client_cert,
+                     client_key=client_key, proxy=proxy)  # fmt: skip
 
 
 @click.command(cls=JsonLineCommand, epilog=EPILOG)
@@ -186,7 +222,10 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     from batch_cancel.plan.phones import region_ok
 
     password = None if opts["dry_run"] else read_password(opts["password_file"]) or job_password()
-    setup_logging(opts["verbose"], opts["quiet"], [password] if password else [])
+    from batch_cancel.gws.network import proxy_secrets
+
+    secrets = [password] if password else []
+    setup_logging(opts["verbose"], opts["quiet"], secrets + proxy_secrets(opts["proxy"]))
     if not region_ok(opts["default_region"]):
         raise ConfigError(f"--default-region {opts['default_region']!r} is not a known region code")
     job = JobDefaults(
@@ -210,7 +249,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         check_env(opts, password)
         gws = build_gws(opts["base_url"], opts["username"], opts["password_file"],
                         opts["insecure"], opts["start_cc_session"], password,
-                        cometd_url=opts["cometd_url"])  # fmt: skip
+                        cometd_url=opts["cometd_url"], **network_options(opts))  # fmt: skip
     if opts["check_first"] and gws is not None:
         asyncio.run(check_first(cfg, gws))
     summary = asyncio.run(execute(cfg, gws))

@@ -245,6 +245,10 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
     metavar="S",
     help="A request the DoS filter would hold longer than this is answered 429.",
 )
+@click.option("--tls-cert", metavar="PEM", help="Serve https with this certificate chain.")
+@click.option("--tls-key", metavar="PEM", help="Key of --tls-cert (when not in the same file).")
+@click.option("--tls-client-ca", metavar="PEM",
+              help="Require a client certificate issued by this CA (mutual TLS).")
 def simulate(**options: Any) -> None:
     """Serve a simulated GWS (REST + CometD long-polling) until Ctrl-C.
 
@@ -317,6 +321,8 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
             max_interval=options["max_interval"],
             hold_first_connect=not options["answer_first_connect"],
             session_timeout=options["session_timeout"],
+            tls_cert=options["tls_cert"], tls_key=options["tls_key"],
+            tls_client_ca=options["tls_client_ca"],
             faults=faults,
         )
     except ValueError as error:

@@ -18,6 +18,8 @@ from aiocometd_noloop import ConnectionType
 
 from batch_cancel.exceptions import NotificationChannelLost
 from batch_cancel.gws.cometd_client import CometdClient, Message, SessionExtension
+from batch_cancel.gws.network import Route, host_port
+from batch_cancel.gws.responses import certificate_problem
 
 __all__ = ["AckChannel"]
 
@@ -44,13 +46,14 @@ class AckChannel:
         verify_tls: bool = True,
         on_state: Callable[[bool, str], None] | None = None,
         stall_reset: float = 10.0,
+        route: Route | None = None,
     ) -> None:
         self.url = url
         self.channels = channels
         self._header_source = headers
         self._on_messages = on_messages
         self._on_state = on_state
-        self._verify_tls = verify_tls
+        self._route = route or Route(ssl=bool(verify_tls))
         self._stall_reset = stall_reset
         self.up = asyncio.Event()
         self.down_since: float | None = time.monotonic()
@@ -70,7 +73,7 @@ class AckChannel:
             ConnectionType.LONG_POLLING,
             extensions=[SessionExtension(lambda: self._client, self._header_source, self._observe)],
             max_pending_count=0,  # unbounded: we drain in batches, never block the poll
-            verify_tls=self._verify_tls,
+            route=self._route,
             connection_timeout=0,
         )
 
@@ -81,6 +84,9 @@ class AckChannel:
             await asyncio.wait_for(self._open(), timeout)
         except (TimeoutError, Exception) as exc:
             await self.close()
+            problem = certificate_problem(exc, host_port(self.url))
+            if problem is not None:
+                raise problem from None  # start() runs before anything is sent: exit 2
             reason = self.last_error or f"{type(exc).__name__}: {exc}".rstrip(": ")
             raise NotificationChannelLost(
                 f"cannot subscribe to {', '.join(self.channels)} at {self.url}: {reason}"

@@ -1,5 +1,7 @@
 """aiocometd-noloop, adapted to what GWS and CometD servers need.
 
+* the run's TLS context and proxy (``gws/network.py``) on the HTTP session aiocometd
+  would otherwise build with defaults, so long polls go where the REST calls go;
 * a cookie jar that keeps cookies from IP-address hosts (CometD servers that find
   their session by cookie, like the CometD project's own, answer 402 otherwise),
   and never lets a stale copy of a session cookie we send ourselves win;
@@ -21,17 +23,20 @@ import aiohttp
 from aiocometd_noloop import Client
 from aiocometd_noloop.extensions import Extension
 
+from batch_cancel.gws.network import Route
+
 __all__ = ["CometdClient", "Message", "SessionExtension"]
 
 Message = dict[str, Any]
 
 
 class CometdClient(Client):  # type: ignore[misc]
-    """aiocometd's client with a cookie jar that accepts IP-address hosts."""
+    """aiocometd's client with our TLS context, proxy and a cookie jar that accepts IP hosts."""
 
-    def __init__(self, *args: Any, verify_tls: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, verify_tls: bool = True, route: Route | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
-        self._verify_tls = verify_tls
+        self._route = route or Route(ssl=bool(verify_tls))
 
     async def _get_http_session(self) -> aiohttp.ClientSession:
         session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
@@ -39,7 +44,8 @@ class CometdClient(Client):  # type: ignore[misc]
             session = aiohttp.ClientSession(
                 cookie_jar=aiohttp.CookieJar(unsafe=True),
                 json_serialize=self._json_dumps,
-                connector=aiohttp.TCPConnector(ssl=bool(self._verify_tls)),
+                connector=aiohttp.TCPConnector(ssl=self._route.ssl),
+                proxy=self._route.proxy,
             )
             self._http_session = session
         return session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from batch_cancel.exceptions import (
     RequestError,
     RequestRejected,
     SessionExpired,
+    TlsCertificateError,
     TransientError,
 )
 
@@ -22,8 +24,10 @@ __all__ = [
     "TRANSPORT_ERRORS",
     "Reply",
     "body_json",
+    "certificate_problem",
     "error_for_response",
     "parse_retry_after",
+    "probe_verdict",
     "translate_transport_error",
 ]
 
@@ -107,3 +111,72 @@ def translate_transport_error(exc: BaseException) -> TransientError:
     # nothing reached GWS: such failures measure an outage, not a record's luck
     error.unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
     return error
+
+
+# OpenSSL's X509_V_ERR_* codes, in the words an operator looks for
+_VERIFY_REASONS = {
+    2: "unknown CA", 18: "unknown CA", 19: "unknown CA", 20: "unknown CA", 21: "unknown CA",
+    9: "not yet valid", 10: "expired", 62: "wrong name", 64: "wrong name",
+}  # fmt: skip
+_HINTS = {
+    "unknown CA": "give the issuing CA with --ca-bundle (or GWS_CA_BUNDLE)",
+    "wrong name": "the URL's host is not a name the certificate was issued for",
+}
+# alerts a server sends when it refuses the client certificate (mutual TLS)
+_CLIENT_CERT_ALERTS = {
+    "CERTIFICATE_REQUIRED": "the server requires a client certificate (--client-cert, --client-key)",
+    "HANDSHAKE_FAILURE": "the server refused the TLS handshake (a client certificate may be required)",
+    "BAD_CERTIFICATE": "the server refused our client certificate",
+    "UNKNOWN_CA": "the server does not trust the CA of our client certificate",
+    "CERTIFICATE_UNKNOWN": "the server refused our client certificate",
+    "CERTIFICATE_EXPIRED": "the server says our client certificate has expired",
+}
+
+
+def certificate_problem(exc: BaseException, url_host: str) -> TlsCertificateError | None:
+    """The certificate failure behind a transport error, as one line naming the host and why.
+
+    ``url_host`` (host:port) names the server when the exception does not. None when
+    the error has nothing to do with certificates.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    host = url_host
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):
+            host = f"{current.host}:{current.port}"
+            current = current.certificate_error
+            continue
+        if isinstance(current, ssl.SSLCertVerificationError):
+            detail = current.verify_message or current.reason or str(current)
+            reason = _VERIFY_REASONS.get(current.verify_code, "not trusted")
+            hint = _HINTS.get(reason)
+            return TlsCertificateError(
+                f"TLS certificate of {host} refused: {reason} ({detail})" + (f"; {hint}" if hint else "")
+            )
+        if isinstance(current, ssl.SSLError):
+            text = f"{current.reason or ''} {current}".upper()
+            for alert, words in _CLIENT_CERT_ALERTS.items():
+                if f"ALERT_{alert}" in text:
+                    return TlsCertificateError(f"TLS with {host} refused: {words} ({current.reason})")
+        inner = current.os_error if isinstance(current, aiohttp.ClientConnectorError) else None
+        current = inner if inner is not None and inner is not current else (
+            current.__cause__ or current.__context__
+        )
+    return None
+
+
+def probe_verdict(outcome: BaseException | str | None, host: str,
+                  client_cert: bool) -> TlsCertificateError | None:  # fmt: skip
+    """What :func:`batch_cancel.gws.network.tls_probe` found, as our error (None: not TLS)."""
+    if isinstance(outcome, BaseException):
+        return certificate_problem(outcome, host)
+    if outcome == "closed":
+        why = ("refuses our client certificate" if client_cert
+               else "requires a client certificate (--client-cert, --client-key)")  # fmt: skip
+        return TlsCertificateError(
+            f"TLS with {host} refused: the server closed the connection right after the TLS "
+            f"handshake, before any request: it {why}"
+        )
+    return None

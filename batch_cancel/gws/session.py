@@ -31,11 +31,14 @@ from batch_cancel.exceptions import (
     SessionExpired,
     TransientError,
 )
+from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
 from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
     Reply,
     body_json,
+    certificate_problem,
     error_for_response,
+    probe_verdict,
     translate_transport_error,
 )
 
@@ -68,6 +71,8 @@ class GwsSession:
         self._timeout = aiohttp.ClientTimeout(
             total=config.request_timeout, sock_connect=min(10.0, config.request_timeout)
         )
+        # TLS context and proxy, decided once (a bad CA bundle or key fails here, exit 2)
+        self.route: Route = route_for(self._base, config)
         self._client: aiohttp.ClientSession | None = None
         self._csrf_header: str | None = None
         self._csrf_token: str | None = None
@@ -82,9 +87,9 @@ class GwsSession:
         if self._client is None:
             self._client = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, limit_per_host=0,
-                    ssl=self._config.verify_tls,
+                    limit=self._max_connections, limit_per_host=0, ssl=self.route.ssl,
                 ),
+                proxy=self.route.proxy,
                 # keeps cookies set by an IP-address host (the default jar drops them)
                 cookie_jar=aiohttp.CookieJar(unsafe=True),
                 timeout=self._timeout,
@@ -121,6 +126,13 @@ class GwsSession:
         try:
             reply = await self._request("GET", "/api/v2/me", headers={"Authorization": self._basic})
         except TRANSPORT_ERRORS as exc:
+            problem = certificate_problem(exc, host_port(self._base))
+            if problem is None and self.logins == 0 and _bare_disconnect(exc, self._base):
+                problem = probe_verdict(await tls_probe(self._base, self.route), host_port(self._base),
+                                        self._config.client_cert is not None)  # fmt: skip
+            if problem is not None and self.logins == 0:
+                # the first login: nothing was sent yet, and no retry will fix a certificate
+                raise problem from None
             raise GwsUnavailable(
                 f"cannot reach GWS at {self._config.base_url}: {translate_transport_error(exc)}"
             ) from exc
@@ -217,6 +229,15 @@ class GwsSession:
             raise error
         code = data.get("statusCode")
         return Answer(reply.status, code if isinstance(code, int) else None, data)
+
+
+
+
+def _bare_disconnect(exc: BaseException, url: str) -> bool:
+    """An https connection dropped without a word: how a refused client certificate looks."""
+    return url.startswith("https://") and isinstance(
+        exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+    ) and not isinstance(exc, aiohttp.ClientConnectorError)
 
 
 def is_session_error(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from batch_cancel.config import GwsConfig, RunConfig
 from batch_cancel.exceptions import ConfigError, TransientError
 from batch_cancel.gws.ack_channel import AckChannel
+from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
 from batch_cancel.journal.store import Journal
 from batch_cancel.journal.writer import Recorder
@@ -62,6 +63,9 @@ class Engine:
         tasks: list[asyncio.Task[None]] = []
         channel: AckChannel | None = None
         try:
+            cometd_route = route_for(self._gws.notifications_url, self._gws, session.route.ssl)
+            log.info("GWS %s: proxy %s; CometD proxy %s; trust store %s", self._gws.base_url,
+                     session.route.proxy_shown, cometd_route.proxy_shown, trust_store(self._gws))  # fmt: skip
             user = await session.login()
             log.info("logged in to %s as %s", self._gws.base_url, _user_name(user, self._gws))
             device = await self._device_path(session)
@@ -77,7 +81,7 @@ class Engine:
                 channels=self._gws.ack_channels,
                 headers=session.auth_headers,
                 on_messages=matcher.on_messages,
-                verify_tls=self._gws.verify_tls,
+                route=cometd_route,
                 on_state=self._on_channel_state,
             )
             self._channel = channel

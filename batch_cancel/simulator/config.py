@@ -109,6 +109,11 @@ class SimulatorConfig:
     # Bounded so a client that never polls cannot grow memory without limit; beyond
     # it the oldest messages are lost, as with a CometD server's maxQueue.
     client_queue_limit: int = 100_000
+    # TLS: serve https with this PEM certificate chain and key; with a client CA,
+    # also require a client certificate issued by it (mutual TLS)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -125,5 +130,7 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if self.client_queue_limit < 1:
             raise ValueError("client_queue_limit must be >= 1")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert (mutual TLS is TLS first)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {self.port!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -57,7 +58,8 @@ class GwsSimulator:
         # A short shutdown grace: held polls are released explicitly before cleanup.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._config.host, self._config.port)
+        site = web.TCPSite(runner, self._config.host, self._config.port,
+                           ssl_context=self._tls_context())  # fmt: skip
         try:
             await site.start()
         except BaseException:
@@ -66,6 +68,17 @@ class GwsSimulator:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        cfg = self._config
+        if not cfg.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        if cfg.tls_client_ca:
+            context.load_verify_locations(cfg.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     async def stop(self) -> None:
         self._state.stopping.set()
@@ -112,7 +125,8 @@ class GwsSimulator:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._config.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def ledger(self) -> Ledger:
