@@ -162,7 +162,7 @@ def test_unknown_ca_exits_2_naming_the_host_and_nothing_is_sent(
         assert "--ca-bundle" in errors[0]
         assert "Traceback" not in result.stderr
         assert len(sim.ledger.entries) == 0
-        assert result.summary["pending"] == 5  # planned, journalled, never sent
+        assert result.summary["pending"] == 5 and result.summary["exit_code"] == 2
     finally:
         sim.stop()
 
