@@ -8,6 +8,9 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── ConfigError                bad option, job file or credentials source
     │   ├── InputError                 unreadable or malformed input file
     │   ├── JournalMismatch            resuming a journal with other input or settings
+    │   ├── JournalUnusable            --state is not a journal of ours, or is corrupt
+    │   ├── JournalLocked              another run holds the journal
+    │   ├── GwsMisconfigured           not the GWS API there (an HTML page), credentials in the URL
     │   └── TlsCertificateError        a certificate refused (theirs or ours) before anything was sent
     ├── AbortedError                   exit 3: the run stopped, its journal can be resumed
     │   ├── AuthenticationError        log-in refused, or a re-login failed
@@ -27,10 +30,13 @@ __all__ = [
     "AuthenticationError",
     "BatchCancelError",
     "ConfigError",
+    "GwsMisconfigured",
     "GwsUnavailable",
     "InputError",
     "Interrupted",
+    "JournalLocked",
     "JournalMismatch",
+    "JournalUnusable",
     "NotificationChannelLost",
     "RequestError",
     "RequestRejected",
@@ -63,6 +69,19 @@ class InputError(UsageError):
 
 class JournalMismatch(UsageError):
     """An existing journal belongs to other input or other settings."""
+
+
+class JournalUnusable(UsageError):
+    """The --state file is not a journal of ours (or is corrupt); it is left untouched."""
+
+
+class JournalLocked(UsageError):
+    """Another run holds the journal's lock (its host, pid and since when are in the message)."""
+
+
+class GwsMisconfigured(UsageError):
+    """What answers at the configured URL is not a GWS API (an HTML page), or the URL carries
+    credentials: retrying won't change that."""
 
 
 class TlsCertificateError(UsageError):

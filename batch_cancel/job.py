@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import logging
 import secrets
@@ -30,11 +31,12 @@ from batch_cancel.exceptions import (
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.store import Journal
+from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
 from batch_cancel.report.writers import check_report_path, write_report
 from batch_cancel.summary import Summary, summarise
 
-__all__ = ["new_run_id", "prepare", "run_job"]
+__all__ = ["decide_outputs", "new_run_id", "prepare", "run_job"]
 
 log = logging.getLogger("batch_cancel")
 
@@ -48,6 +50,31 @@ def new_run_id() -> str:
 
 def _identity(files: list[InputFile]) -> list[dict[str, object]]:
     return [{"path": str(f.path), "size": f.size, "sha256": f.sha256} for f in files]
+
+
+def decide_outputs(config: RunConfig) -> RunConfig:
+    """``config`` with its journal and report paths decided and checked, before anything is written.
+
+    The defaults are named after the run id: a new one, or the journal's own
+    when ``--state`` is an existing journal. Every output is checked (see
+    ``output_paths``): no input, no two outputs the same, folders made,
+    writable, an existing journal ours.
+    """
+    if config.report is not None:
+        check_report_path(config.report)
+    if config.state is not None:  # "--state is the input file" says more than "not a journal"
+        check_outputs(config.inputs, {"--report": config.report, "--html": config.html,
+                                      "--state": config.state}, journal="--state")  # fmt: skip
+    existing = journal_run_id(config.state) if config.state is not None else None
+    run_id = existing or config.run_id or new_run_id()
+    state = config.state or Path("state") / f"{run_id}.sqlite"
+    report = config.report or Path("reports") / f"{run_id}.csv"
+    if config.state is None or config.report is None:  # the defaults, now that they have names
+        check_outputs(config.inputs, {"--report": report, "--html": config.html, "--state": state},
+                      journal="--state")  # fmt: skip
+    # a new journal takes the run id its default paths were named after
+    chosen = config.run_id or (run_id if not existing else None)
+    return dataclasses.replace(config, state=state, report=report, run_id=chosen)
 
 
 def prepare(
@@ -122,7 +149,8 @@ async def run_job(
     """Run (or resume) a job to the end and write its report."""
     started = time.monotonic()
     stop = stop or asyncio.Event()
-    # planning is blocking work on files: a thread keeps signals answered meanwhile
+    # checking paths and planning are blocking work on files: a thread keeps signals answered
+    config = await asyncio.to_thread(decide_outputs, config)
     journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
     report = config.report or Path("reports") / f"{run_id}.csv"
     try:

@@ -157,7 +157,7 @@ def test_refuses_missing_report_and_merging_onto_an_input(tmp_path: Path) -> Non
     _refused(tmp_path, _merge(tmp_path, tmp_path / "nope.csv"), "does not exist")
     a = _write(tmp_path / "a.csv", [_row(1)])
     result = run_cli(["merge", str(a), "--out", str(a)])
-    assert result.exit_code == 2 and "one of the reports" in result.stderr
+    assert result.exit_code == 2 and "is the input file" in result.stderr
 
 
 @pytest.mark.parametrize(("rows", "code"), [

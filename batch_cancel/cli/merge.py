@@ -42,11 +42,10 @@ def merge(reports: tuple[Path, ...], out: Path, run_id: str | None, allow_gaps: 
     counts are those of the merged rows. Reports of different runs, or whose
     rows overlap, are refused.
     """
-    from batch_cancel.exceptions import ConfigError
+    from batch_cancel.output_paths import check_outputs
     from batch_cancel.report.merge import merge_reports
 
-    if out.resolve() in {p.resolve() for p in reports}:
-        raise ConfigError(f"--out {out} is one of the reports to merge; write the merge elsewhere")
+    check_outputs(reports, {"--out": out})  # not a report read here, folder writable
     result = merge_reports(reports, out, run_id=run_id, allow_gaps=allow_gaps)
     c = result.counts
     click.echo(f"merged {len(reports)} report(s) of run {result.run_id or '(none)'}: "

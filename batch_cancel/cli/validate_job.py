@@ -43,11 +43,17 @@ def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) ->
     from batch_cancel.cli.jobfile import load_job
     from batch_cancel.cli.run import run
     from batch_cancel.exceptions import ConfigError
+    from batch_cancel.output_paths import check_outputs
     from batch_cancel.report.writers import check_report_path
 
     job = load_job(job_file, run)
     if job.values.get("report"):  # the dry run below writes its own report, so check the file's here
         check_report_path(Path(job.values["report"]))
+    # the file's outputs as `run` would check them (its inputs, or those given here), creating nothing
+    named = {f"{key} (in the job file)": Path(job.values[key]) if job.values.get(key) else None
+             for key in ("report", "html", "state")}  # fmt: skip
+    sources = inputs or tuple(Path(p) for p in job.values.get("inputs") or ())
+    check_outputs(sources, named, journal="state (in the job file)", create_folders=False)
     unset = job.unset_env()
     if unset and require_env:
         raise ConfigError(f"job file {job_file}: environment variable(s) not set: {', '.join(unset)}")

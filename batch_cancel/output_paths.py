@@ -1,0 +1,182 @@
+"""Every path a command writes, checked before anything is sent or written.
+
+A typo must never destroy a file: ``--report`` equal to the input list, or to
+``--state``, once overwrote it (even with ``--dry-run``), and an output folder
+that could not be made failed only after every record had been POSTed. So
+before login, each output is resolved (symlinks followed) and must be
+
+* none of the input files and none of the other outputs (nor the journal's
+  ``-wal``/``-shm`` companions);
+* in a folder that exists or can be created, under no regular file;
+* writable, proven by creating (and removing) a temporary file beside it;
+* for the journal: an existing file must be a journal of ours, else it is named
+  and left untouched (an empty file counts as new: it holds nothing to lose).
+
+No click here: ``run``, ``merge`` and ``validate-job`` and library callers share it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from batch_cancel.exceptions import ConfigError, JournalUnusable
+
+__all__ = ["check_outputs", "journal_run_id"]
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# tables every journal of ours has had since the first version
+_JOURNAL_TABLES = frozenset({"meta", "records"})
+_JOURNAL_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def check_outputs(
+    inputs: Iterable[Path],
+    outputs: Mapping[str, Path | None],
+    *,
+    journal: str | None = None,
+    create_folders: bool = True,
+) -> None:
+    """Raise ConfigError (or JournalUnusable) unless every output may be written.
+
+    ``outputs`` maps how the user named each one (``"--report"``) to its path
+    (None: not asked for); ``journal`` is the key of the journal among them.
+    With ``create_folders`` missing folders are made (a run is about to write
+    there); without, it is enough that they could be.
+    """
+    given = {name: path for name, path in outputs.items() if path is not None}
+    sources = [(p, _resolved(p)) for p in inputs if str(p) != "-"]
+    seen: list[tuple[str, Path, Path]] = []
+    for name, path in given.items():
+        real = _resolved(path)
+        if real.is_dir():
+            raise ConfigError(f"{name} {path} is a folder; give a file path")
+        for source, source_real in sources:
+            if _same(real, source_real):
+                raise ConfigError(f"{name} {path} is the input file {source}: it would be "
+                                  "overwritten; write elsewhere")  # fmt: skip
+        for other, other_path, other_real in seen:
+            if _same(real, other_real):
+                raise ConfigError(f"{name} {path} and {other} {other_path} are the same file; "
+                                  "give each its own path")  # fmt: skip
+        seen.append((name, path, real))
+    if journal is not None and journal in given:
+        state_real = _resolved(given[journal])
+        for name, path, real in seen:
+            if name != journal and any(real == Path(f"{state_real}{s}") for s in _JOURNAL_COMPANIONS):
+                raise ConfigError(f"{name} {path} is a file of the journal {given[journal]}; "
+                                  "write elsewhere")  # fmt: skip
+        for source, source_real in sources:
+            if any(source_real == Path(f"{state_real}{s}") for s in _JOURNAL_COMPANIONS):
+                raise ConfigError(f"input {source} is a file of the journal {given[journal]}")
+    for name, path, real in seen:
+        _check_folder(name, path, real, create_folders)
+    if journal is not None and journal in given:
+        journal_run_id(given[journal], name=journal)
+        _check_existing_writable(journal, given[journal])
+
+
+def journal_run_id(path: Path, *, name: str = "--state") -> str | None:
+    """The run id of the journal at ``path``; None when there is none yet (no file, or empty).
+
+    Anything else (a CSV, another program's database, a truncated journal) raises
+    :class:`JournalUnusable` naming the file, which is only read, never changed.
+    """
+    if not path.exists():
+        return None
+    if path.is_dir():
+        raise ConfigError(f"{name} {path} is a folder; give a file path")
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise JournalUnusable(f"{name} {path} cannot be read: {exc.strerror}") from None
+    if not header:
+        return None
+    if header != _SQLITE_HEADER:
+        raise JournalUnusable(f"{name} {path} is not a batch-cancel journal (not an SQLite file); "
+                              "it was left untouched: give another --state")  # fmt: skip
+    try:
+        found = _read_identity(path, immutable=True)
+        if found is None and Path(f"{path}-wal").exists():
+            # a run killed before a checkpoint may have its tables only in the WAL file
+            found = _read_identity(path, immutable=False)
+    except sqlite3.DatabaseError as exc:
+        raise JournalUnusable(f"{name} {path} is not a readable journal ({exc}); it was left "
+                              "untouched: restore it or give another --state") from None  # fmt: skip
+    if found is None:
+        raise JournalUnusable(f"{name} {path} is an SQLite file but not a batch-cancel journal; "
+                              "it was left untouched: give another --state")  # fmt: skip
+    return found or None
+
+
+def _read_identity(path: Path, *, immutable: bool) -> str | None:
+    """"" for a journal of ours without a run id yet, None for a database that is not ours."""
+    import json
+
+    mode = "immutable=1" if immutable else "mode=ro"
+    uri = f"{path.resolve().as_uri()}?{mode}"
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables >= _JOURNAL_TABLES:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
+        return str(json.loads(row[0])) if row else ""
+    finally:
+        db.close()
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path.expanduser()))
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _check_folder(name: str, path: Path, real: Path, create: bool) -> None:
+    folder = real.parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{name} {path}: {existing} is a file, not a folder")
+    if existing != folder:
+        if not create:
+            _prove_writable(name, path, existing)
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{name} {path}: cannot create the folder {folder}: "
+                              f"{exc.strerror}") from None  # fmt: skip
+    _prove_writable(name, path, folder)
+
+
+def _prove_writable(name: str, path: Path, folder: Path) -> None:
+    """Permission bits do not tell (root, ACLs, read-only mounts): create a file and remove it."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".batch-cancel-check-")
+    except OSError as exc:
+        raise ConfigError(f"{name} {path}: cannot write in {folder}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _check_existing_writable(name: str, path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        with path.open("r+b"):  # opened for writing, not written: the bytes stay as they are
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {path} cannot be written: {exc.strerror}") from None
