@@ -25,11 +25,13 @@ from batch_cancel.exceptions import (
     BatchCancelError,
     ConfigError,
     Interrupted,
+    JournalLocked,
     JournalMismatch,
     RequestError,
     TlsCertificateError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
+from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.store import Journal
 from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
@@ -146,11 +148,45 @@ async def run_job(
     progress: ProgressFactory | None = None,
     journaling: bool = True,
 ) -> Summary:
-    """Run (or resume) a job to the end and write its report."""
-    started = time.monotonic()
+    """Run (or resume) a job to the end and write its report.
+
+    Every output path is checked first, then the journal's lock is taken (one run
+    per journal, see ``journal/lock.py``) and held until the report is written.
+    """
     stop = stop or asyncio.Event()
-    # checking paths and planning are blocking work on files: a thread keeps signals answered
+    # checking paths, waiting for the lock and planning block on files: threads keep
+    # signals answered meanwhile
     config = await asyncio.to_thread(decide_outputs, config)
+    assert config.state is not None
+    lock = await asyncio.to_thread(JournalLock.acquire, config.state, wait=config.wait_lock,
+                                   should_stop=stop.is_set)  # fmt: skip
+    loop = asyncio.get_running_loop()
+
+    def lost() -> None:  # called from the lock's heartbeat thread
+        loop.call_soon_threadsafe(stop.set)
+
+    lock.on_lost(lost)
+    try:
+        return await _run_locked(config, gws, stop, progress, journaling)
+    except Interrupted as exc:
+        if not lock.lost.is_set():
+            raise
+        taken = JournalLocked(f"journal {config.state}: another run took this run's lock over "
+                              "(it judged this run dead); this run stopped sending")  # fmt: skip
+        taken.summary = getattr(exc, "summary", None)  # type: ignore[attr-defined]
+        raise taken from None
+    finally:
+        lock.release()
+
+
+async def _run_locked(
+    config: RunConfig,
+    gws: GwsConfig | None,
+    stop: asyncio.Event,
+    progress: ProgressFactory | None,
+    journaling: bool,
+) -> Summary:
+    started = time.monotonic()
     journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
     report = config.report or Path("reports") / f"{run_id}.csv"
     try:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from batch_cancel.exceptions import ConfigError, JournalUnusable
+from batch_cancel.journal.lock import LOCK_TABLE
 
 __all__ = ["check_outputs", "journal_run_id"]
 
@@ -122,6 +123,8 @@ def _read_identity(path: Path, *, immutable: bool) -> str | None:
     db = sqlite3.connect(uri, uri=True)
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if LOCK_TABLE in tables and not tables & _JOURNAL_TABLES:
+            return ""  # a run took the lock of a new journal and stopped before making it
         if not tables >= _JOURNAL_TABLES:
             return None
         row = db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()

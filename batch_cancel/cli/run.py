@@ -207,6 +207,9 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               help="Lower the rate when GWS throttles and raise it slowly again (never above --rate).")
 @click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a self-contained HTML evidence report here.")
+@click.option("--wait-lock", type=bounded("wait_lock"), default=0.0, metavar="SECONDS",
+              help="When another run holds the journal, wait up to this long for it, then "
+                   "resume (default: exit 2 at once, naming the holder).")
 @click.option("--preflight", "check_first", is_flag=True,
               help="Run the preflight checks first (login, CSRF, devices, CometD); exit 3 if one fails.")
 @gws_options
@@ -242,7 +245,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
         retry_timed_out=opts["retry_timed_out"], shard=opts["shard"], run_id=opts["run_id"],
-        adaptive_rate=opts["adaptive_rate"], html=opts["html"],
+        adaptive_rate=opts["adaptive_rate"], html=opts["html"], wait_lock=opts["wait_lock"],
     )  # fmt: skip
     gws = None
     if not cfg.dry_run:

@@ -46,10 +46,21 @@ def describe(state: Path) -> dict[str, Any]:
                 "timed_out_sent_again_with_--retry-timed-out": counts.get("timed_out", 0),
             },
             "finished_at": journal.get_meta("finished_at"),
+            # a run holding the journal now (read without taking the lock)
+            "locked_by": _holder(state),
             "last_stats": journal.get_meta("last_stats"),
         }
     finally:
         journal.close()
+
+
+def _holder(state: Path) -> str | None:
+    import time
+
+    from batch_cancel.journal.lock import lock_holder
+
+    holder = lock_holder(state)
+    return holder.describe(time.time()) if holder is not None else None
 
 
 @click.command(epilog="""\b
@@ -68,6 +79,8 @@ def status(state: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, default=str))
         return
     click.echo(f"run {info['run_id']}  ({info['total']} rows)  journal {info['state']}")
+    if info["locked_by"]:
+        click.echo(f"in use by a run: {info['locked_by']}")
     for name, n in info["counts"].items():
         click.echo(f"  {name:<10} {n}")
     r = info["resume"]
