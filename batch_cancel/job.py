@@ -33,6 +33,7 @@ from batch_cancel.exceptions import (
 from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.store import Journal
+from batch_cancel.log_records import RUN_ID
 from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
 from batch_cancel.report.writers import check_report_path, write_report
@@ -188,6 +189,7 @@ async def _run_locked(
 ) -> Summary:
     started = time.monotonic()
     journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+    RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
     report = config.report or Path("reports") / f"{run_id}.csv"
     try:
         counts = journal.counts()

@@ -33,4 +33,6 @@ class OncePerInterval:
         self._last[kind] = now
         count = self._counts.pop(kind)
         suffix = f" ({count} since the last such line)" if last is not None and count > 1 else ""
-        self._log.info(message + suffix, *args)
+        from batch_cancel.log_records import event
+
+        self._log.info(message + suffix, *args, extra=event(kind, count=count))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,11 +13,14 @@ _PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "GWS_PROXY"
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_network_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy or CA set on the machine running the tests must not steer their loopback runs."""
     for name in _PROXY_VARS:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
+    # nor may a developer's BATCH_CANCEL_RATE and the like (every run option reads one)
+    for name in [n for n in os.environ if n.startswith("BATCH_CANCEL_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

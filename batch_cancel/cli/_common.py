@@ -15,8 +15,8 @@ import click
 
 from batch_cancel.exceptions import BatchCancelError, ConfigError
 
-__all__ = ["JsonLineCommand", "error_summary", "exit_with", "guarded", "read_password",
-           "setup_logging"]  # fmt: skip
+__all__ = ["JsonLineCommand", "error_summary", "exit_with", "guarded", "hide_secrets", "json_logs",
+           "log_options", "read_password", "setup_logging"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +28,9 @@ class _Secrets(logging.Filter):
         super().__init__()
         self._secrets = [s for s in secrets if s]
 
+    def add(self, secrets: list[str]) -> None:
+        self._secrets.extend(s for s in secrets if s and s not in self._secrets)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self._secrets:
             text = record.getMessage()
@@ -38,17 +41,75 @@ class _Secrets(logging.Filter):
         return True
 
 
-def setup_logging(verbose: int = 0, quiet: bool = False, secrets: list[str] | None = None) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False, secrets: list[str] | None = None,
+                  log_format: str = "text") -> None:  # fmt: skip
+    from batch_cancel.log_records import JsonFormatter
+
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Secrets(secrets or []))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # in JSON, a Python warning on stderr would be the one line a log shipper cannot parse
+    logging.captureWarnings(log_format == "json")
     # the CometD client logs every reconnect attempt; ours says it once, with a reason
     for noisy in ("aiocometd_noloop", "asyncio", "httpx", "httpcore", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL if not verbose else logging.INFO)
+
+
+def hide_secrets(secrets: list[str]) -> None:
+    """Add secrets (known only once options are read) to the log filter set up already."""
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, _Secrets):
+                f.add(secrets)
+
+
+def json_logs() -> bool:
+    """True when stderr carries JSON lines: then every message to the user is a log line."""
+    from batch_cancel.log_records import JsonFormatter
+
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+_LOG_OPTIONS = (
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                 show_default=True, envvar="BATCH_CANCEL_LOG_FORMAT",
+                 help="Logs on stderr as text, or one JSON object per line (env BATCH_CANCEL_LOG_FORMAT)."),
+    click.option("-v", "--verbose", count=True, help="More logging: debug lines, the libraries' too."),
+    click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
+)  # fmt: skip
+
+
+@overload
+def log_options(fn: F) -> F: ...
+@overload
+def log_options(*, quiet_by_default: bool = False) -> Callable[[F], F]: ...
+def log_options(fn: F | None = None, *, quiet_by_default: bool = False) -> Any:
+    """``--log-format``, ``-v`` and ``-q``, set up before the command body runs.
+
+    ``quiet_by_default``: the command's own output is what matters (``preflight``), so
+    logging stays at warnings unless ``-v`` asks for more.
+    """
+    import functools
+
+    if fn is None:
+        return functools.partial(log_options, quiet_by_default=quiet_by_default)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, log_format: str, verbose: int, quiet: bool, **kwargs: Any) -> Any:
+        setup_logging(verbose, quiet or (quiet_by_default and not verbose), log_format=log_format)
+        return fn(*args, **kwargs)
+
+    command: Any = wrapper
+    for option in reversed(_LOG_OPTIONS):
+        command = option(command)
+    return command
 
 
 def read_password(password_file: Path | None) -> str | None:
@@ -66,7 +127,13 @@ def read_password(password_file: Path | None) -> str | None:
 
 
 def exit_with(error: BatchCancelError, summary_json: dict[str, Any] | None = None) -> NoReturn:
-    click.echo(f"batch-cancel: error: {error}", err=True)
+    if json_logs():
+        from batch_cancel.log_records import event
+
+        logging.getLogger("batch_cancel").error("batch-cancel: error: %s", error,
+                                                extra=event("error", exit_code=error.exit_code))  # fmt: skip
+    else:
+        click.echo(f"batch-cancel: error: {error}", err=True)
     if summary_json is not None:
         click.echo(json.dumps(summary_json, default=str))
     sys.exit(error.exit_code)

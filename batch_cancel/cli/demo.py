@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, setup_logging
+from batch_cancel.cli._common import guarded, log_options
 from batch_cancel.cli.param_types import bounded
 
 __all__ = ["demo"]
@@ -29,6 +29,7 @@ Example:
 @click.option("--concurrency", type=bounded("concurrency"), default=8, show_default=True)
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Report path (default reports/<run id>.csv).")
+@log_options
 @guarded
 def demo(inputs: tuple[Path, ...], rate: float, concurrency: int, report: Path | None) -> None:
     """Run the real job on sample_data/ against the embedded GWS simulator.
@@ -39,7 +40,6 @@ def demo(inputs: tuple[Path, ...], rate: float, concurrency: int, report: Path |
     """
     from batch_cancel.cli.run import print_summary
 
-    setup_logging()
     files = inputs or tuple(
         sorted(p for p in SAMPLES.iterdir() if p.suffix in (".csv", ".parquet") or p.name.endswith(".csv.gz"))
     )

@@ -225,8 +225,8 @@ def job_option(fn: F) -> F:
     decorator = click.option(
         "--job", type=click.Path(path_type=Path, dir_okay=False), is_eager=True, expose_value=False,
         callback=_load_into_context, metavar="FILE",
-        help="TOML job file with any of these options (see jobs/); flags and environment "
-             "variables override it; secrets are named by env variable, never stored.",
+        help="TOML job file with any of these options (see jobs/); secrets are named by env "
+             "variable, never stored.",
     )  # fmt: skip
     return decorator(fn)
 

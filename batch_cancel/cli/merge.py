@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from batch_cancel.cli._common import guarded
+from batch_cancel.cli._common import guarded, log_options
 from batch_cancel.cli.run import parse_run_id
 
 __all__ = ["merge"]
@@ -34,6 +34,7 @@ shard, then merge again. The last stdout line is the JSON summary.
               help="Refuse reports whose reference ids carry another run id.")
 @click.option("--allow-gaps", is_flag=True,
               help="Merge even when some row numbers are in no report (a partial merge).")
+@log_options
 @guarded
 def merge(reports: tuple[Path, ...], out: Path, run_id: str | None, allow_gaps: bool) -> None:
     """Merge the reports of the shards of one run (REPORT...) into one, ordered by row.

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, read_password, setup_logging
+from batch_cancel.cli._common import guarded, hide_secrets, json_logs, log_options, read_password
 from batch_cancel.cli.param_types import bounded
 from batch_cancel.cli.run import build_gws, gws_options, network_options
 
 __all__ = ["preflight"]
 
 
-@click.command(epilog="""\b
+@click.command(context_settings={"auto_envvar_prefix": "BATCH_CANCEL"}, epilog="""\b
 Example:
   export GWS_BASE_URL=https://gws.example.com GWS_USERNAME=svc_dnc GWS_PASSWORD=...
   batch-cancel preflight dnc.csv --rate 20
@@ -39,6 +40,7 @@ Exit codes: 0 every step passed; 2 usage error; 3 a step failed (it is named).
 @click.option("--ack-timeout", type=bounded("ack_timeout"), default=30.0,
               show_default=True, metavar="SECONDS")
 @gws_options
+@log_options(quiet_by_default=True)
 @guarded
 def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Log in, check CSRF and devices, subscribe to CometD, estimate the run.
@@ -46,13 +48,11 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
     Nothing is cancelled unless --canary-number is given.
     """
     from batch_cancel.config import JobDefaults
+    from batch_cancel.gws.network import proxy_secrets
     from batch_cancel.preflight import preflight as check
 
     password = read_password(opts["password_file"])
-    from batch_cancel.gws.network import proxy_secrets
-
-    secrets = ([password] if password else []) + proxy_secrets(opts["proxy"])
-    setup_logging(opts["verbose"], opts["quiet"] or not opts["verbose"], secrets)
+    hide_secrets(([password] if password else []) + proxy_secrets(opts["proxy"]))
     gws = build_gws(opts["base_url"], opts["username"], opts["password_file"], opts["insecure"],
                     opts["start_cc_session"], cometd_url=opts["cometd_url"],
                     **network_options(opts))  # fmt: skip
@@ -65,7 +65,14 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
                               rate=opts["rate"], ack_timeout=opts["ack_timeout"]))  # fmt: skip
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
-        click.echo(f"{mark} {step.name:<8} {step.detail} ({step.seconds:.2f} s)", err=True)
+        line = f"{mark} {step.name:<8} {step.detail} ({step.seconds:.2f} s)"
+        if json_logs():
+            from batch_cancel.log_records import event
+
+            logging.getLogger("batch_cancel.preflight").warning(
+                line, extra=event("preflight_step", **step.__dict__))
+        else:
+            click.echo(line, err=True)
     failed = next((s for s in steps if not s.ok), None)
     click.echo(json.dumps({"ready": failed is None, "failed_step": failed.name if failed else None,
                            "steps": [s.__dict__ for s in steps]}))  # fmt: skip

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
 
+from batch_cancel.log_records import event
+
 __all__ = ["ProgressView", "make_progress"]
 
 _SHOWN = ("cancelled", "failed", "timed_out", "awaiting")
+log = logging.getLogger("batch_cancel.progress")
 
 
 class ProgressView:
@@ -49,8 +53,10 @@ class ProgressView:
             self._last_line = now
             rate = counts.get("requests", 0) / max(1e-9, now - self._started)
             eta = (self.total - done) / rate if rate > 0 else float("nan")
-            print(f"progress: {done}/{self.total} {text} rate={rate:.1f}/s eta={eta:.0f}s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            figures = {k: counts.get(k, 0) for k in _SHOWN}
+            log.info("progress: %d/%d %s rate=%.1f/s eta=%.0fs", done, self.total, text, rate, eta,
+                     extra=event("progress", done=done, total=self.total, requests=counts.get("requests", 0),
+                                 rate=round(rate, 2), eta_s=round(eta, 1), **figures))  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:
@@ -58,4 +64,7 @@ class ProgressView:
 
 
 def make_progress(total: int) -> ProgressView:
-    return ProgressView(total, tty=sys.stderr.isatty())
+    from batch_cancel.cli._common import json_logs
+
+    # JSON logs are for machines even on a terminal: log lines, no bar
+    return ProgressView(total, tty=sys.stderr.isatty() and not json_logs())

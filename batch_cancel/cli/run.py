@@ -10,7 +10,7 @@ import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -19,9 +19,12 @@ from batch_cancel.cli._common import (
     JsonLineCommand,
     error_summary,
     guarded,
+    hide_secrets,
+    json_logs,
+    log_options,
     read_password,
-    setup_logging,
 )
+from batch_cancel.cli.help_sections import SectionedCommand
 from batch_cancel.cli.jobfile import check_env, job_option, job_password
 from batch_cancel.cli.param_types import bounded
 
@@ -40,11 +43,16 @@ Examples:
   # what would happen, without sending anything:
   batch-cancel run big.parquet --campaign C1 --calling-list L1 --application-id 134 --dry-run
 \b
-  # options kept in a job file (jobs/*.toml); flags and env variables override it:
+  # options kept in a job file (jobs/*.toml):
   batch-cancel run --job jobs/nightly_dnc_scrub.toml dnc_2026-11-26.csv --rate 2
 \b
   # resume after a crash or a kill (same input, same journal):
   batch-cancel run dnc_2026-11-26.csv ... --state state/dnc.sqlite
+\b
+Every option also comes from the environment: BATCH_CANCEL_<OPTION> (e.g.
+BATCH_CANCEL_RATE=5, BATCH_CANCEL_DRY_RUN=1), or the GWS_* variable named in
+its help. Precedence: a flag beats the environment, which beats the job file
+(--job), which beats the built-in default.
 \b
 Exit codes: 0 every row cancelled (or a duplicate of a cancelled row);
 1 finished, some rows failed, timed out or were rejected; 2 usage, configuration
@@ -84,8 +92,6 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "credentials only from the environment (user:pass@ in GWS_PROXY or HTTPS_PROXY)."),
         click.option("--start-cc-session", is_flag=True,
                      help="Start a contact-center session after login (some GWS set-ups need it)."),
-        click.option("-v", "--verbose", count=True, help="More logging."),
-        click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
@@ -156,7 +162,38 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
                      client_key=client_key, proxy=proxy)  # fmt: skip
 
 
-@click.command(cls=JsonLineCommand, epilog=EPILOG)
+class RunCommand(SectionedCommand, JsonLineCommand):
+    """``run``'s help in sections; every option also read from BATCH_CANCEL_<NAME>."""
+
+    # option -> section of `run --help`; an option added later needs one line here
+    # (tests/test_cli_env_help.py fails for an option that has none)
+    SECTIONS: ClassVar[dict[str, str]] = {
+        "job": "Input", "phone_column": "Input", "encoding": "Input", "shard": "Input",
+        "dry_run": "Input",
+        "base_url": "GWS connection", "username": "GWS connection",
+        "password_file": "GWS connection", "cometd_url": "GWS connection",
+        "insecure": "GWS connection", "ca_bundle": "GWS connection",
+        "client_cert": "GWS connection", "client_key": "GWS connection",
+        "proxy": "GWS connection", "start_cc_session": "GWS connection",
+        "check_first": "GWS connection",
+        "application_id": "Record defaults", "campaign": "Record defaults",
+        "calling_list": "Record defaults", "device_path": "Record defaults",
+        "chain_attribute": "Record defaults", "default_region": "Record defaults",
+        "phone_format": "Record defaults", "strict_validation": "Record defaults",
+        "operation": "Record defaults",
+        "rate": "Speed", "concurrency": "Speed", "adaptive_rate": "Speed", "ack_timeout": "Speed",
+        "max_attempts": "Speed", "max_outage": "Speed", "grace": "Speed",
+        "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "log_format": "Outputs",
+        "verbose": "Outputs", "quiet": "Outputs",
+        "state": "Resume", "run_id": "Resume", "force": "Resume", "retry_timed_out": "Resume",
+    }  # fmt: skip
+    ORDER: ClassVar[tuple[str, ...]] = (
+        "Input", "GWS connection", "Record defaults", "Speed", "Outputs", "Resume",
+    )
+
+
+@click.command(cls=RunCommand, epilog=EPILOG,
+               context_settings={"auto_envvar_prefix": "BATCH_CANCEL"})  # fmt: skip
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @job_option
 @click.option("--phone-column", metavar="NAME",
@@ -213,6 +250,7 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
 @click.option("--preflight", "check_first", is_flag=True,
               help="Run the preflight checks first (login, CSRF, devices, CometD); exit 3 if one fails.")
 @gws_options
+@log_options
 @guarded(json_line=True)
 def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Cancel the outbound records of the phone numbers in INPUT files.
@@ -227,8 +265,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     password = None if opts["dry_run"] else read_password(opts["password_file"]) or job_password()
     from batch_cancel.gws.network import proxy_secrets
 
-    secrets = [password] if password else []
-    setup_logging(opts["verbose"], opts["quiet"], secrets + proxy_secrets(opts["proxy"]))
+    hide_secrets(([password] if password else []) + proxy_secrets(opts["proxy"]))
     if not region_ok(opts["default_region"]):
         raise ConfigError(f"--default-region {opts['default_region']!r} is not a known region code")
     job = JobDefaults(
@@ -311,17 +348,27 @@ async def execute(cfg: Any, gws: Any) -> Any:
 
 
 def print_summary(summary: Any) -> None:
+    from batch_cancel.log_records import event
     from batch_cancel.plan.phones import mask
 
     log.info(
         "run %s: %d rows: %d cancelled, %d failed, %d timed out, %d rejected, %d duplicate, "
         "%d pending; report %s", summary.run_id, summary.total, summary.cancelled,
         summary.failed, summary.timed_out, summary.rejected, summary.duplicate,
-        summary.pending, summary.report,
+        summary.pending, summary.report, extra=event("summary", **summary.as_json()),
     )  # fmt: skip
+    # in JSON every stderr line is a log object; in text these stay plain lines for people
+    as_json = json_logs()
+
+    def say(text: str) -> None:
+        if as_json:
+            log.warning(text, extra=event("rejected_rows", run_id=summary.run_id))
+        else:
+            click.echo(text, err=True)
+
     if summary.dry_run:
-        click.echo(f"dry run: {summary.total - summary.rejected - summary.duplicate} would be "
-                   f"sent, {summary.rejected} rejected, {summary.duplicate} duplicate", err=True)  # fmt: skip
+        say(f"dry run: {summary.total - summary.rejected - summary.duplicate} would be "
+            f"sent, {summary.rejected} rejected, {summary.duplicate} duplicate")  # fmt: skip
     for row, phone, reason in summary.first_rejected:
-        click.echo(f"  rejected row {row}: {mask(phone)}: {reason}", err=True)
+        say(f"  rejected row {row}: {mask(phone)}: {reason}")
     click.echo(json.dumps({k: v for k, v in summary.as_json().items()}, default=str))

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from batch_cancel.cli._common import log_options
 from batch_cancel.cli.param_types import FiniteFloat
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
 @click.option("--tls-key", metavar="PEM", help="Key of --tls-cert (when not in the same file).")
 @click.option("--tls-client-ca", metavar="PEM",
               help="Require a client certificate issued by this CA (mutual TLS).")
+@log_options
 def simulate(**options: Any) -> None:
     """Serve a simulated GWS (REST + CometD long-polling) until Ctrl-C.
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded
+from batch_cancel.cli._common import guarded, log_options
 
 __all__ = ["describe", "status"]
 
@@ -71,6 +71,7 @@ Example:
 @click.option("--state", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The run's journal.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@log_options
 @guarded
 def status(state: Path, as_json: bool) -> None:
     """Show a run's counts by status and what a resume would do."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded
+from batch_cancel.cli._common import guarded, log_options
 
 __all__ = ["validate_job"]
 
@@ -32,6 +32,7 @@ a JSON summary.
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--require-env", is_flag=True,
               help="Also fail when an environment variable the job file names is not set.")
+@log_options
 @guarded
 def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) -> None:
     """Check JOB_FILE: keys, value types, and that its inputs exist and parse.
