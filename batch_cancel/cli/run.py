@@ -186,6 +186,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "log_format": "Outputs",
         "verbose": "Outputs", "quiet": "Outputs",
         "state": "Resume", "run_id": "Resume", "force": "Resume", "retry_timed_out": "Resume",
+        "wait_lock": "Resume",
     }  # fmt: skip
     ORDER: ClassVar[tuple[str, ...]] = (
         "Input", "GWS connection", "Record defaults", "Speed", "Outputs", "Resume",
