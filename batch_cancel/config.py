@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_cancel.exceptions import ConfigError
+from batch_cancel.exceptions import ConfigError, GwsMisconfigured
 
 __all__ = [
     "BOUNDS",
@@ -26,6 +26,7 @@ __all__ = [
     "GwsConfig",
     "JobDefaults",
     "RunConfig",
+    "refuse_url_credentials",
 ]
 
 DEFAULT_RATE = 10.0
@@ -68,6 +69,18 @@ def _check_bounds(owner: object, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{name.replace('_', '-')} must be {what} {shown}, not {value!r}")
 
 
+def refuse_url_credentials(url: str | None, name: str) -> None:
+    """``https://user:password@host`` would put the password in logs, journals and reports;
+    say where credentials go instead (the URL itself is not repeated: it holds the secret)."""
+    if url is None:
+        return
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in authority:
+        raise GwsMisconfigured(f"{name} carries credentials (user:password@host); give the user in "
+                               "GWS_USERNAME (or --username) and the password in GWS_PASSWORD "
+                               "(or --password-file) instead")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -100,6 +113,8 @@ class GwsConfig:
     proxy: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        refuse_url_credentials(self.base_url, "the GWS base URL")
+        refuse_url_credentials(self.cometd_url, "the CometD URL")
         timeout = self.request_timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and 0 < timeout <= _DAY):
             raise ConfigError(f"request_timeout must be a finite number of seconds > 0, not {timeout!r}")

@@ -13,6 +13,7 @@ import dataclasses
 import getpass
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,8 +28,8 @@ from batch_cancel.exceptions import (
     Interrupted,
     JournalLocked,
     JournalMismatch,
+    JournalUnusable,
     RequestError,
-    TlsCertificateError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.lock import JournalLock
@@ -188,7 +189,15 @@ async def _run_locked(
     journaling: bool,
 ) -> Summary:
     started = time.monotonic()
-    journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+    try:
+        journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorname not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            raise
+        # a journal damaged past the pages the path check reads (a disk fault): a retry
+        # reads the same bytes, so this is exit 2, not an "internal error" (exit 3)
+        raise JournalUnusable(f"journal {config.state} is damaged ({exc}); restore it from a copy "
+                              "or give another --state") from None  # fmt: skip
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
     report = config.report or Path("reports") / f"{run_id}.csv"
     try:
@@ -206,11 +215,13 @@ async def _run_locked(
             engine = Engine(config, gws, journal, stop=stop, progress=view)
             try:
                 await engine.run(run_id, journaling=journaling)
-            except (AbortedError, RequestError, TlsCertificateError) as exc:
+            except BatchCancelError as exc:
+                # whatever stopped the run (an abort, a login page that is not GWS, a refused
+                # certificate...), the report and the JSON line say what was done
                 summary = _finish(journal, run_id, report, config, engine.stats(), started)
                 # a RequestError here: e.g. the device list could not be read
                 error: BatchCancelError = (
-                    exc if isinstance(exc, (AbortedError, TlsCertificateError)) else AbortedError(str(exc))
+                    AbortedError(str(exc)) if isinstance(exc, RequestError) else exc
                 )
                 error.summary = summary  # type: ignore[attr-defined]
                 if error is exc:

@@ -141,9 +141,11 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               cometd_url: str | None = None, ca_bundle: Path | None = None,
               client_cert: Path | None = None, client_key: Path | None = None,
               proxy: str | None = None) -> Any:  # fmt: skip
-    from batch_cancel.config import Credentials, GwsConfig
+    from batch_cancel.config import Credentials, GwsConfig, refuse_url_credentials
     from batch_cancel.exceptions import ConfigError
 
+    refuse_url_credentials(base_url, "--base-url")  # first: every later message repeats the URL
+    refuse_url_credentials(cometd_url, "--cometd-url")
     missing = [n for n, v in (("--base-url", base_url), ("--username", username)) if not v]
     # a job file's password_env comes last: --password-file, then GWS_PASSWORD, then it
     password = read_password(password_file) or password

@@ -246,6 +246,11 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
     metavar="S",
     help="A request the DoS filter would hold longer than this is answered 429.",
 )
+@click.option("--login-page", type=click.IntRange(100, 599), metavar="STATUS",
+              help="Answer log-ins (GET /api/v2/me) with an HTML page of this status, as a proxy "
+                   "in front of GWS does (502 while GWS is down, 200 for an SSO page).")
+@click.option("--login-page-for", type=FiniteFloat(min=0.0, min_open=True), metavar="S",
+              help="... for the first S seconds only (default: as long as the simulator runs).")
 @click.option("--tls-cert", metavar="PEM", help="Serve https with this certificate chain.")
 @click.option("--tls-key", metavar="PEM", help="Key of --tls-cert (when not in the same file).")
 @click.option("--tls-client-ca", metavar="PEM",
@@ -276,8 +281,10 @@ def simulate(**options: Any) -> None:
     import asyncio
 
     config = _config(options)
+    page = options["login_page"]
+    login_page = (page, options["login_page_for"] or float("inf")) if page else None
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, login_page))
     except OSError as error:
         raise _StartError(
             f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
@@ -331,7 +338,7 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
         raise _StartError(str(error)) from None
 
 
-async def _serve(config: SimulatorConfig) -> None:
+async def _serve(config: SimulatorConfig, login_page: tuple[int, float] | None = None) -> None:
     import asyncio
     import signal
 
@@ -343,6 +350,8 @@ async def _serve(config: SimulatorConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with GwsSimulator(config) as sim:
+            if login_page is not None:
+                sim.serve_login_page(*login_page)
             click.echo(f"GWS simulator listening on {sim.base_url}  (Ctrl-C to stop)")
             await stop.wait()
             click.echo("GWS simulator stopped")

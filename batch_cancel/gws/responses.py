@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from batch_cancel.exceptions import (
+    GwsMisconfigured,
     RequestError,
     RequestRejected,
     SessionExpired,
@@ -26,6 +27,7 @@ __all__ = [
     "body_json",
     "certificate_problem",
     "error_for_response",
+    "not_the_gws_api",
     "parse_retry_after",
     "probe_verdict",
     "translate_transport_error",
@@ -99,6 +101,32 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
         retry_after = parse_retry_after(reply.headers.get("Retry-After"))
         return TransientError(text, retry_after=retry_after, **kwargs)
     return RequestRejected(text, **kwargs)
+
+
+def not_the_gws_api(reply: Reply, base_url: str) -> GwsMisconfigured | TransientError | None:
+    """A log-in answer that is not GWS speaking, or None.
+
+    A reverse proxy or an SSO gateway in front of GWS answers with an HTML page:
+    its error page while GWS is down (5xx: worth waiting for, so transient), its own
+    login form or a maintenance page (any other status: no retry will change that).
+    A success whose body is no JSON object is not GWS either. Taking such a page for
+    a login would fail later as a puzzling "HTTP 401".
+    """
+    kind = reply.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind != "text/html" and (reply.status >= 300 or isinstance(_json_or_none(reply), dict)):
+        return None
+    message = (f"the server at {base_url} answered {kind or 'no content type'}, not the GWS API "
+               f"(status {reply.status})")  # fmt: skip
+    if reply.status >= 500:
+        return TransientError(message, http_status=reply.status)
+    return GwsMisconfigured(message)
+
+
+def _json_or_none(reply: Reply) -> Any:
+    try:
+        return json.loads(reply.content)
+    except ValueError:
+        return None
 
 
 def translate_transport_error(exc: BaseException) -> TransientError:

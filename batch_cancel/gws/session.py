@@ -18,7 +18,8 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,7 @@ from batch_cancel.gws.responses import (
     body_json,
     certificate_problem,
     error_for_response,
+    not_the_gws_api,
     probe_verdict,
     translate_transport_error,
 )
@@ -136,6 +138,9 @@ class GwsSession:
             raise GwsUnavailable(
                 f"cannot reach GWS at {self._config.base_url}: {translate_transport_error(exc)}"
             ) from exc
+        not_gws = not_the_gws_api(reply, self._config.base_url)
+        if not_gws is not None:
+            raise not_gws
         if reply.status in (401, 403):
             raise AuthenticationError(
                 f"GWS refused the credentials of user {self._config.credentials.username!r} "
@@ -153,6 +158,30 @@ class GwsSession:
         if self._config.start_cc_session:
             await self._start_cc_session()
         return self.user
+
+    async def login_within(self, max_outage: float, *, clock: Callable[[], float] = time.monotonic,
+                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> dict[str, Any]:
+        """The run's first login, tried again with back-off while GWS answers 5xx or 429.
+
+        A proxy in front of a restarting GWS answers 502/503 for a while; that is an
+        outage like any other, so it may last up to ``max_outage`` seconds (then
+        :class:`GwsUnavailable`, exit 3). Refused credentials, pages that are not
+        the GWS API and certificate problems are not retried.
+        """
+        deadline = clock() + max_outage
+        delay = 0.5
+        while True:
+            try:
+                return await self.login()
+            except TransientError as exc:
+                left = deadline - clock()
+                if left <= 0:
+                    raise GwsUnavailable(f"GWS login kept failing for {max_outage:g} s "
+                                         f"(--max-outage): {exc}") from exc  # fmt: skip
+                pause = min(max(delay, exc.retry_after or 0.0), left, 30.0)
+                log.warning("login: %s; trying again in %.1f s (for up to %.0f s more)", exc, pause, left)
+                await sleep(pause)
+                delay = min(delay * 2, 30.0)
 
     async def relogin(self, seen_generation: int) -> None:
         """Log in again unless someone already did since ``seen_generation``."""

@@ -66,7 +66,7 @@ class Engine:
             cometd_route = route_for(self._gws.notifications_url, self._gws, session.route.ssl)
             log.info("GWS %s: proxy %s; CometD proxy %s; trust store %s", self._gws.base_url,
                      session.route.proxy_shown, cometd_route.proxy_shown, trust_store(self._gws))  # fmt: skip
-            user = await session.login()
+            user = await session.login_within(cfg.max_outage)
             log.info("logged in to %s as %s", self._gws.base_url, _user_name(user, self._gws))
             device = await self._device_path(session)
             sender_ref: list[Sender] = []

@@ -75,6 +75,7 @@ class _Counters:
     csrf_rotations: int = 0
     cc_session_starts: int = 0
     cc_session_ends: int = 0
+    login_pages: int = 0  # log-ins answered by an HTML page instead of GWS
 
 
 @dataclass
@@ -160,6 +161,10 @@ class Ledger:
     @property
     def login_count(self) -> int:
         return self._counters.logins
+
+    @property
+    def login_page_count(self) -> int:
+        return self._counters.login_pages
 
     @property
     def handshake_count(self) -> int:

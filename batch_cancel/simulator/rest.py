@@ -34,6 +34,13 @@ class UserResources:
 
     async def get_me(self, request: web.Request) -> web.Response:
         state = self._state
+        page = state.login_page_status()
+        if page is not None:
+            # not GWS: the HTML page a reverse proxy or an SSO gateway answers in front of it
+            state.ledger.count("login_pages")
+            html = (f"<!DOCTYPE html><html><head><title>{page}</title></head>"
+                    f"<body><h1>{page}</h1><p>The proxy says no.</p></body></html>")
+            return web.Response(status=page, content_type="text/html", text=html)
         session = session_of(state, request)
         credentials = basic_credentials(request)
         new_session = False

@@ -151,6 +151,14 @@ class GwsSimulator:
         """Answer 503 on the CometD endpoint for ``seconds``, held polls included."""
         self._state.hub.pause(seconds)
 
+    def serve_login_page(self, status: int, seconds: float = float("inf")) -> None:
+        """Answer log-ins (``GET /api/v2/me``) with an HTML page of ``status`` for ``seconds``,
+        as a reverse proxy does while GWS behind it is down (502/503) or in front of it asks
+        for its own login (200); other requests are served as usual."""
+        import time
+
+        self._state.login_page = (status, time.monotonic() + seconds)
+
     def expire_all_sessions(self) -> int:
         """End every HTTP session: the next request of each gets 401 statusCode 20."""
         return self._state.sessions.end_all()

@@ -48,6 +48,9 @@ class SimState:
         # outbound-record requests that got past authentication: the clock of *_every faults
         self.authenticated_requests = 0
         self.timers: set[asyncio.TimerHandle] = set()
+        # what a proxy in front of GWS answers on /api/v2/me instead of GWS: an HTML
+        # page with this status, until the monotonic time given (see serve_login_page)
+        self.login_page: tuple[int, float] | None = None
         self.dos_filter = DosFilter()
         # Set when the server stops, so hung requests let go of their connections.
         self.stopping = asyncio.Event()
@@ -57,6 +60,15 @@ class SimState:
         # A new seed restarts the draws, so a test can pin decisions mid-run.
         if faults.seed is not None:
             self.rng = random.Random(faults.seed)
+
+    def login_page_status(self) -> int | None:
+        """The status of the HTML page that answers log-ins now, or None (GWS answers)."""
+        import time
+
+        page = self.login_page
+        if page is None or time.monotonic() >= page[1]:
+            return None
+        return page[0]
 
     def chance(self, rate: float) -> bool:
         # Draw nothing for a switched-off knob, so turning one knob on does not shift

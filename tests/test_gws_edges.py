@@ -1,0 +1,64 @@
+"""Configuration errors a retry cannot fix exit 2 before anything is sent; a proxy's 5xx page at
+login is waited out within --max-outage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ENV, PASSWORD, USER, job_args, numbers, run_cli, write_csv
+
+from batch_cancel.simulator import ThreadedSimulator
+
+
+def _input(tmp: Path, n: int = 3) -> Path:
+    return write_csv(tmp / "in.csv", ["phone_number"], [[x] for x in numbers(n)])
+
+
+@pytest.mark.parametrize("status", [200, 401, 404])
+def test_login_answered_by_an_html_page_exits_2(sim: ThreadedSimulator, tmp_path: Path, status: int) -> None:
+    sim.serve_login_page(status)
+    result = run_cli(job_args(sim.base_url, tmp_path, _input(tmp_path)), ENV)
+    assert result.exit_code == 2, result.stderr
+    expected = f"the server at {sim.base_url} answered text/html, not the GWS API (status {status})"
+    assert expected in result.stderr and result.summary["error"].endswith(expected)
+    assert result.summary["exit_code"] == 2 and result.summary["pending"] == 3
+    assert sim.ledger.entries == [] and sim.ledger.login_count == 0 and sim.ledger.login_page_count == 1
+
+
+def test_a_502_page_at_login_is_retried_within_max_outage(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    sim.serve_login_page(502, seconds=1.5)
+    started = time.monotonic()
+    result = run_cli(job_args(sim.base_url, tmp_path, _input(tmp_path), max_outage=20), ENV)
+    assert result.exit_code == 0, result.stderr
+    assert time.monotonic() - started >= 1.5
+    assert "answered text/html, not the GWS API (status 502)" in result.stderr  # said while waiting
+    assert sim.ledger.login_page_count >= 2 and result.summary["cancelled"] == 3
+
+
+def test_a_502_page_past_max_outage_exits_3_saying_why(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    sim.serve_login_page(502)
+    started = time.monotonic()
+    result = run_cli(job_args(sim.base_url, tmp_path, _input(tmp_path), max_outage=1.5), ENV)
+    assert result.exit_code == 3, result.stderr
+    assert time.monotonic() - started < 10
+    assert "status 502" in result.summary["error"] and result.summary["exit_code"] == 3
+    assert sim.ledger.entries == [] and sim.ledger.login_count == 0
+
+
+@pytest.mark.parametrize("flag", ["--base-url", "--cometd-url"])
+def test_credentials_in_the_url_exit_2_without_repeating_them(sim: ThreadedSimulator, tmp_path: Path,
+                                                              flag: str) -> None:  # fmt: skip
+    with_creds = sim.base_url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    args = job_args(sim.base_url, tmp_path, _input(tmp_path))
+    if flag == "--base-url":
+        args[args.index("--base-url") + 1] = with_creds
+    else:
+        args += ["--cometd-url", with_creds + "/api/v2/notifications"]
+    result = run_cli(args, ENV)
+    assert result.exit_code == 2, result.stderr
+    assert "GWS_USERNAME" in result.stderr and "GWS_PASSWORD" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    assert sim.ledger.entries == [] and sim.ledger.login_count == 0
+    assert not (tmp_path / "state.sqlite").exists()
