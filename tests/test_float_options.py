@@ -68,3 +68,17 @@ def test_library_callers_meet_the_same_bounds(kwargs: dict[str, float]) -> None:
 def test_gws_request_timeout_must_be_finite() -> None:
     with pytest.raises(ConfigError):
         GwsConfig("http://x", Credentials("u", "p"), request_timeout=float("nan"))
+
+
+ENV_BAD = [("BATCH_CANCEL_RATE", "nan"), ("BATCH_CANCEL_ACK_TIMEOUT", "inf"),
+           ("BATCH_CANCEL_MAX_OUTAGE", "-inf"), ("BATCH_CANCEL_GRACE", "NaN"),
+           ("BATCH_CANCEL_WAIT_LOCK", "nan")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value"), ENV_BAD)
+def test_environment_values_refused(sim: ThreadedSimulator, tmp_path: Path, name: str, value: str) -> None:
+    src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(2)])
+    result = run_cli(job_args(sim.base_url, tmp_path, src), {**ENV, name: value})
+    assert result.exit_code == 2, result.stderr
+    assert "finite" in result.summary["error"] and result.summary["exit_code"] == 2
+    assert sim.ledger.entries == [] and sim.ledger.login_count == 0
