@@ -152,3 +152,10 @@ def test_validate_job_checks_the_files_outputs(tmp_path: Path, src: Path) -> Non
     job.write_text(base + 'report = "out/deep/r.csv"\n')
     assert run_cli(["validate-job", str(job)]).exit_code == 0
     assert not (tmp_path / "out").exists()  # could be created, so valid; validate-job creates nothing
+
+
+def test_status_on_a_file_that_is_not_a_journal(tmp_path: Path, src: Path) -> None:
+    before = _digests(tmp_path)
+    result = run_cli(["status", "--state", str(src)])
+    assert result.exit_code == 2 and "not a batch-cancel journal" in result.stderr
+    assert _digests(tmp_path) == before

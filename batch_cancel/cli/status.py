@@ -18,9 +18,13 @@ FINAL_ORDER = ("cancelled", "failed", "timed_out", "rejected", "duplicate")
 def describe(state: Path) -> dict[str, Any]:
     from batch_cancel.exceptions import ConfigError
     from batch_cancel.journal.store import Journal
+    from batch_cancel.output_paths import journal_run_id
 
     if not state.is_file():
         raise ConfigError(f"no journal at {state}")
+    # a CSV or another program's database is named (exit 2) and never opened for writing
+    if not journal_run_id(state):
+        raise ConfigError(f"{state} is not a batch-cancel journal (or holds no run yet)")
     journal = Journal.open(state)
     try:
         if journal.is_new():
