@@ -145,3 +145,13 @@ def test_verbose_normal_run_prints_no_traceback(sim: ThreadedSimulator, tmp_path
     assert "Traceback" not in proc.stderr and "CancelledError" not in proc.stderr
     assert "Exception in callback" not in proc.stderr
     _agrees(0, proc.stdout)
+
+
+def test_the_exit_code_table_is_in_run_help_and_the_readme() -> None:
+    text = run_cli(["run", "--help"]).stdout
+    for line in ("0  every row cancelled", "1  finished;", "2  no retry can fix it",
+                 "3  aborted, resumable with the same --state", "--wait-lock"):  # fmt: skip
+        assert line in text, line
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for row in ("| `0` |", "| `1` |", "| `2` |", "| `3` |"):
+        assert row in readme, row

@@ -54,10 +54,21 @@ BATCH_CANCEL_RATE=5, BATCH_CANCEL_DRY_RUN=1), or the GWS_* variable named in
 its help. Precedence: a flag beats the environment, which beats the job file
 (--job), which beats the built-in default.
 \b
-Exit codes: 0 every row cancelled (or a duplicate of a cancelled row);
-1 finished, some rows failed, timed out or were rejected; 2 usage, configuration
-or input error, nothing sent; 3 aborted (auth lost, GWS or CometD gone, signal),
-resumable with --state. The last stdout line is the JSON summary.
+Exit codes (the last stdout line is the JSON summary; its "exit_code" is always
+the process's, and "error" says why whenever it is not 0 or 1):
+  0  every row cancelled (or a duplicate of a cancelled row)
+  1  finished; some rows failed, timed out or were rejected (see the report)
+  2  no retry can fix it, found before sending: a bad option (NaN, infinity,
+     out of range; flag, env or job file), an unreadable input, an output that
+     is an input or another output, under a file or not writable, a --state
+     that is not our journal (left untouched) or is damaged, the journal in use
+     by another run (host, pid, since; --wait-lock waits), credentials in the
+     URL, a TLS certificate refused, a login answered by a page that is not the
+     GWS API. Part-way only if another run took the journal's lock over or a
+     re-login met such a page; the counts then say what was done.
+  3  aborted, resumable with the same --state: authentication lost, GWS or
+     CometD unreachable past --max-outage (5xx at login included), SIGINT or
+     SIGTERM, an internal error
 """
 
 
