@@ -51,6 +51,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_outage": (0.0, 7 * _DAY, True),
     "grace": (0.0, _DAY, False),
     "wait_lock": (0.0, 7 * _DAY, False),
+    "metrics_interval": (0.0, _DAY, True),
 }
 
 
@@ -164,10 +165,13 @@ class RunConfig:
     html: Path | None = None
     # seconds to wait for another run's lock on the journal (0: exit 2 at once)
     wait_lock: float = 0.0
+    # Prometheus textfile (node_exporter), rewritten every metrics_interval seconds
+    metrics_file: Path | None = None
+    metrics_interval: float = 5.0
 
     def __post_init__(self) -> None:
         _check_bounds(self, ("rate", "concurrency", "ack_timeout", "max_attempts", "max_outage",
-                             "grace", "wait_lock"))  # fmt: skip
+                             "grace", "wait_lock", "metrics_interval"))  # fmt: skip
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that made the journal.
@@ -188,4 +192,5 @@ class RunConfig:
         d["report"] = str(self.report) if self.report else None
         d["state"] = str(self.state) if self.state else None
         d["html"] = str(self.html) if self.html else None
+        d["metrics_file"] = str(self.metrics_file) if self.metrics_file else None
         return d

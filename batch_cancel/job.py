@@ -35,6 +35,7 @@ from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.store import Journal
 from batch_cancel.log_records import RUN_ID
+from batch_cancel.metrics import RunMetrics
 from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
 from batch_cancel.report.writers import check_report_path, write_report
@@ -68,13 +69,15 @@ def decide_outputs(config: RunConfig) -> RunConfig:
         check_report_path(config.report)
     if config.state is not None:  # "--state is the input file" says more than "not a journal"
         check_outputs(config.inputs, {"--report": config.report, "--html": config.html,
-                                      "--state": config.state}, journal="--state")  # fmt: skip
+                                      "--metrics-file": config.metrics_file, "--state": config.state},
+                      journal="--state")  # fmt: skip
     existing = journal_run_id(config.state) if config.state is not None else None
     run_id = existing or config.run_id or new_run_id()
     state = config.state or Path("state") / f"{run_id}.sqlite"
     report = config.report or Path("reports") / f"{run_id}.csv"
     if config.state is None or config.report is None:  # the defaults, now that they have names
-        check_outputs(config.inputs, {"--report": report, "--html": config.html, "--state": state},
+        check_outputs(config.inputs, {"--report": report, "--html": config.html,
+                                      "--metrics-file": config.metrics_file, "--state": state},
                       journal="--state")  # fmt: skip
     # a new journal takes the run id its default paths were named after
     chosen = config.run_id or (run_id if not existing else None)
@@ -200,11 +203,16 @@ async def _run_locked(
                               "or give another --state") from None  # fmt: skip
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
     report = config.report or Path("reports") / f"{run_id}.csv"
+    metrics: RunMetrics | None = None
     try:
         counts = journal.counts()
         to_send = counts.get("planned", 0) + counts.get("sent", 0)
         if config.retry_timed_out:
             to_send += counts.get("timed_out", 0)
+        if config.metrics_file is not None:
+            metrics = RunMetrics(config.metrics_file, run_id, counts, retry_timed_out=config.retry_timed_out,
+                                 rate_limit=config.rate, interval=config.metrics_interval)  # fmt: skip
+            metrics.write(strict=True)  # an unwritable path fails here, before anything is sent
         stats: dict[str, float] = {}
         if not config.dry_run and to_send:
             if gws is None:
@@ -212,13 +220,15 @@ async def _run_locked(
             from batch_cancel.send.phase import Engine
 
             view = progress(to_send) if progress is not None else None
-            engine = Engine(config, gws, journal, stop=stop, progress=view)
+            engine = Engine(config, gws, journal, stop=stop, progress=view,
+                            on_latency=metrics.observe_latency if metrics else None)  # fmt: skip
+            feeder = asyncio.create_task(metrics.follow(engine)) if metrics else None
             try:
                 await engine.run(run_id, journaling=journaling)
             except BatchCancelError as exc:
                 # whatever stopped the run (an abort, a login page that is not GWS, a refused
                 # certificate...), the report and the JSON line say what was done
-                summary = _finish(journal, run_id, report, config, engine.stats(), started)
+                summary = _finish(journal, run_id, report, config, engine.stats(), started, metrics)
                 # a RequestError here: e.g. the device list could not be read
                 error: BatchCancelError = (
                     AbortedError(str(exc)) if isinstance(exc, RequestError) else exc
@@ -227,13 +237,18 @@ async def _run_locked(
                 if error is exc:
                     raise
                 raise error from exc
+            finally:
+                if feeder is not None:
+                    feeder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await feeder
             stats = engine.stats()
             if engine.interrupted:
-                summary = _finish(journal, run_id, report, config, stats, started)
+                summary = _finish(journal, run_id, report, config, stats, started, metrics)
                 stopped = Interrupted("interrupted by a signal: the run can be resumed with --state")
                 stopped.summary = summary  # type: ignore[attr-defined]
                 raise stopped
-        return _finish(journal, run_id, report, config, stats, started)
+        return _finish(journal, run_id, report, config, stats, started, metrics)
     finally:
         journal.close()
 
@@ -245,11 +260,15 @@ def _finish(
     config: RunConfig,
     stats: dict[str, float],
     started: float,
+    metrics: RunMetrics | None = None,
 ) -> Summary:
     with contextlib.suppress(Exception):
         journal.set_meta(finished_at=time.time(), last_stats=stats)
     write_report(journal, report)
     summary = summarise(journal, run_id, report, config, stats, time.monotonic() - started)
+    if metrics is not None:
+        metrics.final(summary)
+        metrics.write()
     if config.html is not None:
         from batch_cancel.report.evidence import write_html
 

@@ -196,7 +196,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "operation": "Record defaults",
         "rate": "Speed", "concurrency": "Speed", "adaptive_rate": "Speed", "ack_timeout": "Speed",
         "max_attempts": "Speed", "max_outage": "Speed", "grace": "Speed",
-        "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "log_format": "Outputs",
+        "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "metrics_interval": "Outputs",
+        "log_format": "Outputs",
         "verbose": "Outputs", "quiet": "Outputs",
         "state": "Resume", "run_id": "Resume", "force": "Resume", "retry_timed_out": "Resume",
         "wait_lock": "Resume",
@@ -256,6 +257,11 @@ class RunCommand(SectionedCommand, JsonLineCommand):
                    "--rate is then this shard's share.")
 @click.option("--adaptive-rate", is_flag=True,
               help="Lower the rate when GWS throttles and raise it slowly again (never above --rate).")
+@click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+              help="Prometheus text file (node_exporter textfile collector: name it *.prom), "
+                   "replaced atomically every --metrics-interval seconds and at the end.")
+@click.option("--metrics-interval", type=bounded("metrics_interval"), default=5.0, show_default=True,
+              metavar="SECONDS", help="How often --metrics-file is rewritten.")
 @click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a self-contained HTML evidence report here.")
 @click.option("--wait-lock", type=bounded("wait_lock"), default=0.0, metavar="SECONDS",
@@ -296,7 +302,9 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
         retry_timed_out=opts["retry_timed_out"], shard=opts["shard"], run_id=opts["run_id"],
-        adaptive_rate=opts["adaptive_rate"], html=opts["html"], wait_lock=opts["wait_lock"],
+        adaptive_rate=opts["adaptive_rate"], html=opts["html"],
+        metrics_file=opts["metrics_file"], metrics_interval=opts["metrics_interval"],
+        wait_lock=opts["wait_lock"],
     )  # fmt: skip
     gws = None
     if not cfg.dry_run:

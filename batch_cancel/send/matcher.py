@@ -46,6 +46,7 @@ class Matcher:
         wall: Callable[[], float],
         resend: Callable[[Record], None],
         max_attempts: int = 5,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._success = SUCCESS.get(operation, "RecordCancelAcknowledge")
         self._ack_timeout = ack_timeout
@@ -62,6 +63,7 @@ class Matcher:
         self.foreign = 0
         self.gap_resends = 0
         self._events = OncePerInterval(log)
+        self._on_latency = on_latency  # POST -> outcome seconds, for --metrics-file
 
     # -- requests ---------------------------------------------------------------
     def register(self, rec: Record) -> None:
@@ -121,6 +123,8 @@ class Matcher:
         if rec.accepted_mono is not None or rec.sent_at is not None:
             sent = rec.sent_at if rec.sent_at is not None else rec.acked_at
             rec.latency_ms = round(max(0.0, rec.acked_at - sent) * 1000.0, 3)
+            if self._on_latency is not None:
+                self._on_latency(rec.latency_ms / 1000.0)
         was_timed_out = rec.status == "timed_out"
         if data.get("notificationType") == self._success:
             rec.status, rec.error = "cancelled", None

@@ -40,12 +40,14 @@ class Engine:
         *,
         stop: asyncio.Event,
         progress: Callable[[dict[str, int]], None] | None = None,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._config = config
         self._gws = gws
         self._journal = journal
         self._stop = stop
         self._progress = progress
+        self._on_latency = on_latency
         self.interrupted = False
         self._sender: Sender | None = None
         self._matcher: Matcher | None = None
@@ -73,7 +75,7 @@ class Engine:
             matcher = Matcher(
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
                 clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
-                max_attempts=cfg.max_attempts,
+                max_attempts=cfg.max_attempts, on_latency=self._on_latency,
             )  # fmt: skip
             self._matcher = matcher
             channel = AckChannel(
@@ -171,10 +173,20 @@ class Engine:
             await asyncio.sleep(0.5)
 
     def counts(self) -> dict[str, int]:
-        out = dict(self._recorder.outcomes)
+        recorder: Recorder | None = getattr(self, "_recorder", None)  # set when run() starts
+        out = dict(recorder.outcomes) if recorder is not None else {}
         out["awaiting"] = self._matcher.awaiting() if self._matcher else 0
         out["requests"] = self._sender.requests if self._sender else 0
         return out
+
+    def gauges(self) -> dict[str, float]:
+        """Figures of this instant (for --metrics-file): in flight, awaiting, the rate limit."""
+        limit = self._pacer.current if self._pacer is not None else self._config.rate
+        return {
+            "in_flight": float(self._sender.in_flight) if self._sender else 0.0,
+            "awaiting_ack": float(self._matcher.awaiting()) if self._matcher else 0.0,
+            "rate_limit": limit if math.isfinite(limit) else 0.0,
+        }
 
     def stats(self) -> dict[str, float]:
         s = self._sender
