@@ -31,9 +31,12 @@ lint: venv
 	$(BIN)/ruff check batch_cancel tests benchmarks
 	$(BIN)/mypy
 
+# Chromium (for the evidence-page test) is installed by scripts/ensure-chromium.sh, which
+# says so first; where it cannot be (no apt, no root) the test is skipped with its reason
+# (-rs prints it), except in CI, where it fails.
 test: venv npm lint
-	bash scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest -q
+	bash scripts/ensure-chromium.sh || echo "make test: WARNING: no Chromium; the evidence-page test will be skipped (fails in CI)" >&2
+	$(BIN)/python -m pytest -q -rs
 
 bench: venv
 	$(BIN)/python -m benchmarks

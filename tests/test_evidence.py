@@ -1,8 +1,10 @@
 """The evidence page: fast checks on synthetic journals, then a real run rendered by headless Chromium.
 
 The browser tests need Debian's ``chromium`` (``scripts/ensure-chromium.sh`` installs it;
-``CHROMIUM`` may point elsewhere). They fail rather than skip without it: a compliance
-artefact nobody has seen rendered is not tested.
+``CHROMIUM`` may point elsewhere). In CI (``CI`` set) they fail without it: a compliance
+artefact nobody has seen rendered is not tested. On a developer's machine where Chromium
+cannot be installed (no apt, no root) they are skipped, with the reason printed in the
+summary (``make test`` runs pytest with ``-rs``), so the gap is never silent.
 """
 
 from __future__ import annotations
@@ -282,7 +284,11 @@ BROWSER_OWN = "not an origin"  # the initiator Chromium gives its own housekeepi
 def chromium() -> str:
     found = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not os.access(found, os.X_OK):
-        pytest.fail("chromium not found: run scripts/ensure-chromium.sh (make test does) or set CHROMIUM")
+        reason = ("chromium not found, so the evidence page was NOT rendered or checked: run "
+                  "scripts/ensure-chromium.sh (make test does) or set CHROMIUM")  # fmt: skip
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return found
 
 
