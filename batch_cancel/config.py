@@ -136,6 +136,9 @@ class JobDefaults:
     chain_attribute: str | None = None
     default_region: str = "US"
     phone_format: str = "national"
+    # a number of another country than its row's region: reject | e164 | digits |
+    # international; None: as phone_format allows (plan/phones.py ForeignFormat)
+    foreign_format: str | None = None
     strict_validation: bool = False
     operation: str = "CancelRecord"
 
@@ -148,6 +151,7 @@ class RunConfig:
     defaults: JobDefaults = JobDefaults()
     phone_column: str | None = None
     encoding: str = "utf-8"
+    delimiter: str | None = None  # CSV inputs; None: sniffed from each file's header line
     rate: float = DEFAULT_RATE
     concurrency: int = DEFAULT_CONCURRENCY
     ack_timeout: float = DEFAULT_ACK_TIMEOUT
@@ -182,6 +186,7 @@ class RunConfig:
         d = dataclasses.asdict(self.defaults)
         d["phone_column"] = self.phone_column
         d["encoding"] = self.encoding
+        d["delimiter"] = self.delimiter
         d["shard"] = list(self.shard) if self.shard else None
         return d
 

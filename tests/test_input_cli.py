@@ -53,7 +53,7 @@ def test_bom_crlf_quotes_and_spreadsheet_spellings(tmp_path: Path) -> None:
     code, _, rows = dry_run(tmp_path, src)
     assert code == 0
     got = {int(r["row"]): (r["phone_e164"], r["phone_sent"], r["status"]) for r in rows}
-    assert got == {i + 1: (f"'+121255501{34 + i}", f"21255501{34 + i}", "pending") for i in range(7)}
+    assert got == {i + 1: (f"+121255501{34 + i}", f"21255501{34 + i}", "pending") for i in range(7)}
     r = by_row(rows)
     assert r[1]["campaign"] == "Spring, East" and r[2]["campaign"] == "Campaign1"
     assert r[1]["phone_number"] == "(212) 555-0134"  # the raw text is kept as written
@@ -71,12 +71,12 @@ def test_quirky_numbers_are_sent_in_the_chosen_form(sim: ThreadedSimulator, tmp_
     rows = read_report(tmp_path / "report.csv")
     assert [sent[r["reference_id"]] for r in rows] == [f"21255501{34 + i}" for i in range(4)]
     assert [r["phone_sent"] for r in rows] == [sent[r["reference_id"]] for r in rows]
-    assert [r["phone_e164"] for r in rows] == [f"'+121255501{34 + i}" for i in range(4)]
+    assert [r["phone_e164"] for r in rows] == [f"+121255501{34 + i}" for i in range(4)]
 
 
 @pytest.mark.parametrize(
     ("fmt", "expected"),
-    [("national", "2125550134"), ("e164", "'+12125550134"), ("digits", "12125550134"),
+    [("national", "2125550134"), ("e164", "+12125550134"), ("digits", "12125550134"),
      ("as-is", "(212) 555-0134")],
 )
 def test_phone_format(sim: ThreadedSimulator, tmp_path: Path, fmt: str, expected: str) -> None:
@@ -84,7 +84,7 @@ def test_phone_format(sim: ThreadedSimulator, tmp_path: Path, fmt: str, expected
     result = run_cli(job_args(sim.base_url, tmp_path, src, rate=0, phone_format=fmt), ENV)
     assert result.exit_code == 0, result.stderr
     [row] = read_report(tmp_path / "report.csv")
-    assert (row["phone_sent"], row["phone_e164"]) == (expected, "'" + US)  # both forms kept
+    assert (row["phone_sent"], row["phone_e164"]) == (expected, US)  # both forms kept
     [entry] = sim.ledger.entries
     assert entry.phone_number == expected.lstrip("'")  # what GWS got is the sent form
 
@@ -96,8 +96,8 @@ def test_parquet_integer_and_float_numbers(tmp_path: Path) -> None:
     code, _, rows = dry_run(tmp_path, ints, floats)
     assert code == 1  # the null number is rejected
     assert [(r["phone_number"], r["phone_e164"], r["status"]) for r in rows] == [
-        ("2125550134", "'+12125550134", "pending"), ("12125550135", "'+12125550135", "pending"),
-        ("2125550136", "'+12125550136", "pending"), ("", "", "rejected")]
+        ("2125550134", "+12125550134", "pending"), ("12125550135", "+12125550135", "pending"),
+        ("2125550136", "+12125550136", "pending"), ("", "", "rejected")]
     assert rows[3]["error"] == "empty" and rows[3]["source"] == str(floats)
 
 
@@ -108,11 +108,13 @@ def test_per_row_country_column(tmp_path: Path) -> None:
     code, _, rows = dry_run(tmp_path, src)
     assert code == 1
     r = by_row(rows)
-    assert (r[1]["phone_e164"], r[1]["phone_sent"], r[1]["status"]) == ("'+442079460000", "2079460000",
-                                                                         "pending")
-    assert (r[2]["phone_e164"], r[2]["status"]) == ("'" + US, "pending")  # blank: --default-region
+    assert (r[1]["phone_e164"], r[1]["phone_sent"], r[1]["status"]) == ("+442079460000", "2079460000",
+                                                                        "pending")
+    assert (r[2]["phone_e164"], r[2]["status"]) == (US, "pending")  # blank: --default-region
     assert (r[3]["status"], r[3]["error"]) == ("rejected", "unknown region 'XX'")
-    assert r[4]["warnings"] == "country code +44 is not US's; sent without it"
+    # never sent without its country code: 2079460001 from a US row is another number
+    assert (r[4]["status"], r[4]["phone_sent"], r[4]["phone_e164"]) == ("rejected", "", "+442079460001")
+    assert r[4]["error"].startswith("country code +44 is not US's")
 
 
 def test_latin1_needs_its_encoding(sim: ThreadedSimulator, tmp_path: Path) -> None:
@@ -193,13 +195,16 @@ def test_csv_report_is_spreadsheet_safe_and_other_formats_are_not_escaped(tmp_pa
         cells = list(csv.reader(f))
     header, rows = cells[0], cells[1:]
     col = {name: i for i, name in enumerate(header)}
+    # a number is written as it is (any CSV reader gets E.164); what would execute is escaped
     assert [r[col["phone_number"]] for r in rows] == [
-        "'=2125550134", "'+1 212 555 0135", "'@2125550136", "'-12345"]
+        "'=2125550134", "+1 212 555 0135", "'@2125550136", "-12345"]
     assert rows[0][col["campaign"]] == "'" + evil and rows[0][col["calling_list"]] == "'@list"
     assert rows[1][col["campaign"]] == "'-C" and rows[1][col["calling_list"]] == "'+L"
-    assert rows[0][col["phone_e164"]] == "'" + US
-    unsafe = ("=", "+", "-", "@", "\t", "\r")
+    assert rows[0][col["phone_e164"]] == US and rows[1][col["phone_e164"]] == "+12125550135"
+    unsafe = ("=", "@", "\t", "\r")
     assert not any(cell.startswith(unsafe) for row in rows for cell in row)
+    assert all(set(cell[1:]) <= set("0123456789 ()./-") for row in rows for cell in row
+               if cell.startswith(("+", "-")))
     assert rows[3][col["error"]] == "too short" and rows[3][col["row"]] == "4"
     _, _, plain = dry_run(tmp_path, src, report="report.jsonl")
     assert plain[0]["phone_number"] == "=2125550134" and plain[0]["campaign"] == evil

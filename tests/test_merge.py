@@ -181,22 +181,46 @@ def test_exit_code_follows_the_run_rules(tmp_path: Path, rows: list[dict[str, An
 def test_escaping_is_read_back_and_each_format_keeps_its_own(tmp_path: Path) -> None:
     rows = [_row(1, phone_number="+1 212 200 0001", error="=HYPERLINK(1)"),
             _row(2, phone_number="'quoted", error="@cell"), _row(3, phone_number="-5")]  # fmt: skip
-    src = tmp_path / "a.csv"
-    with src.open("w", newline="", encoding="utf-8") as f:  # as report.py escapes them
+    old = tmp_path / "old.csv"
+    with old.open("w", newline="", encoding="utf-8") as f:  # as reports were escaped before
         w = csv.writer(f)
         w.writerow(REPORT_COLUMNS)
         for r in rows:
             w.writerow(["'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@")) else v
                         for v in r.values()])
-    assert run_cli(["merge", str(src), "--out", str(tmp_path / "m.jsonl")]).exit_code == 0
+    assert "'+12122000001" in old.read_text()  # the old form of an E.164 column
+    assert run_cli(["merge", str(old), "--out", str(tmp_path / "m.jsonl")]).exit_code == 0
     back = read_report(tmp_path / "m.jsonl")
     assert [r["phone_number"] for r in back] == ["+1 212 200 0001", "'quoted", "-5"]
+    assert [r["phone_e164"] for r in back] == ["+12122000001", "+12122000002", "+12122000003"]
     assert [r["error"] for r in back] == ["=HYPERLINK(1)", "@cell", None]
     assert [r["row"] for r in back] == [1, 2, 3] and back[0]["attempts"] == 1  # typed again
     assert run_cli(["merge", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m.csv")]).exit_code == 0
-    assert (tmp_path / "m.csv").read_text(encoding="utf-8") == src.read_text(encoding="utf-8")
-    assert run_cli(["merge", str(src), "--out", str(tmp_path / "m.parquet")]).exit_code == 0
+    new = (tmp_path / "m.csv").read_text(encoding="utf-8")
+    # numbers as they are now; what a spreadsheet would run still escaped
+    assert "\n1,+1 212 200 0001,+12122000001," in new and ",'=HYPERLINK(1)," in new
+    assert ",'@cell," in new and "\n3,-5,+12122000003," in new
+    assert run_cli(["merge", str(tmp_path / "m.csv"), "--out", str(tmp_path / "again.jsonl")]).exit_code == 0
+    assert read_report(tmp_path / "again.jsonl") == back
+    assert run_cli(["merge", str(old), "--out", str(tmp_path / "m.parquet")]).exit_code == 0
     assert read_report(tmp_path / "m.parquet")[0]["error"] == "=HYPERLINK(1)"
+
+
+@pytest.mark.parametrize("value", ["+cmd|' /C calc'!A0", "-2+3", "+1+1", "'+1 212", "''=x", "'quoted",
+                                   "+12125550134", "+1 (212) 555-0134", "-", "@", "\tx", "=1",
+                                   "-1 (2) 3./4", "'", "''"])
+def test_every_value_survives_the_csv_report_and_merge(tmp_path: Path, value: str) -> None:
+    src = _write(tmp_path / "a.jsonl", [_row(1, phone_number=value, campaign=value, error=value)])
+    assert run_cli(["merge", str(src), "--out", str(tmp_path / "m.csv")]).exit_code == 0
+    cells = next(r for r in csv.reader((tmp_path / "m.csv").open(newline="")) if r[0] == "1")
+    written = cells[REPORT_COLUMNS.index("phone_number")]
+    executes = value[:1] in ("=", "@", "\t") or (value[:1] in ("+", "-") and any(
+        c not in "0123456789 ()./-" for c in value[1:]))
+    quoted = value.startswith("'") and value.lstrip("'")[:1] in ("=", "+", "-", "@")
+    assert written == ("'" + value if executes or quoted else value)
+    assert run_cli(["merge", str(tmp_path / "m.csv"), "--out", str(tmp_path / "back.jsonl")]).exit_code == 0
+    back = read_report(tmp_path / "back.jsonl")[0]
+    assert (back["phone_number"], back["campaign"], back["error"]) == (value, value, value)
 
 
 def test_help_has_an_example() -> None:

@@ -8,7 +8,7 @@ import phonenumbers
 import pytest
 
 from batch_cancel.plan import phones
-from batch_cancel.plan.phones import Phone, PhoneFormat, mask, normalise, region_ok
+from batch_cancel.plan.phones import ForeignFormat, Phone, PhoneFormat, mask, normalise, region_ok
 
 US = "+12125550134"
 
@@ -79,11 +79,81 @@ def test_region_per_row() -> None:
     assert normalise("416 555 0134", "US").warning is None
 
 
-def test_foreign_number_in_national_form_is_flagged() -> None:
-    p = normalise("+44 20 7946 0000", "US")
-    assert p.sent == "2079460000" and p.e164 == "+442079460000"
-    assert p.warning == "country code +44 is not US's; sent without it"
-    assert normalise("+44 20 7946 0000", "US", PhoneFormat.E164).warning is None
+@pytest.mark.parametrize("raw", ["+44 20 7946 0958", "011 44 20 7946 0958", "0044 20 7946 0958",
+                                 "+44 (0)20 7946 0958"])
+def test_a_foreign_number_is_never_sent_in_its_national_form(raw: str) -> None:
+    # 2079460958 from a US row would dial a number in Maine
+    p = normalise(raw, "US")
+    assert (p.e164, p.sent) == ("+442079460958", None)
+    assert p.error is not None and p.error.startswith("country code +44 is not US's")
+    assert "--foreign-format" in p.error
+    assert normalise(raw, "US", strict=True).sent is None
+    assert normalise(raw, "US", fmt=PhoneFormat.E164).sent == "+442079460958"
+    assert normalise(raw, "US", fmt=PhoneFormat.DIGITS).sent == "442079460958"
+    ways = {ForeignFormat.E164: "+442079460958", ForeignFormat.DIGITS: "442079460958",
+            ForeignFormat.INTERNATIONAL: "011442079460958"}
+    for how, sent in ways.items():
+        assert normalise(raw, "US", PhoneFormat.NATIONAL, False, how) == Phone(
+            "+442079460958", sent, None, None)
+    assert normalise(raw, "US", PhoneFormat.E164, False, ForeignFormat.REJECT).sent is None
+    # the same number at home is national as before
+    assert normalise(raw.replace("011 ", "00 "), "GB").sent == "2079460958"
+
+
+def test_international_form_uses_the_rows_own_prefix() -> None:
+    how = ForeignFormat.INTERNATIONAL
+    assert normalise("+1 212 555 0134", "DE", PhoneFormat.NATIONAL, False, how).sent == "0012125550134"
+    assert normalise("+1 212 555 0134", "JP", PhoneFormat.NATIONAL, False, how).sent == "01012125550134"
+    assert normalise("+1 212 555 0134", "AU", PhoneFormat.NATIONAL, False, how).sent == "001112125550134"
+    # no single prefix (Brazil picks a carrier): E.164 rather than a guess
+    assert normalise("+1 212 555 0134", "BR", PhoneFormat.NATIONAL, False, how).sent == "+12125550134"
+
+
+def test_as_is_sends_a_foreign_number_only_when_its_text_names_the_country() -> None:
+    assert normalise(" +44 20 7946 0958", "US", PhoneFormat.AS_IS).sent == "+44 20 7946 0958"
+    assert normalise("011 44 20 7946 0958", "US", PhoneFormat.AS_IS).sent == "011 44 20 7946 0958"
+    # 00 is not how the US dials abroad: sent as written it would not reach +44
+    refused = normalise("0044 20 7946 0958", "US", PhoneFormat.AS_IS)
+    assert refused.sent is None and refused.error is not None and "as written" in refused.error
+    assert normalise("0044 20 7946 0958", "DE", PhoneFormat.AS_IS).sent == "0044 20 7946 0958"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["2125550134;2125550135", "2125550134, 2125550135", "2125550134 / 2125550135",
+     "2125550134|2125550135", "2125550134 or 2125550135", "2125550134 OR 2125550135",
+     "2125550134 & 2125550135", "2125550134 and (212) 555-0135", "2125550134 2125550135",
+     "21255501342125550135", "+12125550134+12125550135", "+1 212 555 0134 +1 212 555 0135",
+     "212-555-0134; 555-0135", "2125550134/35", "(212) 555-0134 (cell), (212) 555-0135 (home)",
+     "2125550134\n2125550135"],
+)
+def test_several_numbers_in_one_cell_are_refused(raw: str) -> None:
+    assert normalise(raw) == Phone(None, None, "several numbers in one cell", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "e164"),
+    [("212/555-0134", US), ("1/212/555/0134", US), ("030/1234567", "+49301234567"),
+     ("2,125,550,134", US), ("tel:+1-212-555-0134;ext=12", US), ("212-555-0134, ext. 12", US)],
+)
+def test_one_number_with_separator_characters_is_one_number(raw: str, e164: str) -> None:
+    p = normalise(raw, "DE" if e164.startswith("+49") else "US")
+    assert (p.e164, p.error) == (e164, None)
+
+
+@pytest.mark.parametrize("raw", ["(212) 555-0134 (cell)", "212-555-0134 home", "2125550134 - Work",
+                                 "(212) 555-0134 [mobile]"])
+def test_a_label_after_the_number_is_ignored_with_a_warning(raw: str) -> None:
+    assert normalise(raw) == Phone(US, "2125550134", None, "text after the number ignored")
+
+
+@pytest.mark.parametrize("raw", ["(212) 555-0134 (cell 2)", "2125550134 99"])
+def test_other_text_after_the_number_is_refused_as_such(raw: str) -> None:
+    assert normalise(raw) == Phone(None, None, "text after the number", None)
+
+
+def test_vanity_numbers_still_parse() -> None:
+    assert normalise("1-800-FLOWERS").e164 == "+18003569377"
 
 
 def test_region_ok() -> None:
@@ -119,6 +189,18 @@ def _reference(raw: str, region: str, fmt: PhoneFormat, strict: bool) -> Phone:
     if strict and not valid:
         return Phone(None, None, "invalid", None)
     nsn = phonenumbers.national_significant_number(num)
+    if num.country_code != phonenumbers.country_code_for_region(region):
+        # a foreign number: never its national form; as written only if that reads the same
+        if fmt is PhoneFormat.NATIONAL:
+            return Phone(e164, None, "foreign", None if valid else "invalid")
+        if fmt is PhoneFormat.AS_IS:
+            try:
+                again = phonenumbers.format_number(phonenumbers.parse(raw.strip(), region),
+                                                   phonenumbers.PhoneNumberFormat.E164)
+            except phonenumbers.NumberParseException:
+                again = None
+            if again != e164:
+                return Phone(e164, None, "foreign", None if valid else "invalid")
     sent = {PhoneFormat.NATIONAL: nsn, PhoneFormat.E164: e164, PhoneFormat.DIGITS: e164[1:]}
     return Phone(e164, sent.get(fmt, raw.strip()), None, None if valid else "invalid")
 
@@ -129,6 +211,7 @@ def _coarse(p: Phone) -> Phone:
         "parse" if p.error in ("not a phone number", "unknown country code") or
         p.error.startswith("written in") else
         "invalid" if p.error.startswith("not a valid") else
+        "foreign" if p.error.startswith("country code") else
         "length" if p.error in phones._LENGTH_REASONS.values() else "parse")
     warning = "invalid" if p.warning and "not a valid" in p.warning else None
     return Phone(p.e164, p.sent, error, warning)

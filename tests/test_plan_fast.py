@@ -112,7 +112,8 @@ def _plan(tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> Journal
 
 def _input(tmp_path: Path) -> Path:
     rng = random.Random(5)
-    rows = [[v or "", rng.choice(["", "A", "B"]), rng.choice(["", "=L", 'q"x,y'])]
+    rows = [[v or "", rng.choice(["", "A", "B", "+A", "-1 (2)", "'=x", "''+1", "+1+1"]),
+             rng.choice(["", "=L", 'q"x,y', "@L", "-L\nx", "\tL"])]
             for v in _values(rng, 400)]
     rows += [[f"212 555 01{i % 20:02d}", "", ""] for i in range(60)]  # many repeats
     src = tmp_path / "in.csv"
@@ -135,14 +136,23 @@ def test_duplicates_across_batches_and_partitions(tmp_path: Path,
     assert all(r["reference_id"] == f"bc-run-{r['row']}" for r in rows if r["status"] == "planned")
 
 
+def _safe(v: str) -> str:
+    """Spreadsheet safety, written out plainly: escape what a spreadsheet would execute."""
+    first, rest = v[:1], v[1:]
+    executes = first in ("=", "@", "\t", "\r") or (
+        first in ("+", "-") and any(c not in "0123456789 ()./-" for c in rest))
+    # a value that already starts with apostrophes before such a character gets one more
+    quoted = first == "'" and v.lstrip("'")[:1] in ("=", "+", "-", "@", "\t", "\r")
+    return "'" + v if executes or quoted else v
+
+
 def _old_csv(journal: Journal) -> bytes:
-    """The report as csv.writer wrote it before the column-wise writer existed."""
+    """The report as csv.writer writes it (the column-wise writer must match it byte for byte)."""
     out = io.StringIO(newline="")
     w = csv.writer(out)
     w.writerow(REPORT_COLUMNS)
     for row in report_rows(journal):
-        w.writerow(["'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r"))
-                    else v for v in (row[c] for c in REPORT_COLUMNS)])
+        w.writerow([_safe(v) if isinstance(v, str) else v for v in (row[c] for c in REPORT_COLUMNS)])
     return out.getvalue().encode("utf-8")
 
 

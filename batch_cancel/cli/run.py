@@ -46,6 +46,9 @@ Examples:
   # options kept in a job file (jobs/*.toml):
   batch-cancel run --job jobs/nightly_dnc_scrub.toml dnc_2026-11-26.csv --rate 2
 \b
+  # Excel's European CSV (";") is sniffed; force a separator, send foreign numbers whole:
+  batch-cancel run export.csv --delimiter ';' --foreign-format e164 ...
+\b
   # resume after a crash or a kill (same input, same journal):
   batch-cancel run dnc_2026-11-26.csv ... --state state/dnc.sqlite
 \b
@@ -127,6 +130,17 @@ def parse_run_id(value: str | None) -> str | None:
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def parse_delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    char = _DELIMITER_NAMES.get(value.lower(), value)
+    if len(char) != 1 or char in "\"\r\n" or char.isalnum():
+        raise click.BadParameter(f"{value!r}: give one character such as ';' or '|', or 'tab'",
+                                 param_hint="--delimiter")
+    return char
 
 
 def network_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +227,11 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 @job_option
 @click.option("--phone-column", metavar="NAME",
               help="Column holding the numbers (default: phone_number, phoneNumber or phone).")
-@click.option("--encoding", default="utf-8", show_default=True, help="Encoding of CSV inputs.")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Encoding of CSV inputs (a UTF-16 or UTF-32 byte-order mark is recognised anyway).")
+@click.option("--delimiter", metavar="CHAR", callback=lambda c, p, v: parse_delimiter(v),
+              help="Column separator of CSV inputs: one character, or 'tab' "
+                   "(default: sniffed from each file's header line among , ; tab |).")
 @click.option("--application-id", type=int, help="OCS application id for rows without one.")
 @click.option("--campaign", help="Campaign name for rows without one.")
 @click.option("--calling-list", help="Calling list for rows without one.")
@@ -223,6 +241,12 @@ class RunCommand(SectionedCommand, JsonLineCommand):
               help="Region for numbers without a country code.")
 @click.option("--phone-format", type=click.Choice(["national", "e164", "digits", "as-is"]),
               default="national", show_default=True, help="Form of the number sent to GWS.")
+@click.option("--foreign-format", type=click.Choice(["reject", "e164", "digits", "international"]),
+              help="A number whose country code is not its row's region's (+44 in a US row): its "
+                   "national form would dial another number, so it is rejected (default with "
+                   "national) or sent whole: e164 +442079460958, digits 442079460958, international "
+                   "011442079460958 (the region's own prefix). Default: as --phone-format keeps the "
+                   "country (e164, digits; as-is when the text says +44 or 011 44), else reject.")
 @click.option("--strict-validation", is_flag=True,
               help="Reject numbers that parse but are not valid for their region.")
 @click.option("--operation", type=click.Choice(["CancelRecord", "DoNotCallRecord"]),
@@ -292,12 +316,14 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         application_id=opts["application_id"], campaign=opts["campaign"],
         calling_list=opts["calling_list"], device_path=opts["device_path"],
         chain_attribute=opts["chain_attribute"], default_region=opts["default_region"].upper(),
-        phone_format=opts["phone_format"], strict_validation=opts["strict_validation"],
+        phone_format=opts["phone_format"], foreign_format=opts["foreign_format"],
+        strict_validation=opts["strict_validation"],
         operation=opts["operation"],
     )  # fmt: skip
     cfg = RunConfig(
         inputs=tuple(inputs), defaults=job, phone_column=opts["phone_column"],
-        encoding=opts["encoding"], rate=opts["rate"], concurrency=opts["concurrency"],
+        encoding=opts["encoding"], delimiter=opts["delimiter"], rate=opts["rate"],
+        concurrency=opts["concurrency"],
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],

@@ -23,8 +23,8 @@ from enum import StrEnum
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneMetadata
 
-__all__ = ["NANPA_REGIONS", "Phone", "PhoneFormat", "mask", "normalise", "region_ok",
-           "us_ten_digit_patterns"]
+__all__ = ["NANPA_REGIONS", "ForeignFormat", "Phone", "PhoneFormat", "mask", "normalise",
+           "region_ok", "us_ten_digit_patterns"]
 
 
 class PhoneFormat(StrEnum):
@@ -32,6 +32,23 @@ class PhoneFormat(StrEnum):
     E164 = "e164"
     DIGITS = "digits"
     AS_IS = "as-is"
+
+
+class ForeignFormat(StrEnum):
+    """How a number whose country code is not its row's region's is sent.
+
+    Its national form would dial another subscriber at home (``+44 20 7946 0958``
+    from a US row is ``2079460958``, a number in Maine), so it is sent whole or
+    not at all. ``None`` (the default) follows ``PhoneFormat``: ``e164`` and
+    ``digits`` keep the country already; ``national`` rejects; ``as-is`` sends
+    the text when it names the country by itself (``+44 …``, ``011 44 …`` in a
+    US row) and rejects it otherwise (``0044 …`` in a US row).
+    """
+
+    REJECT = "reject"
+    E164 = "e164"
+    DIGITS = "digits"  # country code and number, no "+": 442079460958
+    INTERNATIONAL = "international"  # the region's international prefix first: 011442079460958
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,19 @@ _UNICODE_SPACES = str.maketrans(
      "\u200d": None, "\u2060": None, "\ufeff": None}
 )
 _FLOAT_ARTIFACT = re.compile(r"(\+?\d+)\.0+")
+# A spreadsheet's number format with thousands separators: one number, not four.
+_THOUSANDS = re.compile(r"\+?\d{1,3}(?:,\d{3})+(?:\.0+)?")
+# Several numbers in one cell: these always separate; "/" only after a whole number
+# ("212/555-0134" and "030/1234567" are one number each).
+_SEPARATORS = re.compile(r"\s*(?:[;,|&\n]|\s(?:or|and)\s)\s*", re.IGNORECASE)
+_EXTENSION_PART = re.compile(r"(?:x|ext|extn|extension|ext=|#)\.?\s*\d+#?", re.IGNORECASE)
+# A number followed by a label in letters: "(212) 555-0139 (cell)", "2125550139 - home".
+_LABELLED = re.compile(r"(?P<number>[^A-Za-z]*\d[^A-Za-z]*?)[\s,;:-]*[(\[]?\s*"
+                       r"(?P<label>[A-Za-z][A-Za-z .'-]*?)\s*[)\]]?\s*")
+# The leading run of digits and phone punctuation, for "text after the number".
+_LEADING_NUMBER = re.compile(r"[\s+(\[]*\d[\d\s().\-/\[\]]*")
+SEVERAL_NUMBERS = "several numbers in one cell"
+TEXT_AFTER = "text after the number"
 _SCIENTIFIC = re.compile(r"\+?\d+(?:\.\d+)?[eE]\+?\d+")
 _NANPA_FIRST = frozenset("23456789")
 # Module constants: attribute access on an enum class costs ~0.2 µs a time.
@@ -210,6 +240,8 @@ def _preclean(raw: str, idd: re.Pattern[str] | None) -> str:
         for bom in _BOM_REMNANTS:
             text = text.removeprefix(bom)
         text = text.translate(_UNICODE_SPACES).strip()
+    if "," in text and _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
     if "." in text and (m := _FLOAT_ARTIFACT.fullmatch(text)):
         text = m.group(1)
     # "00" means international in most of the world but not in NANPA (011);
@@ -231,8 +263,14 @@ def normalise(
     region: str = "US",
     fmt: PhoneFormat = PhoneFormat.NATIONAL,
     strict: bool = False,
+    foreign: ForeignFormat | None = None,
 ) -> Phone:
-    """Parse one input value; ``error`` says why it cannot be sent, ``warning`` what to know."""
+    """Parse one input value; ``error`` says why it cannot be sent, ``warning`` what to know.
+
+    What is sent always dials the number the input names: a number of another
+    country than ``region``'s goes as ``foreign`` says (see :class:`ForeignFormat`),
+    and a cell holding more than one number is refused, never half-sent.
+    """
     if raw is None:
         return _EMPTY
     info = _region_info(region)
@@ -244,6 +282,7 @@ def normalise(
         return _EMPTY
     compact = _compact(text)
     extension: str | None = None
+    warning: str | None = None
     nsn = (_fast_split(compact)
            if compact.isascii() and (region_cc == 1 or compact.startswith("+")) else None)
     if nsn is not None:
@@ -251,29 +290,47 @@ def normalise(
     else:
         if _SCIENTIFIC.fullmatch(text):
             return _error("written in scientific notation (a spreadsheet dropped digits)")
+        if _several_numbers(text, region):
+            return _error(SEVERAL_NUMBERS)
+        if (labelled := _LABELLED.fullmatch(text)) and _whole(labelled["number"], region):
+            text, warning = labelled["number"], "text after the number ignored"
         try:
             num = phonenumbers.parse(text, region)
         except NumberParseException as exc:
-            return _error(_PARSE_REASONS.get(exc.error_type, "not a phone number"))
-        reason = phonenumbers.is_possible_number_with_reason(num)
-        if reason in _LENGTH_REASONS:
-            return _error(_LENGTH_REASONS[reason])
+            reason = _PARSE_REASONS.get(exc.error_type, "not a phone number")
+            if exc.error_type in (NumberParseException.TOO_LONG, NumberParseException.NOT_A_NUMBER):
+                reason = _what_is_after(text, region) or reason
+            return _error(reason)
+        possible = phonenumbers.is_possible_number_with_reason(num)
+        if possible in _LENGTH_REASONS:
+            too_long = possible in (phonenumbers.ValidationResult.TOO_LONG,
+                                    phonenumbers.ValidationResult.INVALID_LENGTH)
+            return _error((too_long and _what_is_after(text, region)) or _LENGTH_REASONS[possible])
         cc = num.country_code or 0
         nsn, extension = phonenumbers.national_significant_number(num), num.extension
 
-    warning: str | None = None
     if extension:
-        warning = f"extension {extension} dropped"
+        warning = _join(warning, f"extension {extension} dropped")
     if not _validator(cc)(nsn):
+        if not compact.isdigit() and (after := _what_is_after(text, region)):
+            return _error(after)  # "(212) 555-0139 (cell 2)": the letters are not vanity digits
         where = region if cc == region_cc else phonenumbers.region_code_for_country_code(cc)
         if strict:
             return _error(f"not a valid number for {where}")
         warning = _join(warning, f"not a valid number for {where}; sent anyway")
     e164 = f"+{cc}{nsn}"
+    if cc != region_cc:
+        how = foreign if foreign is not None else _FOREIGN_BY_FORMAT[fmt]
+        if how is None and _resolves(raw.strip(), region, e164):
+            return Phone(e164, raw.strip(), None, warning)  # as-is, and it names its country
+        if how is None or how is ForeignFormat.REJECT:
+            written = "" if how is not None else " and the text as written does not say so"
+            # e164 stays, so the report says which number was refused
+            return Phone(e164, None, f"country code +{cc} is not {region}'s{written}: its national "
+                         "form would dial another number (--foreign-format sends it whole)", warning)
+        return Phone(e164, _foreign_form(how, cc, nsn, region), None, warning)
     if fmt is _NATIONAL:
         sent = nsn
-        if cc != region_cc:
-            warning = _join(warning, f"country code +{cc} is not {region}'s; sent without it")
     elif fmt is _E164:
         sent = e164
     elif fmt is _DIGITS:
@@ -281,6 +338,98 @@ def normalise(
     else:
         sent = raw.strip()
     return Phone(e164, sent, None, warning)
+
+
+# What a foreign number is sent as when ``foreign`` is not given (None: as written, if
+# the text names its country).
+_FOREIGN_BY_FORMAT: dict[PhoneFormat, ForeignFormat | None] = {
+    PhoneFormat.NATIONAL: ForeignFormat.REJECT, PhoneFormat.E164: ForeignFormat.E164,
+    PhoneFormat.DIGITS: ForeignFormat.DIGITS, PhoneFormat.AS_IS: None,
+}
+
+
+@functools.cache
+def _dialling_prefix(region: str) -> str | None:
+    """The digits dialled from ``region`` before a country code ("011" from the US)."""
+    meta = PhoneMetadata.metadata_for_region(region)
+    if meta is None:
+        return None
+    prefix = meta.preferred_international_prefix or meta.international_prefix or ""
+    digits = re.sub(r"\D", "", prefix)  # "8~10" (RU): "~" is "wait for the tone"
+    # a pattern ("0[0-3]\\d") is no one prefix: such regions get E.164
+    return digits if digits and prefix.replace("~", "").isdigit() else None
+
+
+def _foreign_form(how: ForeignFormat, cc: int, nsn: str, region: str) -> str:
+    if how is ForeignFormat.DIGITS:
+        return f"{cc}{nsn}"
+    prefix = _dialling_prefix(region) if how is ForeignFormat.INTERNATIONAL else None
+    return f"{prefix}{cc}{nsn}" if prefix else f"+{cc}{nsn}"
+
+
+def _parsed(text: str, region: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, region)
+    except NumberParseException:
+        return None
+
+
+def _resolves(text: str, region: str, e164: str) -> bool:
+    """Whether phonenumbers reads ``text`` in ``region`` as the number ``e164``."""
+    num = _parsed(text, region)
+    return num is not None and f"+{num.country_code}{phonenumbers.national_significant_number(num)}" == e164
+
+
+def _whole(text: str, region: str) -> bool:
+    """A complete number on its own: possible with its area code, not just locally."""
+    num = _parsed(text, region)
+    return num is not None and phonenumbers.is_possible_number_with_reason(num) == (
+        phonenumbers.ValidationResult.IS_POSSIBLE)
+
+
+def _valid(text: str, region: str) -> bool:
+    num = _parsed(text, region)
+    return num is not None and not num.extension and phonenumbers.is_valid_number(num)
+
+
+def _has_digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
+
+
+def _several_numbers(text: str, region: str) -> bool:
+    """More than one number in the cell, by a separator ("2125550134;2125550135")."""
+    if _SEPARATORS.search(text):
+        parts = [p for p in _SEPARATORS.split(text) if _has_digit(p)]
+        if sum(1 for p in parts if not _EXTENSION_PART.fullmatch(p.strip())) > 1:
+            return True
+    if "/" in text and not _valid(text, region):  # a valid number, then more digits after a "/"
+        parts = text.split("/")
+        for i in range(1, len(parts)):
+            if _has_digit("".join(parts[i:])) and _valid("/".join(parts[:i]), region):
+                return True
+    second = text.find("+", 1)  # "+12125550134 +12125550135"
+    return second > 0 and _has_digit(text[:second]) and _has_digit(text[second:])
+
+
+def _what_is_after(text: str, region: str) -> str | None:
+    """Why a too-long value is not one number: two run together, or text after one."""
+    digits = "".join(c for c in text if c.isdigit())
+    if len(digits) >= 14:  # two numbers of at least 7 digits each
+        lead = "+" if text.lstrip().startswith("+") else ""
+        for cut in range(7, len(digits) - 6):
+            if _valid(lead + digits[:cut], region) and _valid(digits[cut:], region):
+                return SEVERAL_NUMBERS
+    m = _LEADING_NUMBER.match(text)
+    if m is None:
+        return None
+    rest = text[m.end():].strip()
+    number = m.group(0)
+    while number and not _valid(number, region):  # the longest prefix that is a whole number
+        cut = max(number.rfind(c) for c in " ()-./[]")
+        if cut <= 0:
+            return None
+        rest, number = (number[cut:] + rest).strip(), number[:cut].rstrip(" (-./[")
+    return TEXT_AFTER if number and rest else None
 
 
 def _join(first: str | None, second: str) -> str:

@@ -31,7 +31,7 @@ from batch_cancel.journal import snapshot
 from batch_cancel.journal.store import Journal
 from batch_cancel.plan.columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
 from batch_cancel.plan.dedupe import Deduper, partitions_for
-from batch_cancel.plan.phones import Phone, PhoneFormat, normalise, region_ok
+from batch_cancel.plan.phones import ForeignFormat, Phone, PhoneFormat, normalise, region_ok
 
 __all__ = ["build_plan", "classify_row", "reference_id", "shard_of"]
 
@@ -54,7 +54,7 @@ def shard_of(key: str, count: int) -> int:
 def classify_row(
     d: JobDefaults, fmt: PhoneFormat, raw: str | None, region_text: str | None,
     app_text: str | None, campaign: str | None, calling_list: str | None, chain: str | None,
-    normalise: Callable[[str | None, str, PhoneFormat, bool], Phone] = normalise,
+    normalise: Callable[[str | None, str, PhoneFormat, bool, ForeignFormat | None], Phone] = normalise,
 ) -> tuple[Phone, str | None]:
     """The rules for one row: its phone and the reasons it cannot be sent, if any.
 
@@ -67,7 +67,8 @@ def classify_row(
     if app_text is not None and parsed is None:
         problems.append(f"application id {app_text!r} is not a number")
     known = region_ok(region)
-    phone = normalise(raw, region if known else d.default_region, fmt, d.strict_validation)
+    foreign = ForeignFormat(d.foreign_format) if d.foreign_format else None
+    phone = normalise(raw, region if known else d.default_region, fmt, d.strict_validation, foreign)
     if region_text and not known:
         problems.append(f"unknown region {region!r}")
     if phone.error:

@@ -4,27 +4,52 @@
 and quotes a field that holds a comma, a double quote, CR or LF, doubling its
 quotes; rows end in CRLF. The same rules are applied here column-wise, so a
 million-row report takes a second, not a minute; tests/test_plan_fast.py checks
-the bytes against ``csv.writer``. Spreadsheet safety (see report.py) is applied
-first, as it was before quoting.
+the bytes against ``csv.writer``. Spreadsheet safety is applied first, as it was
+before quoting.
+
+Spreadsheet safety: a cell a spreadsheet would execute gets a leading apostrophe
+(shown as text, not evaluated): one starting with ``=``, ``@``, TAB or CR, or with
+``+`` / ``-`` followed by anything but digits, spaces and ``( ) . / -``. A number
+(``+12125550134``, ``+1 (212) 555-0134``, ``-5``) is written as it is, so any CSV
+reader gets E.164 back; ``+cmd|' /C calc'!A0`` and ``-2+3`` are escaped. A value
+that itself starts with apostrophes before such a character gets one more, so
+:func:`unescape` (``merge``) takes exactly one off whatever the value was. Reports
+written before this rule escaped every leading ``+`` and ``-``; :func:`unescape`
+reads those the same way.
 """
 
 from __future__ import annotations
 
+import re
 from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["write_csv_batch"]
+__all__ = ["escape", "unescape", "write_csv_batch"]
 
-_UNSAFE = r"^[=+\-@\t\r]"
+# RE2 (Arrow) and Python read this alike; RE2 has no look-ahead, hence ".*[^…]".
+_UNSAFE = r"(?s)^(?:[=@\t\r]|[+\-].*[^0-9 ()./\-]|'+[=+\-@\t\r])"
+_UNSAFE_RE = re.compile(_UNSAFE)
+# what the apostrophe was put before, in this and every earlier version
+_ESCAPED_RE = re.compile(r"'+[=+\-@\t\r]")
 _NEEDS_QUOTES = r"[,\"\r\n]"
 # The first byte of every value says whether any may start unsafely; these
 # characters are ASCII, so such a byte is that character, never part of another.
 _UNSAFE_BYTES = np.zeros(256, dtype=bool)
-_UNSAFE_BYTES[[ord(c) for c in "=+-@\t\r"]] = True
+_UNSAFE_BYTES[[ord(c) for c in "=+-@\t\r'"]] = True
 _EMPTY = pa.scalar("")
+
+
+def escape(value: str) -> str:
+    """The cell as the CSV report writes it (before CSV quoting)."""
+    return "'" + value if _UNSAFE_RE.match(value) else value
+
+
+def unescape(value: str) -> str:
+    """The value behind a report cell, for reports of every version (one apostrophe off)."""
+    return value[1:] if _ESCAPED_RE.match(value) else value
 
 
 def _scan(arr: pa.Array) -> tuple[bool, bool]:

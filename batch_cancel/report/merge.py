@@ -31,9 +31,9 @@ from batch_cancel.exceptions import ConfigError, InputError
 
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
+from batch_cancel.report.csv_text import unescape
 from batch_cancel.report.writers import (
     REPORT_COLUMNS,
-    UNSAFE_START,
     check_report_path,
     write_csv_rows,
     write_parquet_rows,
@@ -107,12 +107,8 @@ def _check_columns(path: Path, columns: Iterable[str]) -> None:
 
 
 def _unescape(value: str) -> str | None:
-    # report.py writes "'" before a cell that a spreadsheet would evaluate; take it off again
-    if not value:
-        return None
-    if value[0] == "'" and len(value) > 1 and value[1] in UNSAFE_START:
-        return value[1:]
-    return value
+    # the CSV writer puts "'" before a cell that a spreadsheet would evaluate; take it off again
+    return unescape(value) if value else None
 
 
 def _typed(path: Path, where: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Formats by extension: ``.csv`` (safe to open in a spreadsheet), ``.parquet``,
 ``.jsonl``. The report is written to a temporary file and renamed, so a reader
 never sees half a report.
 
-Spreadsheet safety: a CSV cell that starts with ``=``, ``+``, ``-``, ``@``, tab
-or carriage return is written with a leading apostrophe (``'+12125550134``), the
-OWASP recommendation: spreadsheets show the text and do not evaluate it. That
-covers every text column: the raw ``phone_number`` as the input had it, the
-E.164 and sent forms, campaign, calling list, ``error`` and ``warnings`` text and
-the rest. Numbers are written as numbers. The Parquet and JSONL reports carry
-the values untouched.
+Spreadsheet safety: a CSV cell a spreadsheet would execute (``=…``, ``@…``, tab,
+carriage return, ``+`` or ``-`` followed by more than digits, spaces and phone
+punctuation) is written with a leading apostrophe, the OWASP recommendation:
+spreadsheets show the text and do not evaluate it (rules in csv_text.py). That
+covers every text column: the raw ``phone_number`` as the input had it,
+campaign, calling list, ``error`` and ``warnings`` text and the rest; a phone
+number (``+12125550134``) is written as it is, so programs read E.164. The
+Parquet report is typed (timestamps ``timestamp[ms, tz=UTC]``, integers, nulls);
+Parquet and JSONL carry the values untouched.
 
 Speed: the rows come as Arrow batches, from the journal's plan snapshot while no
 record has changed state (a dry run: see snapshot.py), else from SQL; the CSV
@@ -39,7 +41,6 @@ from batch_cancel.report.schema import REPORT_COLUMNS, REPORT_SCHEMA
 
 __all__ = [
     "REPORT_COLUMNS",
-    "UNSAFE_START",
     "report_rows",
     "write_csv_rows",
     "write_parquet_rows",
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 FORMATS = (".csv", ".parquet", ".jsonl")
-UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")
 _STATUS = {"planned": "pending", "sent": "pending"}
 _BATCH = 50_000
 
