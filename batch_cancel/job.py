@@ -90,7 +90,8 @@ def prepare(
     """Check inputs, open (or create) the journal and make sure the plan is complete."""
     if config.report is not None:
         check_report_path(config.report)
-    files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding)
+    files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding,
+                           delimiter=config.delimiter)
     run_id = config.run_id or new_run_id()
     state = config.state or Path("state") / f"{run_id}.sqlite"
     journal = Journal.open(state)

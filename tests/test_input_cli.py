@@ -161,7 +161,8 @@ BAD: list[tuple[str, Callable[[Path], Any], str]] = [
     ("empty.csv.gz", lambda p: p.write_bytes(gzip.compress(b"")), "empty file (no header)"),
     ("header.csv", lambda p: p.write_bytes(b"phone_number,campaign\r\n"), "has a header but no rows"),
     ("cols.csv", lambda p: p.write_bytes(b"name,mobile\nann,2125550134\n"),
-     "no phone column (looked for phone_number, phoneNumber, phone; columns found: 'name', 'mobile')"),
+     "no phone column (looked for phone_number, phoneNumber, phone; columns found: 'name', 'mobile'; "
+     "columns separated by ',', --delimiter sets another)"),
     ("bad.parquet", _parquet_junk, "not a readable Parquet file"),
     ("bytes.csv", _undecodable, "line 3: bytes not valid utf-8 (0xff); check --encoding"),
     ("long.csv", _field_too_long, "line 3: a field is longer than 1024 characters"),
