@@ -24,6 +24,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ def _typed(path: Path, where: str, row: dict[str, Any]) -> dict[str, Any]:
         v = row.get(c)
         if v is None or v == "":
             out[c] = None
+            continue
+        if isinstance(v, datetime):  # a typed Parquet report: back to the text the others hold
+            out[c] = v.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             continue
         try:
             out[c] = int(v) if c in _INTS else float(v) if c in _FLOATS else v

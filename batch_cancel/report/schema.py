@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["REPORT_COLUMNS", "REPORT_SCHEMA"]
+__all__ = ["PARQUET_SCHEMA", "REPORT_COLUMNS", "REPORT_SCHEMA", "TIMESTAMPS"]
 
 REPORT_SCHEMA = pa.schema([
     ("row", pa.int64()), ("phone_number", pa.string()), ("phone_e164", pa.string()),
@@ -23,3 +23,10 @@ REPORT_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 REPORT_COLUMNS: tuple[str, ...] = tuple(REPORT_SCHEMA.names)
+
+# The times are ISO 8601 text ("2026-11-29T17:13:01.123Z") in CSV and JSONL, where
+# that is what every reader understands; Parquet stores them typed.
+TIMESTAMPS = ("sent_at", "acked_at")
+PARQUET_SCHEMA = pa.schema([
+    pa.field(f.name, pa.timestamp("ms", tz="UTC")) if f.name in TIMESTAMPS else f for f in REPORT_SCHEMA
+])

@@ -37,7 +37,7 @@ from batch_cancel.exceptions import ConfigError
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.journal.store import Journal
 from batch_cancel.report.csv_text import write_csv_batch
-from batch_cancel.report.schema import REPORT_COLUMNS, REPORT_SCHEMA
+from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SCHEMA, TIMESTAMPS
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -114,13 +114,20 @@ def _write(batches: Iterable[pa.RecordBatch], path: Path, suffix: str) -> None:
                 for row in batch.to_pylist():
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        with pq.ParquetWriter(path, REPORT_SCHEMA) as writer:
+        with pq.ParquetWriter(path, PARQUET_SCHEMA) as writer:
             wrote = False
             for batch in batches:
-                writer.write_batch(batch)
+                writer.write_batch(_typed(batch))
                 wrote = True
             if not wrote:  # a file with the schema and no rows, as before
-                writer.write_table(REPORT_SCHEMA.empty_table())
+                writer.write_table(PARQUET_SCHEMA.empty_table())
+
+
+def _typed(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A report batch as Parquet stores it: the ISO 8601 times as timestamp[ms, tz=UTC]."""
+    arrays = [batch.column(f.name).cast(f.type) if f.name in TIMESTAMPS else batch.column(f.name)
+              for f in PARQUET_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=PARQUET_SCHEMA)
 
 
 # merge.py writes merged reports with these, so its output is a single run's format.
