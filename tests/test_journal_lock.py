@@ -64,7 +64,7 @@ def test_second_run_exits_2_at_once_naming_the_holder(slow_run: tuple[ThreadedSi
                                                        tmp_path: Path) -> None:  # fmt: skip
     sim, args = slow_run
     first = _spawn(args)
-    time.sleep(1.5)
+    _wait_for_requests(sim, 1)  # it holds the journal (a fixed sleep raced a slow start under load)
     started = time.monotonic()
     second = run_cli(args, ENV)
     took = time.monotonic() - started
@@ -87,7 +87,7 @@ def test_second_run_exits_2_at_once_naming_the_holder(slow_run: tuple[ThreadedSi
 def test_second_run_with_wait_lock_waits_then_resumes(slow_run: tuple[ThreadedSimulator, list[str]]) -> None:
     sim, args = slow_run
     first = _spawn(args)
-    time.sleep(1.5)
+    _wait_for_requests(sim, 1)  # it holds the journal (a fixed sleep raced a slow start under load)
     second = run_cli([*args, "--wait-lock", "30"], ENV)
     out, err = first.communicate(timeout=30)
     assert first.returncode == 0, err

@@ -195,7 +195,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
     # option -> section of `run --help`; an option added later needs one line here
     # (tests/test_cli_env_help.py fails for an option that has none)
     SECTIONS: ClassVar[dict[str, str]] = {
-        "job": "Input", "phone_column": "Input", "encoding": "Input", "shard": "Input",
+        "job": "Input", "phone_column": "Input", "encoding": "Input", "delimiter": "Input",
+        "shard": "Input",
         "dry_run": "Input",
         "base_url": "GWS connection", "username": "GWS connection",
         "password_file": "GWS connection", "cometd_url": "GWS connection",
@@ -206,7 +207,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "application_id": "Record defaults", "campaign": "Record defaults",
         "calling_list": "Record defaults", "device_path": "Record defaults",
         "chain_attribute": "Record defaults", "default_region": "Record defaults",
-        "phone_format": "Record defaults", "strict_validation": "Record defaults",
+        "phone_format": "Record defaults", "foreign_format": "Record defaults",
+        "strict_validation": "Record defaults",
         "operation": "Record defaults",
         "rate": "Speed", "concurrency": "Speed", "adaptive_rate": "Speed", "ack_timeout": "Speed",
         "max_attempts": "Speed", "max_outage": "Speed", "grace": "Speed",
