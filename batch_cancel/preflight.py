@@ -31,14 +31,18 @@ class Step:
     ok: bool
     detail: str
     seconds: float = 0.0
+    # a failed step's exit code: 2 when no retry can fix it (a certificate, a page that is
+    # not the GWS API), 3 otherwise
+    exit_code: int = 3
 
 
 @dataclass
 class _Steps:
     steps: list[Step] = field(default_factory=list)
 
-    def add(self, name: str, ok: bool, detail: str, started: float) -> bool:
-        self.steps.append(Step(name, ok, detail, round(time.monotonic() - started, 3)))
+    def add(self, name: str, ok: bool, detail: str, started: float, exit_code: int = 3) -> bool:
+        self.steps.append(Step(name, ok, detail, round(time.monotonic() - started, 3),
+                               2 if exit_code == 2 else 3))
         return ok
 
 
@@ -60,7 +64,7 @@ async def preflight(
         session = GwsSession(gws, max_connections=2)
         cometd_route = route_for(gws.notifications_url, gws, session.route.ssl)
     except BatchCancelError as exc:
-        out.add("network", False, str(exc), t)
+        out.add("network", False, str(exc), t, exc.exit_code)
         return out.steps
     same = cometd_route.proxy == session.route.proxy
     out.add("network", True, f"proxy {session.route.proxy_shown}"
@@ -71,7 +75,7 @@ async def preflight(
         try:
             user = await session.login()
         except BatchCancelError as exc:
-            out.add("login", False, str(exc), t)
+            out.add("login", False, str(exc), t, exc.exit_code)
             return out.steps
         name = (user.get("user") or {}).get("userName") if isinstance(user.get("user"), dict) else None
         out.add("login", True, f"logged in as {name or gws.credentials.username}", t)
@@ -82,7 +86,7 @@ async def preflight(
         try:
             devices = await session.devices()
         except BatchCancelError as exc:
-            out.add("devices", False, str(exc), t)
+            out.add("devices", False, str(exc), t, exc.exit_code)
             return out.steps
         paths = [f"/devices/{d.get('id')}" for d in devices if d.get("id")]
         device = defaults.device_path or (paths[0] if paths else None)
@@ -108,7 +112,7 @@ async def preflight(
         try:
             await channel.start(timeout=min(30.0, ack_timeout))
         except BatchCancelError as exc:
-            out.add("cometd", False, str(exc), t)
+            out.add("cometd", False, str(exc), t, exc.exit_code)
             return out.steps
         try:
             out.add("cometd", True, f"subscribed to {', '.join(gws.ack_channels)}", t)

@@ -62,3 +62,15 @@ def test_credentials_in_the_url_exit_2_without_repeating_them(sim: ThreadedSimul
     assert PASSWORD not in result.stderr + result.stdout
     assert sim.ledger.entries == [] and sim.ledger.login_count == 0
     assert not (tmp_path / "state.sqlite").exists()
+
+
+def test_preflight_names_the_html_page_and_exits_2(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    sim.serve_login_page(200)
+    base = ["--base-url", sim.base_url, "--username", USER]
+    alone = run_cli(["preflight", *base], ENV)
+    assert alone.exit_code == 2, alone.stderr
+    assert "answered text/html, not the GWS API (status 200)" in alone.stderr
+    within = run_cli([*job_args(sim.base_url, tmp_path, _input(tmp_path)), "--preflight"], ENV)
+    assert within.exit_code == 2 and within.summary["exit_code"] == 2
+    assert "preflight failed at login" in within.summary["error"]
+    assert sim.ledger.entries == []

@@ -44,6 +44,22 @@ def _last_json(stdout: str) -> dict[str, object]:
     return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
+def _start_first(args: list[str], state: Path) -> subprocess.Popen[str]:
+    """The first run, 1.5 s ahead of the second: started, and holding the journal by then.
+
+    On a loaded machine the interpreter alone may take a second to start; waiting for
+    the lock keeps the roles fixed (first holds, second arrives) instead of racing.
+    """
+    started = time.monotonic()
+    first = _spawn(args)
+    while lock_holder(state) is None:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() - started < 30, "the first run never took the lock"
+        time.sleep(0.02)
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - started)))
+    return first
+
+
 def _set_holder(state: Path, host: str, pid: int, heartbeat: float) -> None:
     db = sqlite3.connect(state)
     db.execute("INSERT OR REPLACE INTO run_lock(id, token, host, pid, pid_start, since, heartbeat) "
@@ -63,8 +79,7 @@ def slow_run(tmp_path: Path) -> tuple[ThreadedSimulator, list[str]]:
 def test_second_run_exits_2_at_once_naming_the_holder(slow_run: tuple[ThreadedSimulator, list[str]],
                                                        tmp_path: Path) -> None:  # fmt: skip
     sim, args = slow_run
-    first = _spawn(args)
-    _wait_for_requests(sim, 1)  # it holds the journal (a fixed sleep raced a slow start under load)
+    first = _start_first(args, tmp_path / "state.sqlite")
     started = time.monotonic()
     second = run_cli(args, ENV)
     took = time.monotonic() - started
@@ -84,10 +99,10 @@ def test_second_run_exits_2_at_once_naming_the_holder(slow_run: tuple[ThreadedSi
     assert lock_holder(tmp_path / "state.sqlite") is None  # released at the end
 
 
-def test_second_run_with_wait_lock_waits_then_resumes(slow_run: tuple[ThreadedSimulator, list[str]]) -> None:
+def test_second_run_with_wait_lock_waits_then_resumes(slow_run: tuple[ThreadedSimulator, list[str]],
+                                                      tmp_path: Path) -> None:  # fmt: skip
     sim, args = slow_run
-    first = _spawn(args)
-    _wait_for_requests(sim, 1)  # it holds the journal (a fixed sleep raced a slow start under load)
+    first = _start_first(args, tmp_path / "state.sqlite")
     second = run_cli([*args, "--wait-lock", "30"], ENV)
     out, err = first.communicate(timeout=30)
     assert first.returncode == 0, err

@@ -25,7 +25,9 @@ Example:
   batch-cancel preflight --canary-number 4100180988 --application-id 134 \\
       --campaign Campaign1 --calling-list CallingList1
 \b
-Exit codes: 0 every step passed; 2 usage error; 3 a step failed (it is named).
+Exit codes: 0 every step passed; 2 usage error, or a step failed in a way no
+retry fixes (a certificate refused, a page that is not the GWS API); 3 a step
+failed (it is named).
 """)  # fmt: skip
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--canary-number", metavar="NUMBER",
@@ -76,4 +78,4 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
     failed = next((s for s in steps if not s.ok), None)
     click.echo(json.dumps({"ready": failed is None, "failed_step": failed.name if failed else None,
                            "steps": [s.__dict__ for s in steps]}))  # fmt: skip
-    raise SystemExit(0 if failed is None else 3)
+    raise SystemExit(0 if failed is None else failed.exit_code)

@@ -349,7 +349,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
 
 async def check_first(cfg: Any, gws: Any) -> None:
     """``run --preflight``: the preflight steps, so a broken set-up fails before planning."""
-    from batch_cancel.exceptions import AbortedError
+    from batch_cancel.exceptions import AbortedError, UsageError
     from batch_cancel.preflight import preflight
 
     steps = await preflight(gws, cfg.defaults, rate=cfg.rate, ack_timeout=min(cfg.ack_timeout, 30.0))
@@ -357,7 +357,8 @@ async def check_first(cfg: Any, gws: Any) -> None:
         log.info("preflight %s: %s %s", step.name, "ok" if step.ok else "FAILED", step.detail)
     failed = next((s for s in steps if not s.ok), None)
     if failed is not None:
-        raise AbortedError(f"preflight failed at {failed.name}: {failed.detail}")
+        message = f"preflight failed at {failed.name}: {failed.detail}"
+        raise UsageError(message) if failed.exit_code == 2 else AbortedError(message)
 
 
 async def execute(cfg: Any, gws: Any) -> Any:

@@ -138,6 +138,9 @@ class JournalLock:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            # as the journal's own connection: a commit survives a process crash, and only a
+            # power cut could lose the last heartbeat (which errs toward "holder gone")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             me = socket.gethostname()
             pid = os.getpid()
