@@ -16,6 +16,8 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── AuthenticationError        log-in refused, or a re-login failed
     │   ├── GwsUnavailable             GWS unreachable for longer than allowed
     │   ├── NotificationChannelLost    CometD could not be (re)subscribed in time
+    │   ├── JournalUnwritable          the journal could not be written for longer than allowed
+    │   ├── BackgroundTaskFailed       a task the run relies on (watchdog, pacer, …) died
     │   └── Interrupted                SIGINT / SIGTERM
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
@@ -28,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "AbortedError",
     "AuthenticationError",
+    "BackgroundTaskFailed",
     "BatchCancelError",
     "ConfigError",
     "GwsMisconfigured",
@@ -37,6 +40,7 @@ __all__ = [
     "JournalLocked",
     "JournalMismatch",
     "JournalUnusable",
+    "JournalUnwritable",
     "NotificationChannelLost",
     "RequestError",
     "RequestRejected",
@@ -105,6 +109,22 @@ class GwsUnavailable(AbortedError):
 
 class NotificationChannelLost(AbortedError):
     """The CometD channel could not be (re)subscribed within the allowed outage."""
+
+
+class JournalUnwritable(AbortedError):
+    """The journal could not be written for longer than allowed; nothing committed is lost."""
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class BackgroundTaskFailed(AbortedError):
+    """A task the run relies on (journal writer, watchdog, CometD supervisor, …) failed."""
+
+    def __init__(self, task: str, error: BaseException) -> None:
+        super().__init__(f"{task} failed: {type(error).__name__}: {error}".rstrip(": "))
+        self.task = task
 
 
 class Interrupted(AbortedError):

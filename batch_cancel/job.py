@@ -225,7 +225,7 @@ async def _run_locked(
                             on_latency=metrics.observe_latency if metrics else None)  # fmt: skip
             feeder = asyncio.create_task(metrics.follow(engine)) if metrics else None
             try:
-                await engine.run(run_id, journaling=journaling)
+                await engine.run(journaling=journaling)
             except BatchCancelError as exc:
                 # whatever stopped the run (an abort, a login page that is not GWS, a refused
                 # certificate...), the report and the JSON line say what was done

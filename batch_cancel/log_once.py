@@ -25,6 +25,12 @@ class OncePerInterval:
 
     def info(self, kind: str, message: str, *args: object) -> None:
         """``kind`` groups events; the count since the last line is appended."""
+        self._emit(logging.INFO, kind, message, *args)
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        self._emit(logging.WARNING, kind, message, *args)
+
+    def _emit(self, level: int, kind: str, message: str, *args: object) -> None:
         self._counts[kind] = self._counts.get(kind, 0) + 1
         now = self._clock()
         last = self._last.get(kind)
@@ -35,4 +41,4 @@ class OncePerInterval:
         suffix = f" ({count} since the last such line)" if last is not None and count > 1 else ""
         from batch_cancel.log_records import event
 
-        self._log.info(message + suffix, *args, extra=event(kind, count=count))
+        self._log.log(level, message + suffix, *args, extra=event(kind, count=count))

@@ -80,8 +80,8 @@ async def test_concurrent_callers_reserve_slots_in_order() -> None:
 async def test_pause_holds_everyone_and_is_only_extended() -> None:
     t = FakeTime()
     p = pacer(0, t)
-    p.pause(2.0, "429")
-    p.pause(0.5, "429")  # shorter: ignored
+    p.pause(2.0)
+    p.pause(0.5)  # shorter: ignored
     await p.acquire()
     assert t.now == pytest.approx(102.0)
     assert p.pauses == 1 and p.paused_seconds == pytest.approx(2.0)
@@ -90,10 +90,10 @@ async def test_pause_holds_everyone_and_is_only_extended() -> None:
 def test_backoff_without_retry_after_grows_and_calm_resets_it() -> None:
     t = FakeTime()
     p = Pacer(0, clock=t.clock, sleep=t.sleep, base_backoff=1.0, max_backoff=8.0)
-    waits = [p.pause(None, "503") for _ in range(6)]
+    waits = [p.pause(None) for _ in range(6)]
     assert 0.5 <= waits[0] <= 1.0 and 4.0 <= waits[-1] <= 8.0
     p.calm()
-    assert p.pause(None, "503") <= 1.0
+    assert p.pause(None) <= 1.0
 
 
 def test_fixed_mode_ignores_throttling_for_the_rate() -> None:
@@ -135,7 +135,7 @@ def test_aimd_does_not_count_a_pause_as_calm() -> None:
     t = FakeTime()
     p = pacer(200, t, adaptive=True)
     p.throttled()
-    p.pause(3.0, "429")
+    p.pause(3.0)
     t.now += 4.0
     p.calm()
     assert p.current == pytest.approx(110)  # only the last second after the pause

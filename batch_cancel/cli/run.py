@@ -264,7 +264,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
               default=defaults.DEFAULT_MAX_ATTEMPTS, show_default=True)
 @click.option("--max-outage", type=bounded("max_outage"),
               default=defaults.DEFAULT_MAX_OUTAGE, show_default=True, metavar="SECONDS",
-              help="Abort (exit 3) when GWS or CometD stays unreachable this long.")
+              help="Abort (exit 3) when GWS or CometD stays unreachable, or the journal "
+                   "unwritable, this long.")
 @click.option("--grace", type=bounded("grace"), default=defaults.DEFAULT_GRACE,
               show_default=True, metavar="SECONDS",
               help="After SIGINT/SIGTERM, wait this long for outstanding acks.")

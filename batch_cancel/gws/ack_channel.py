@@ -78,8 +78,12 @@ class AckChannel:
         )
 
     # -- lifecycle -----------------------------------------------------------
-    async def start(self, timeout: float = 30.0) -> None:
-        """Handshake, subscribe and return once every channel is confirmed."""
+    async def start(self, timeout: float = 30.0, *, supervise: bool = True) -> None:
+        """Handshake, subscribe and return once every channel is confirmed.
+
+        With ``supervise=False`` the caller runs :meth:`supervise` itself (the send
+        phase does, in its task group, so a supervisor that dies ends the run).
+        """
         try:
             await asyncio.wait_for(self._open(), timeout)
         except (TimeoutError, Exception) as exc:
@@ -92,7 +96,8 @@ class AckChannel:
                 f"cannot subscribe to {', '.join(self.channels)} at {self.url}: {reason}"
             ) from exc
         self._start_tasks()
-        self._supervisor = asyncio.create_task(self._supervise(), name="cometd-supervisor")
+        if supervise:
+            self._supervisor = asyncio.create_task(self.supervise(), name="cometd-supervisor")
 
     def _start_tasks(self) -> None:
         self._tasks = [
@@ -106,7 +111,7 @@ class AckChannel:
             await self._client.subscribe(channel)
         await self.up.wait()
 
-    async def _supervise(self) -> None:
+    async def supervise(self) -> None:
         """Replace a client that has not recovered by itself within ``stall_reset``."""
         while True:
             await asyncio.sleep(min(1.0, self._stall_reset / 4))

@@ -28,8 +28,6 @@ from batch_cancel.config import GwsConfig
 from batch_cancel.exceptions import (
     AuthenticationError,
     GwsUnavailable,
-    RequestError,
-    SessionExpired,
     TransientError,
 )
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
@@ -260,18 +258,9 @@ class GwsSession:
         return Answer(reply.status, code if isinstance(code, int) else None, data)
 
 
-
-
 def _bare_disconnect(exc: BaseException, url: str) -> bool:
     """An https connection dropped without a word: how a refused client certificate looks."""
     return url.startswith("https://") and isinstance(
         exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
     ) and not isinstance(exc, aiohttp.ClientConnectorError)
 
-
-def is_session_error(exc: BaseException) -> bool:
-    return isinstance(exc, SessionExpired)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (TransientError, SessionExpired)) and isinstance(exc, RequestError)

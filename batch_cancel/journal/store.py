@@ -3,8 +3,10 @@
 It holds the run's identity (run id, input files with size and SHA-256, the
 effective configuration, never a secret), one row per input row with its current
 state, and an append-only log of state transitions. The report is always
-rebuilt from it. Writes are buffered by :class:`batch_cancel.journal.writer.Recorder`
-and committed in batches, so the journal does not cap throughput.
+rebuilt from it. While records are sent, the state changes are buffered by
+:class:`batch_cancel.journal.writer.Recorder` and committed in batches by the
+journal writer, on a thread and a connection of its own (see
+:mod:`batch_cancel.journal.interface` for what it needs from a store).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL", "PLAN_COLUMNS", "RECORD_COLUMNS", "STATE_COLUMNS", "Journal"]
+from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
+
+__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "Journal"]
 
 SCHEMA_VERSION = "1"
 
@@ -28,17 +32,21 @@ RECORD_COLUMNS = (
     "status", "attempts", "http_status", "status_code", "notification_type", "error",
     "warnings", "duplicate_of", "sent_at", "acked_at", "latency_ms",
 )  # fmt: skip
-STATE_COLUMNS = (
-    "status", "attempts", "http_status", "status_code", "notification_type", "error",
-    "sent_at", "acked_at", "latency_ms",
-)  # fmt: skip
+# The SQL for the send phase's shapes is built from their fields (journal/rows.py).
+_SAVE_STATE = (f"UPDATE records SET {', '.join(f'{c}=?' for c in RowState._fields[:-1])} "
+               "WHERE row=?")  # fmt: skip
+_ADD_EVENT = (f"INSERT INTO events({', '.join(RowEvent._fields)}) "
+              f"VALUES({', '.join('?' * len(RowEvent._fields))})")  # fmt: skip
+_SELECT_TO_SEND = f"SELECT {', '.join(RowToSend._fields)} FROM records"
 # What the planner supplies per row; status and reference_id follow from them.
 PLAN_COLUMNS = (
     "row", "source", "phone_number", "phone_e164", "phone_sent", "application_id",
     "campaign", "calling_list", "chain_attribute", "device_path", "error", "warnings",
 )  # fmt: skip
 _ROWS_PER_INSERT = 50  # a fifth faster than one row per statement; more gains nothing
-FINAL = frozenset({"cancelled", "failed", "timed_out", "rejected", "duplicate"})
+# How long a statement waits for another connection's lock before it fails (the
+# sqlite3 module's default, made explicit): the writer retries a failed commit.
+BUSY_TIMEOUT = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,15 +74,21 @@ class Journal:
         self._snapshot_live: bool | None = None  # unknown until looked at
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
+    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                             check_same_thread=False)  # fmt: skip
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (what Airflow's SIGKILL is);
         # only a power cut could lose the last commit.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         return cls(path, db)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -243,38 +257,24 @@ class Journal:
         self._snapshot_live = False
 
     # -- sending -----------------------------------------------------------------
-    def iter_to_send(self, *, retry_timed_out: bool, batch: int = 2000) -> Iterator[dict[str, Any]]:
-        """Records with no outcome yet, in input order; timed-out ones too when asked."""
-        statuses = ["planned", "sent"] + (["timed_out"] if retry_timed_out else [])
+    def to_send(self, *, after_row: int, limit: int, retry_timed_out: bool) -> list[RowToSend]:
+        """Records with no outcome yet after ``after_row``, in input order; timed-out ones when asked."""
+        statuses = [Status.PLANNED, Status.SENT] + ([Status.TIMED_OUT] if retry_timed_out else [])
         marks = ",".join("?" * len(statuses))
-        last = 0
-        while True:
-            cur = self._db.execute(
-                f"SELECT * FROM records WHERE row > ? AND status IN ({marks}) "
-                f"ORDER BY row LIMIT ?",
-                (last, *statuses, batch),
-            )
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-            if not rows:
-                return
-            for values in rows:
-                yield dict(zip(names, values, strict=True))
-            last = rows[-1][0]
+        cur = self._db.execute(
+            f"{_SELECT_TO_SEND} WHERE row > ? AND status IN ({marks}) ORDER BY row LIMIT ?",
+            (after_row, *statuses, limit),
+        )
+        return [RowToSend._make(values) for values in cur.fetchall()]
 
-    def save_states(self, states: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]]) -> None:
-        """One transaction: new record states (STATE_COLUMNS + row) and their events."""
-        sets = ", ".join(f"{c}=?" for c in STATE_COLUMNS)
+    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> None:
+        """One transaction: new record states and their events (all or nothing)."""
         with self.transaction():
             self._drop_snapshot()
             if states:
-                self._db.executemany(f"UPDATE records SET {sets} WHERE row=?", states)
+                self._db.executemany(_SAVE_STATE, states)
             if events:
-                self._db.executemany(
-                    "INSERT INTO events(row, at, event, attempt, http_status, status_code, detail)"
-                    " VALUES(?,?,?,?,?,?,?)",
-                    events,
-                )
+                self._db.executemany(_ADD_EVENT, events)
 
     # -- reading -------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -324,4 +324,14 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # a COMMIT that failed (disk full, I/O error) may leave the transaction
+            # open: end it, so the caller's retry starts from a clean state
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise

@@ -1,22 +1,92 @@
-"""Buffers state changes and commits them to the journal in batches.
+"""The journal's single writer: state changes buffered, committed in batches, off the event loop.
 
 A commit per record would cap throughput at the disk's fsync rate; a batch
 every few tens of milliseconds costs almost nothing and bounds what a crash can
 forget to the records touched since the last commit. Those are records in
 flight, which a resume sends again with the same referenceId.
+
+:class:`JournalWriter` owns one thread and the store connection opened on it:
+every store call of the send phase (commits, and the reads of the next records
+to send) runs there, one at a time, so a slow disk or a busy lock stalls that
+thread and never the event loop (the workers, the CometD long poll).
+
+:class:`Recorder` is the buffer. A batch leaves it only once committed: a commit
+that fails puts its batch back (newer changes of the same records win) and is
+retried; if the store stays unwritable for longer than ``stall_limit``,
+:meth:`Recorder.run` raises :class:`JournalUnwritable`, which ends the run (exit 3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import logging
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from batch_cancel.journal.store import Journal
+from batch_cancel.exceptions import JournalUnwritable
+from batch_cancel.journal.interface import SendStore
+from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
+from batch_cancel.log_once import OncePerInterval
 from batch_cancel.send.record import Record
 
-__all__ = ["Recorder"]
+__all__ = ["JournalWriter", "Recorder"]
+
+log = logging.getLogger("batch_cancel.journal")
+
+T = TypeVar("T")
+_RETRY_PAUSE = 0.5  # between commits that fail at once (an I/O error, not a busy wait)
+
+
+class JournalWriter:
+    """One thread, one store connection opened on it; every call runs there in turn."""
+
+    def __init__(self, open_store: Callable[[], SendStore], location: str) -> None:
+        self.location = location
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-writer")
+        self._store: SendStore | None = None
+        self._open_store = open_store
+
+    def _call(self, fn: Callable[[SendStore], T]) -> T:
+        if self._store is None:
+            self._store = self._open_store()
+        return fn(self._store)
+
+    def submit(self, fn: Callable[[SendStore], T]) -> asyncio.Future[T]:
+        return asyncio.wrap_future(self._pool.submit(self._call, fn))
+
+    async def call(self, fn: Callable[[SendStore], T]) -> T:
+        """Run ``fn(store)`` on the writer's thread. If the caller is cancelled meanwhile,
+        the call still finishes (a commit is never cut in half) before it is re-raised."""
+        future = self.submit(fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await _settle(future)
+            raise
+
+    async def to_send(self, *, after_row: int, limit: int, retry_timed_out: bool) -> list[RowToSend]:
+        return await self.call(lambda s: s.to_send(after_row=after_row, limit=limit,
+                                                   retry_timed_out=retry_timed_out))  # fmt: skip
+
+    async def close(self) -> None:
+        def close(store: SendStore) -> None:
+            store.close()
+            self._store = None
+
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self.call(close)
+        self._pool.shutdown(wait=False)
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Wait for a shielded future to finish, whatever else is cancelled meanwhile."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])
 
 
 class Recorder:
@@ -24,49 +94,128 @@ class Recorder:
 
     def __init__(
         self,
-        journal: Journal | None,
+        writer: JournalWriter | None,
         *,
-        interval: float = 0.05,
-        max_buffer: int = 1000,
         clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        interval: float = 0.05,
+        stall_limit: float = 300.0,
+        high_water: int = 20_000,
     ) -> None:
-        self._journal = journal
-        self._interval = interval
-        self._max_buffer = max_buffer
+        self._writer = writer
         self._clock = clock
-        self._states: dict[int, tuple[Any, ...]] = {}
-        self._events: list[tuple[Any, ...]] = []
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._interval = interval
+        self._stall_limit = stall_limit
+        self._high_water = high_water
+        self._states: dict[int, RowState] = {}
+        self._events: list[RowEvent] = []
+        self._room = asyncio.Event()
+        self._room.set()
+        self._failing_since: float | None = None
+        self._log = OncePerInterval(log)
         self.outcomes: Counter[str] = Counter()
         self.commits = 0
+        self.failed_commits = 0
 
+    # -- what the matcher and the sender report ---------------------------------------
     def event(self, rec: Record, event: str, detail: str | None = None) -> None:
         self._states[rec.row] = rec.state()
         if rec.final and event == rec.status:
             self.outcomes[rec.status] += 1
-        if self._journal is not None:
-            self._events.append(
-                (rec.row, self._clock(), event, rec.attempts, rec.http_status, rec.status_code,
-                 detail),
-            )  # fmt: skip
-        if len(self._states) >= self._max_buffer:
-            self.flush()
+        if self._writer is not None:
+            self._events.append(RowEvent(rec.row, self._clock(), event, rec.attempts,
+                                         rec.http_status, rec.status_code, detail))  # fmt: skip
+        if len(self._states) >= self._high_water:
+            self._room.clear()
 
-    def upgraded(self, rec: Record, previous: str) -> None:
+    def upgraded(self, rec: Record, previous: Status) -> None:
         """A late acknowledgement turned a timed-out record into a cancelled one."""
         self.outcomes[previous] -= 1
         self.event(rec, rec.status, f"late acknowledgement (was {previous})")
 
-    def flush(self) -> None:
+    @property
+    def buffered(self) -> int:
+        """Records whose latest state is not committed yet."""
+        return len(self._states)
+
+    async def room(self) -> None:
+        """Wait while too much is uncommitted (the disk is slower than the senders)."""
+        await self._room.wait()
+
+    # -- committing ---------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Commit what is buffered. A failed commit keeps its batch and raises."""
         if not self._states and not self._events:
             return
-        states, events = list(self._states.values()), self._events
+        states, events = self._states, self._events
         self._states, self._events = {}, []
-        if self._journal is not None:
-            self._journal.save_states(states, events)
-        self.commits += 1
+        committed = False
+        try:
+            if self._writer is not None:
+                batch = list(states.values())
+                await self._writer.call(lambda s: s.save_states(batch, events))
+            committed = True
+        finally:
+            if committed:
+                self.commits += 1
+            else:
+                # back in the buffer, under what changed meanwhile: the newer state wins
+                states.update(self._states)
+                self._states = states
+                self._events = events + self._events
+                self.failed_commits += 1
+            if len(self._states) < self._high_water:
+                self._room.set()
+
+    async def _flush_or_give_up(self) -> None:
+        started = self._monotonic()
+        try:
+            await self.flush()
+        except Exception as exc:
+            now = self._monotonic()
+            # the stall began when the first failing commit did (it may have waited
+            # out a busy timeout before failing)
+            self._failing_since = self._failing_since if self._failing_since is not None else started
+            stalled = now - self._failing_since
+            where = self._writer.location if self._writer is not None else "journal"
+            if stalled >= self._stall_limit:
+                raise JournalUnwritable(
+                    f"journal {where} could not be written for {stalled:.0f} s ({exc}); "
+                    "sending stopped, resume with the same --state",
+                    location=where,
+                ) from exc
+            self._log.warning("journal-commit", "journal %s: commit failed, retrying (%d state "
+                              "changes kept): %s", where, len(self._states), exc)  # fmt: skip
+            await self._sleep(_RETRY_PAUSE)
+            return
+        self._failing_since = None
 
     async def run(self) -> None:
-        """Commit periodically until cancelled (the caller flushes once more after)."""
+        """Commit every ``interval`` until cancelled (the caller drains once more after)."""
         while True:
-            await asyncio.sleep(self._interval)
-            self.flush()
+            await self._sleep(self._interval)
+            await self._flush_or_give_up()
+
+    async def drain(self, limit: float | None = None) -> bool:
+        """Commit everything left, retrying a failing store for up to ``limit`` seconds
+        (the stall limit by default); answers whether all of it was committed."""
+        limit = self._stall_limit if limit is None else limit
+        deadline = self._monotonic() + limit
+        while True:
+            try:
+                await self.flush()
+                return True
+            except Exception as exc:
+                if self._monotonic() >= deadline:
+                    where = self._writer.location if self._writer is not None else "journal"
+                    log.error("journal %s: %d state change(s) could not be written: %s",
+                              where, len(self._states), exc)  # fmt: skip
+                    return False
+                await self._sleep(min(0.5, self._interval * 4))
+
+    def pending_states(self) -> Sequence[RowState]:
+        """What is buffered, not yet committed (for tests and diagnostics)."""
+        return list(self._states.values())

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
 from batch_cancel.send.record import Record
@@ -60,7 +61,6 @@ class Matcher:
         self.channel_up = True
         self.max_attempts = max_attempts  # the run's --max-attempts; bounds gap resends too
         self.duplicate_acks = 0
-        self.foreign = 0
         self.gap_resends = 0
         self._events = OncePerInterval(log)
         self._on_latency = on_latency  # POST -> outcome seconds, for --metrics-file
@@ -86,13 +86,9 @@ class Matcher:
         if rec.final:
             return
         self.pending.pop(rec.reference_id, None)
-        rec.status = "failed"
+        rec.status = Status.FAILED
         rec.error = error
-        self._recorder.event(rec, "failed", error)
-
-    def withdraw(self, rec: Record) -> None:
-        """Stop waiting for a record (the run is being interrupted)."""
-        self.pending.pop(rec.reference_id, None)
+        self._recorder.event(rec, Status.FAILED, error)
 
     # -- notifications ----------------------------------------------------------
     def on_messages(self, messages: list[dict[str, Any]]) -> None:
@@ -110,7 +106,7 @@ class Matcher:
             late = self._timed_out.pop(ref, None)
             if late is not None and data.get("notificationType") == self._success:
                 self._resolve(late, data)
-                self._recorder.upgraded(late, "timed_out")
+                self._recorder.upgraded(late, Status.TIMED_OUT)
             elif late is not None:
                 self._timed_out[ref] = late
             else:
@@ -125,11 +121,11 @@ class Matcher:
             rec.latency_ms = round(max(0.0, rec.acked_at - sent) * 1000.0, 3)
             if self._on_latency is not None:
                 self._on_latency(rec.latency_ms / 1000.0)
-        was_timed_out = rec.status == "timed_out"
+        was_timed_out = rec.status == Status.TIMED_OUT
         if data.get("notificationType") == self._success:
-            rec.status, rec.error = "cancelled", None
+            rec.status, rec.error = Status.CANCELLED, None
         else:
-            rec.status, rec.error = "failed", describe_failure(data)
+            rec.status, rec.error = Status.FAILED, describe_failure(data)
         if not was_timed_out:
             self._recorder.event(rec, rec.status, rec.error)
 
@@ -151,7 +147,6 @@ class Matcher:
             if rec.gap and rec.attempts < self.max_attempts:
                 # the ack may have been published while nobody listened: ask once more
                 # (once per gap the record was caught in, within --max-attempts POSTs)
-                rec.gap_retried = True
                 rec.gap = False
                 rec.accepted_mono = None
                 self.gap_resends += 1
@@ -161,10 +156,10 @@ class Matcher:
                 self._resend(rec)
                 continue
             self.pending.pop(rec.reference_id, None)
-            rec.status = "timed_out"
+            rec.status = Status.TIMED_OUT
             rec.error = f"no acknowledgement within {self._ack_timeout:g} s"
             self._timed_out[rec.reference_id] = rec
-            self._recorder.event(rec, "timed_out", rec.error)
+            self._recorder.event(rec, Status.TIMED_OUT, rec.error)
 
     def awaiting(self) -> int:
         """Records sent or accepted whose outcome is still unknown."""

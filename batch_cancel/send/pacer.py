@@ -78,7 +78,7 @@ class Pacer:
         self._streak = 0
 
     # -- throttling pause --------------------------------------------------------
-    def pause(self, retry_after: float | None, reason: str) -> float:
+    def pause(self, retry_after: float | None) -> float:
         """Pause everyone; without Retry-After back off exponentially with jitter."""
         if retry_after is None:
             self._streak += 1

@@ -12,23 +12,26 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from batch_cancel.config import GwsConfig, RunConfig
-from batch_cancel.exceptions import ConfigError, TransientError
+from batch_cancel.exceptions import ConfigError, JournalUnwritable, TransientError
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
-from batch_cancel.journal.store import Journal
-from batch_cancel.journal.writer import Recorder
+from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
+from batch_cancel.journal.writer import JournalWriter, Recorder
 from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.send.record import Record
 from batch_cancel.send.sender import Sender, SenderSettings
+from batch_cancel.send.supervision import background, one_error
 
 __all__ = ["Engine"]
 
 log = logging.getLogger("batch_cancel")
+
+_READ_BATCH = 2000  # records read from the journal at a time
 
 
 class Engine:
@@ -56,21 +59,27 @@ class Engine:
         self._session: GwsSession | None = None
         self._started = time.monotonic()
 
-    async def run(self, run_id: str, *, journaling: bool = True) -> None:
+    async def run(self, *, journaling: bool = True) -> None:
         cfg = self._config
-        recorder = Recorder(self._journal if journaling else None, clock=time.time)
+        # the send phase's journal I/O runs on the writer's thread, over a connection of its own
+        path = self._journal.path
+        # one statement never waits on a lock for longer than the stall the run allows
+        busy = min(BUSY_TIMEOUT, cfg.max_outage / 2)
+        writer = JournalWriter(lambda: Journal.open(path, busy_timeout=busy), str(path))
+        recorder = Recorder(writer if journaling else None, clock=time.time,
+                            monotonic=time.monotonic, stall_limit=cfg.max_outage)  # fmt: skip
         self._recorder = recorder
         session = GwsSession(self._gws, max_connections=cfg.concurrency + 2)
         self._session = session
-        tasks: list[asyncio.Task[None]] = []
         channel: AckChannel | None = None
+        failed = True
         try:
             cometd_route = route_for(self._gws.notifications_url, self._gws, session.route.ssl)
             log.info("GWS %s: proxy %s; CometD proxy %s; trust store %s", self._gws.base_url,
                      session.route.proxy_shown, cometd_route.proxy_shown, trust_store(self._gws))  # fmt: skip
-            user = await session.login_within(cfg.max_outage)
-            log.info("logged in to %s as %s", self._gws.base_url, _user_name(user, self._gws))
-            device = await self._device_path(session)
+            await session.login_within(cfg.max_outage)
+            log.info("logged in to %s as %s", self._gws.base_url, self._gws.credentials.username)
+            device = await self._device_path(session, writer)
             sender_ref: list[Sender] = []
             matcher = Matcher(
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
@@ -87,7 +96,7 @@ class Engine:
                 on_state=self._on_channel_state,
             )
             self._channel = channel
-            await channel.start(timeout=min(60.0, cfg.max_outage))
+            await channel.start(timeout=min(60.0, cfg.max_outage), supervise=False)
             log.info("subscribed to %s", ", ".join(self._gws.ack_channels))
             pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep,
                           adaptive=cfg.adaptive_rate)  # fmt: skip
@@ -100,35 +109,65 @@ class Engine:
             )  # fmt: skip
             sender_ref.append(sender)
             self._sender = sender
-            tasks.append(asyncio.create_task(recorder.run(), name="journal-flush"))
-            tasks.append(asyncio.create_task(self._watchdog(session, channel), name="watchdog"))
-            if self._progress is not None:
-                tasks.append(asyncio.create_task(self._report_progress(), name="progress"))
-            records = (
-                Record.from_journal(r, device)
-                for r in self._journal.iter_to_send(retry_timed_out=cfg.retry_timed_out)
-            )
-            await sender.run(records)
+            try:
+                await self._send(sender, recorder, session, channel, writer, device)
+            except BaseExceptionGroup as group:
+                raise one_error(group) from None
             if self._stop.is_set():
                 self.interrupted = True
-                await self._grace(matcher)
+            failed = False
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            recorder.flush()
+            # whatever ended the run, what is buffered goes to the journal (a store
+            # that is failing already gets one more try, not the whole stall limit)
+            drained = await recorder.drain(0.0 if failed else None)
             if channel is not None:
                 await channel.close()
             await session.aclose()
+            await writer.close()
             if self._progress is not None:
                 self._progress(self.counts())
+        if not drained:
+            raise JournalUnwritable(
+                f"journal {path}: the last state changes could not be written; "
+                "resume with the same --state (records in flight are sent again)",
+                location=str(path),
+            )
 
-    async def _device_path(self, session: GwsSession) -> str | None:
+    async def _send(self, sender: Sender, recorder: Recorder, session: GwsSession,
+                    channel: AckChannel, writer: JournalWriter, device: str | None) -> None:
+        """The senders, and beside them the tasks they rely on, in one task group:
+        if one of those fails, the run ends at once with an error naming it."""
+        async with asyncio.TaskGroup() as group:
+            helpers = [
+                group.create_task(background("journal writer", recorder.run()),
+                                  name="journal-writer"),
+                group.create_task(background("watchdog", self._watchdog(session, channel)),
+                                  name="watchdog"),
+                group.create_task(background("CometD supervisor", channel.supervise()),
+                                  name="cometd-supervisor"),
+            ]  # fmt: skip
+            if self._progress is not None:
+                helpers.append(group.create_task(
+                    background("progress display", self._report_progress()), name="progress"))
+            await sender.run(self._records(writer, device))
+            if self._stop.is_set() and self._matcher is not None:
+                await self._grace(self._matcher)
+            for task in helpers:
+                task.cancel()
+
+    async def _records(self, writer: JournalWriter, device: str | None) -> AsyncIterator[Record]:
+        """The records with no outcome yet, read in batches on the writer's thread."""
+        after = 0
+        while batch := await writer.to_send(after_row=after, limit=_READ_BATCH,
+                                            retry_timed_out=self._config.retry_timed_out):  # fmt: skip
+            for row in batch:
+                yield Record.from_journal(row, device)
+            after = batch[-1].row
+
+    async def _device_path(self, session: GwsSession, writer: JournalWriter) -> str | None:
         if self._config.defaults.device_path:
             return self._config.defaults.device_path
-        saved = self._journal.get_meta("device_path")
+        saved = await writer.call(lambda s: s.get_meta("device_path"))
         if saved:
             return str(saved)
         devices = await session.devices()
@@ -136,7 +175,7 @@ class Engine:
             raise ConfigError("no --device-path given and GWS lists no device for this user")
         path = f"/devices/{devices[0]['id']}"
         log.info("no device path given: using the user's first device %s", path)
-        self._journal.set_meta(device_path=path)
+        await writer.call(lambda s: s.set_meta(device_path=path))
         return path
 
     def _on_channel_state(self, up: bool, reason: str) -> None:
@@ -218,9 +257,4 @@ class Engine:
         if self._session is not None:
             out.update(logins=self._session.logins)
         return out
-
-
-def _user_name(user: dict[str, object], gws: GwsConfig) -> str:
-    return gws.credentials.username
-
 

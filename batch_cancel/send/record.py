@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batch_cancel.journal.rows import IN_PLAY, RowState, RowToSend, Status
+
 __all__ = ["Record"]
 
 
@@ -22,7 +24,7 @@ class Record:
     calling_list: str
     device_path: str | None
     chain_attribute: str | None
-    status: str = "planned"
+    status: Status = Status.PLANNED
     attempts: int = 0
     counted_attempts: int = 0
     http_status: int | None = None
@@ -35,30 +37,29 @@ class Record:
     accepted_mono: float | None = None  # monotonic time GWS accepted the last POST
     deadline: float | None = None
     gap: bool = False  # accepted while the ack channel was (or went) down
-    gap_retried: bool = False
 
     @classmethod
-    def from_journal(cls, row: dict[str, Any], device_path: str | None) -> Record:
+    def from_journal(cls, row: RowToSend, device_path: str | None) -> Record:
         return cls(
-            row=int(row["row"]),
-            reference_id=str(row["reference_id"]),
-            phone_sent=str(row["phone_sent"]),
-            application_id=int(row["application_id"]),
-            campaign=str(row["campaign"]),
-            calling_list=str(row["calling_list"]),
-            device_path=row["device_path"] or device_path,
-            chain_attribute=row["chain_attribute"],
+            row=int(row.row),
+            reference_id=str(row.reference_id),
+            phone_sent=str(row.phone_sent),
+            application_id=int(row.application_id),
+            campaign=str(row.campaign),
+            calling_list=str(row.calling_list),
+            device_path=row.device_path or device_path,
+            chain_attribute=row.chain_attribute,
             # a timed-out record handed back (--retry-timed-out) is in play again
-            status="sent" if row["status"] == "timed_out" else str(row["status"]),
-            attempts=int(row["attempts"] or 0),
-            http_status=row["http_status"],
-            status_code=row["status_code"],
-            sent_at=row["sent_at"],
+            status=Status.SENT if row.status == Status.TIMED_OUT else Status(row.status),
+            attempts=int(row.attempts or 0),
+            http_status=row.http_status,
+            status_code=row.status_code,
+            sent_at=row.sent_at,
         )
 
     @property
     def final(self) -> bool:
-        return self.status in ("cancelled", "failed", "timed_out")
+        return self.status in IN_PLAY
 
     def body(self, operation: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -74,10 +75,7 @@ class Record:
             body["chainAttribute"] = self.chain_attribute
         return body
 
-    def state(self) -> tuple[Any, ...]:
-        """STATE_COLUMNS of the journal, then the row (for UPDATE ... WHERE row=?)."""
-        return (
-            self.status, self.attempts, self.http_status, self.status_code,
-            self.notification_type, self.error, self.sent_at, self.acked_at,
-            self.latency_ms, self.row,
-        )  # fmt: skip
+    def state(self) -> RowState:
+        return RowState(self.status, self.attempts, self.http_status, self.status_code,
+                        self.notification_type, self.error, self.sent_at, self.acked_at,
+                        self.latency_ms, self.row)  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +25,7 @@ from batch_cancel.exceptions import (
     TransientError,
 )
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
 from batch_cancel.send.matcher import Matcher
@@ -87,7 +88,6 @@ class Sender:
         self._fed = False
         self._changed = asyncio.Event()  # a record to take, or the run may be over
         self._tick_interval = 0.05
-        self._feed_error: Exception | None = None
         self._unreachable_since: float | None = None
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -102,34 +102,30 @@ class Sender:
         self._retry.put_nowait(rec)
         self._changed.set()
 
-    async def run(self, records: Iterable[Record]) -> None:
-        """Send every record; return when each one has an outcome (or on stop)."""
-        feeder = asyncio.create_task(self._feed(records), name="sender-feed")
-        ticker = asyncio.create_task(self._tick(), name="sender-tick")
-        workers = [
-            asyncio.create_task(self._worker(), name=f"sender-{i}")
-            for i in range(self._s.concurrency)
-        ]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            # after a stop the feeder may be blocked on a full queue nobody drains
-            for task in [feeder, ticker, *workers]:
-                task.cancel()
-            for task in [feeder, ticker, *workers]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def run(self, records: AsyncIterable[Record]) -> None:
+        """Send every record; return when each one has an outcome (or on stop).
 
-    async def _feed(self, records: Iterable[Record]) -> None:
+        The workers, the feeder and the ticker share one task group: if any of them
+        fails, the others are cancelled at once and the error is raised (in an
+        ExceptionGroup; the send phase unwraps it).
+        """
+        async with asyncio.TaskGroup() as group:
+            feeder = group.create_task(self._feed(records), name="sender-feed")
+            ticker = group.create_task(self._tick(), name="sender-tick")
+            workers = [group.create_task(self._worker(), name=f"sender-{i}")
+                       for i in range(self._s.concurrency)]  # fmt: skip
+            await asyncio.wait(workers)
+            # after a stop the feeder may be blocked on a full queue nobody drains
+            feeder.cancel()
+            ticker.cancel()
+
+    async def _feed(self, records: AsyncIterable[Record]) -> None:
         try:
-            for rec in records:
+            async for rec in records:
                 if self._stop.is_set():
                     break
                 await self._queue.put(rec)
                 self._changed.set()
-        except Exception as exc:  # surfaces through the workers, who would otherwise wait forever
-            self._feed_error = exc
-            self._stop.set()
         finally:
             self._fed = True
             self._changed.set()
@@ -169,8 +165,6 @@ class Sender:
     async def _worker(self) -> None:
         while (rec := await self._next()) is not None:
             await self._send(rec)
-        if self._feed_error is not None:
-            raise self._feed_error
 
     # -- one record ------------------------------------------------------------
     async def _send(self, rec: Record) -> None:
@@ -247,6 +241,8 @@ class Sender:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._channel.up.wait(), 0.5)
+        # the journal writer is behind (a slow disk): do not outrun it without bound
+        await self._recorder.room()
         await self._pacer.acquire()
         # the pause or the rate token may have taken a while: check again
         if not self._channel.up.is_set():
@@ -261,10 +257,10 @@ class Sender:
         now = self._clock()
         self.first_request = self.first_request or now
         self.last_request = now
-        rec.status = "sent"
+        rec.status = Status.SENT
         rec.sent_at = self._wall()
         self._matcher.register(rec)
-        self._recorder.event(rec, "sent")
+        self._recorder.event(rec, Status.SENT)
         generation = self._session.generation
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -297,14 +293,14 @@ class Sender:
                 raise GwsUnavailable(
                     f"GWS unreachable for more than {self._s.max_outage:g} s: {exc}"
                 ) from exc
-            waited = self._pacer.pause(None, "GWS unreachable")
+            waited = self._pacer.pause(None)
             self._events.info("unreachable", "GWS unreachable (%s): all senders pause %.1f s",
                               exc, waited)  # fmt: skip
             return
         rec.counted_attempts += 1
         if exc.http_status in (429, 503):
             self._pacer.throttled()
-            waited = self._pacer.pause(exc.retry_after, str(exc))
+            waited = self._pacer.pause(exc.retry_after)
             self._events.info(f"throttled-{exc.http_status}", "GWS throttled (%s): all senders pause %.1f s",
                               exc.http_status, waited)  # fmt: skip
         else:
