@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 NODE_DIR := tests/interop
 
-.PHONY: demo test lint typecheck bench clean venv npm airflow-test
+.PHONY: demo test test-fast lint typecheck bench clean venv npm airflow-test
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ lint: venv
 test: venv npm lint
 	bash scripts/ensure-chromium.sh || echo "make test: WARNING: no Chromium; the evidence-page test will be skipped (fails in CI)" >&2
 	$(BIN)/python -m pytest -q -rs
+
+# the inner loop: unit tests and quick in-process runs against the simulator; no
+# subprocess, interop or slow tests (make test runs those too); 4 workers, as these
+# tests mostly wait on the simulator's clock, not on the CPU
+test-fast: venv
+	$(BIN)/python -m pytest -q -n 4 -m "not slow and not interop and not subprocess"
 
 bench: venv
 	$(BIN)/python -m benchmarks

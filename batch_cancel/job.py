@@ -33,6 +33,7 @@ from batch_cancel.exceptions import (
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
 from batch_cancel.journal.lock import JournalLock
+from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
 from batch_cancel.log_records import RUN_ID
 from batch_cancel.metrics import RunMetrics
@@ -207,9 +208,9 @@ async def _run_locked(
     metrics: RunMetrics | None = None
     try:
         counts = journal.counts()
-        to_send = counts.get("planned", 0) + counts.get("sent", 0)
+        to_send = counts.get(Status.PLANNED, 0) + counts.get(Status.SENT, 0)
         if config.retry_timed_out:
-            to_send += counts.get("timed_out", 0)
+            to_send += counts.get(Status.TIMED_OUT, 0)
         if config.metrics_file is not None:
             metrics = RunMetrics(config.metrics_file, run_id, counts, retry_timed_out=config.retry_timed_out,
                                  rate_limit=config.rate, interval=config.metrics_interval)  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_cancel.config import RunConfig
+from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.store import Journal
 
 __all__ = ["Summary", "summarise"]
@@ -57,12 +58,12 @@ def summarise(
     return Summary(
         run_id=run_id,
         total=sum(c.values()),
-        cancelled=c.get("cancelled", 0),
-        failed=c.get("failed", 0),
-        timed_out=c.get("timed_out", 0),
-        rejected=c.get("rejected", 0),
-        duplicate=c.get("duplicate", 0),
-        pending=c.get("planned", 0) + c.get("sent", 0),
+        cancelled=c.get(Status.CANCELLED, 0),
+        failed=c.get(Status.FAILED, 0),
+        timed_out=c.get(Status.TIMED_OUT, 0),
+        rejected=c.get(Status.REJECTED, 0),
+        duplicate=c.get(Status.DUPLICATE, 0),
+        pending=sum(c.get(s, 0) for s in REPORTED_PENDING),
         report=str(report),
         state=str(journal.path),
         dry_run=config.dry_run,

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_benchmarks_quick_prints_every_row() -> None:

@@ -316,6 +316,7 @@ def page_requests(netlog: Path) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.subprocess
 def test_network_check_sees_a_request_the_page_makes(chromium: str, tmp_path: Path) -> None:
     # the detector used below must be able to fail: a page that fetches is caught
     bad = tmp_path / "bad.html"

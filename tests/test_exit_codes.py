@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import ENV, job_args, make_sim, numbers, run_cli, write_csv
 
 from batch_cancel.simulator import Faults, ThreadedSimulator
@@ -46,6 +47,7 @@ def _wait_for_requests(sim: ThreadedSimulator, count: int, timeout: float = 20.0
         time.sleep(0.01)
 
 
+@pytest.mark.subprocess
 def test_sigterm_json_says_3_with_the_error(tmp_path: Path) -> None:
     sim = make_sim()
     try:
@@ -62,6 +64,7 @@ def test_sigterm_json_says_3_with_the_error(tmp_path: Path) -> None:
         sim.stop()
 
 
+@pytest.mark.subprocess
 def test_second_signal_still_prints_the_json_line(tmp_path: Path) -> None:
     # acks that take long keep the grace busy, so only the second signal ends the run
     sim = make_sim(faults=Faults(seed=1, ack_delay=(5.0, 5.0)))
@@ -79,6 +82,7 @@ def test_second_signal_still_prints_the_json_line(tmp_path: Path) -> None:
         sim.stop()
 
 
+@pytest.mark.slow
 def test_gws_gone_past_max_outage(tmp_path: Path) -> None:
     sim = make_sim()
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(30)])
@@ -94,6 +98,7 @@ def test_gws_gone_past_max_outage(tmp_path: Path) -> None:
     assert line["pending"] > 0 and line["total"] == 30
 
 
+@pytest.mark.slow
 def test_cometd_outage_past_max_outage(tmp_path: Path) -> None:
     sim = make_sim(long_poll_timeout=0.5)
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(30)])
@@ -123,6 +128,7 @@ def test_finished_runs_agree_without_an_error(sim: ThreadedSimulator, tmp_path: 
     _agrees(1, result.stdout)
 
 
+@pytest.mark.subprocess
 def test_click_usage_errors_end_with_the_json_line(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(2)])
     for args in (["run", str(src), "--concurrency", "0"], ["run", str(src), "--no-such-flag"],
@@ -134,6 +140,7 @@ def test_click_usage_errors_end_with_the_json_line(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.subprocess
 def test_verbose_normal_run_prints_no_traceback(sim: ThreadedSimulator, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(3)])
     proc = subprocess.run([sys.executable, "-m", "batch_cancel",

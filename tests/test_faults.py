@@ -44,6 +44,7 @@ def faulty(request: pytest.FixtureRequest) -> Any:
         s.stop()
 
 
+@pytest.mark.slow
 def test_session_expiry_every_n_requests(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(faults=Faults(seed=1, session_expiry_every=7))
     result, rows = _run(sim, tmp_path, 60, concurrency=6)
@@ -56,6 +57,7 @@ def test_session_expiry_every_n_requests(faulty: Any, tmp_path: Path) -> None:
     _assert_matches_ledger(sim, rows)
 
 
+@pytest.mark.slow
 def test_csrf_token_invalidated(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(faults=Faults(seed=2, csrf_invalidate_every=9))
     result, rows = _run(sim, tmp_path, 50, concurrency=4)
@@ -64,6 +66,7 @@ def test_csrf_token_invalidated(faulty: Any, tmp_path: Path) -> None:
     _assert_matches_ledger(sim, rows)
 
 
+@pytest.mark.slow
 def test_429_retry_after_pauses_every_worker(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(faults=Faults(seed=3, http_429_rate=0.08, retry_after=0.6))
     result, rows = _run(sim, tmp_path, 60, concurrency=8)
@@ -80,6 +83,7 @@ def test_429_retry_after_pauses_every_worker(faulty: Any, tmp_path: Path) -> Non
     _assert_matches_ledger(sim, rows)
 
 
+@pytest.mark.slow
 def test_503_bursts_are_retried(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(faults=Faults(seed=4, http_503_rate=0.3, retry_after=None))
     result, rows = _run(sim, tmp_path, 40, concurrency=4, max_attempts=10)
@@ -98,6 +102,7 @@ def test_503_past_max_attempts_fails_the_record(faulty: Any, tmp_path: Path) -> 
     assert len(sim.ledger.entries) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["reset_before_rate", "reset_after_rate"])
 def test_connection_resets(faulty: Any, tmp_path: Path, where: str) -> None:
     sim = faulty(faults=Faults(seed=5, **{where: 0.2}))
@@ -111,6 +116,7 @@ def test_connection_resets(faulty: Any, tmp_path: Path, where: str) -> None:
     _assert_matches_ledger(sim, rows)
 
 
+@pytest.mark.slow
 def test_all_cometd_clients_dropped_mid_run(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(faults=Faults(seed=6, drop_cometd_every=25))
     result, rows = _run(sim, tmp_path, 80, concurrency=4, ack_timeout=2)
@@ -121,6 +127,7 @@ def test_all_cometd_clients_dropped_mid_run(faulty: Any, tmp_path: Path) -> None
     _assert_matches_ledger(sim, rows)
 
 
+@pytest.mark.slow
 def test_cometd_down_longer_than_a_long_poll(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(long_poll_timeout=0.5)
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[x] for x in numbers(60)])
@@ -135,6 +142,7 @@ def test_cometd_down_longer_than_a_long_poll(faulty: Any, tmp_path: Path) -> Non
     _assert_matches_ledger(sim, read_report(tmp_path / "report.csv"))
 
 
+@pytest.mark.slow
 def test_cometd_outage_past_max_outage_aborts_with_3(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(long_poll_timeout=0.5)
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[x] for x in numbers(40)])
@@ -151,6 +159,7 @@ def test_cometd_outage_past_max_outage_aborts_with_3(faulty: Any, tmp_path: Path
     assert summary["total"] == 40 and summary["pending"] > 0
 
 
+@pytest.mark.slow
 def test_gws_unreachable_past_max_outage_aborts_with_3(faulty: Any, tmp_path: Path) -> None:
     sim = faulty()
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[x] for x in numbers(50)])

@@ -122,7 +122,7 @@ def test_unknown_encoding_is_a_config_error(tmp_path: Path) -> None:
     ("name", "data", "problem"),
     [
         ("in.csv", b"", "empty file (0 bytes)"),
-        ("in.csv.gz", gzip.compress(b""), "empty file (no header)"),
+        ("in.csv.gz", gzip.compress(b"", mtime=0), "empty file (no header)"),
         ("in.csv", b"phone,campaign\r\n", "has a header but no rows"),
         ("in.txt", b"phone\n1\n", "unknown file type (expected .csv, .csv.gz or .parquet)"),
         ("in.parquet", b"PAR1 this is not parquet at all PAR1", "not a readable Parquet file"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers import ENV, PASSWORD, Faults, job_args, make_sim, numbers, read_report, run_cli, write_csv
 
 from batch_cancel.simulator import ThreadedSimulator
@@ -124,6 +125,7 @@ def test_dry_run_sends_nothing(sim: ThreadedSimulator, tmp_path: Path) -> None:
     assert result.summary["pending"] == 5
 
 
+@pytest.mark.slow
 def test_rate_and_concurrency_limits_hold_at_the_server(sim: ThreadedSimulator, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(90)])
     result = run_cli(job_args(sim.base_url, tmp_path, src, rate=40, concurrency=4), ENV)

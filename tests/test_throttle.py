@@ -165,6 +165,7 @@ async def test_aimd_unlimited_takes_the_observed_rate_as_ceiling() -> None:
     assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(p.current, rel=0.02)
 
 
+@pytest.mark.slow
 def test_adaptive_rate_drops_under_429_and_the_run_completes(tmp_path: Path) -> None:
     sim = make_sim(faults=Faults(seed=5, http_429_rate=0.05, retry_after=0.1))
     try:

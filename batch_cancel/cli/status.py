@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from batch_cancel.cli._common import guarded, log_options
+from batch_cancel.journal.rows import FINAL, REPORTED
 
 __all__ = ["describe", "status"]
 
-FINAL_ORDER = ("cancelled", "failed", "timed_out", "rejected", "duplicate")
+FINAL_ORDER = tuple(str(s) for s in REPORTED if s in FINAL)
 
 
 def describe(state: Path) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-__all__ = ["FINAL", "IN_PLAY", "REPORTED_PENDING", "RowEvent", "RowState", "RowToSend", "Status"]
+__all__ = ["FINAL", "IN_PLAY", "REPORTED", "REPORTED_PENDING", "RowEvent", "RowState", "RowToSend",
+           "Status"]  # fmt: skip
 
 
 class Status(StrEnum):
@@ -33,6 +34,9 @@ FINAL = frozenset({Status.CANCELLED, Status.FAILED, Status.TIMED_OUT, Status.REJ
 # What the send phase settles for a record in flight.
 IN_PLAY = frozenset({Status.CANCELLED, Status.FAILED, Status.TIMED_OUT})
 REPORTED_PENDING = frozenset({Status.PLANNED, Status.SENT})
+# The report's vocabulary, in the order pages and summaries show it.
+REPORTED = (Status.CANCELLED, Status.FAILED, Status.TIMED_OUT, Status.REJECTED, Status.DUPLICATE,
+            Status.PENDING)  # fmt: skip
 
 
 class RowState(NamedTuple):

@@ -28,6 +28,7 @@ from batch_cancel.config import CHAIN_ATTRIBUTES, JobDefaults, RunConfig
 from batch_cancel.exceptions import Interrupted
 from batch_cancel.input.files import InputFile, read_batches
 from batch_cancel.journal import snapshot
+from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
 from batch_cancel.plan.columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
 from batch_cancel.plan.dedupe import Deduper, partitions_for
@@ -177,8 +178,8 @@ def build_plan(
                 error = plan.columns["error"]
                 assert isinstance(error, pa.Array)
                 rejected = len(error) - error.null_count
-                counts["rejected"] += rejected
-                counts["planned"] += len(plan) - rejected
+                counts[Status.REJECTED] += rejected
+                counts[Status.PLANNED] += len(plan) - rejected
             # mimalloc (pyarrow's default) keeps freed pages for reuse; handing them
             # back per batch keeps the peak RSS ~50 MB lower, for no measurable time
             pa.default_memory_pool().release_unused()
@@ -190,7 +191,7 @@ def build_plan(
         with journal.transaction():
             for pairs in deduper.duplicates():
                 repeats = journal.mark_duplicates(pairs)
-                counts["duplicate"] += repeats
-                counts["planned"] -= repeats
+                counts[Status.DUPLICATE] += repeats
+                counts[Status.PLANNED] -= repeats
     journal.seal_snapshot({"ref_prefix": prefix})
     return +counts  # no zero counts, as before

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_cancel import __version__
+from batch_cancel.journal.rows import REPORTED, REPORTED_PENDING, Status
 from batch_cancel.journal.store import Journal
 from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
 from batch_cancel.summary import Summary
@@ -33,9 +34,9 @@ from batch_cancel.summary import Summary
 __all__ = ["ATTENTION", "STATUSES", "write_html"]
 
 # The report's status vocabulary, in the order the page shows it.
-STATUSES = ("cancelled", "failed", "timed_out", "rejected", "duplicate", "pending")
-ATTENTION = ("rejected", "failed", "timed_out")
-_AS_REPORTED = {"planned": "pending", "sent": "pending"}
+STATUSES = tuple(str(s) for s in REPORTED)
+ATTENTION = (str(Status.REJECTED), str(Status.FAILED), str(Status.TIMED_OUT))
+_AS_REPORTED = {str(s): str(Status.PENDING) for s in REPORTED_PENDING}
 _SECRET_WORDS = ("password", "secret", "token")
 _TITLES = {
     "rejected": "Rejected rows (never sent: the input was not usable)",

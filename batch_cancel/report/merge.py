@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_cancel.exceptions import ConfigError, InputError
+from batch_cancel.journal.rows import REPORTED
 
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
@@ -43,7 +44,7 @@ from batch_cancel.summary import Summary
 
 __all__ = ["MergeResult", "merge_reports", "read_report_rows"]
 
-STATUSES = frozenset({"cancelled", "failed", "timed_out", "rejected", "duplicate", "pending"})
+STATUSES = frozenset(str(s) for s in REPORTED)
 _INTS = frozenset({"row", "application_id", "attempts", "http_status", "status_code", "duplicate_of"})
 _FLOATS = frozenset({"latency_ms"})
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_cancel.exceptions import ConfigError
+from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.journal.store import Journal
 from batch_cancel.report.csv_text import write_csv_batch
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 FORMATS = (".csv", ".parquet", ".jsonl")
-_STATUS = {"planned": "pending", "sent": "pending"}
+_STATUS = {str(s): str(Status.PENDING) for s in REPORTED_PENDING}
 _BATCH = 50_000
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -24,7 +24,7 @@ from batch_cancel.exceptions import (
     SessionExpired,
     TransientError,
 )
-from batch_cancel.gws.session import GwsSession
+from batch_cancel.gws.session import Answer
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
@@ -32,13 +32,24 @@ from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.send.record import Record
 
-__all__ = ["Channel", "Sender", "SenderSettings"]
+__all__ = ["Channel", "Sender", "SenderSettings", "Session"]
 
 log = logging.getLogger("batch_cancel.send.sender")
 
 # A session error does not count as an attempt (GWS did nothing with the
 # request), but a record cannot bounce between logins forever.
 _MAX_SESSION_RETRIES = 10
+
+
+class Session(Protocol):
+    """What the sender needs of the GWS session (:class:`batch_cancel.gws.session.GwsSession`)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    async def post_record(self, body: Mapping[str, Any]) -> Answer: ...
+
+    async def relogin(self, seen_generation: int) -> None: ...
 
 
 class Channel(Protocol):
@@ -63,7 +74,7 @@ class Sender:
         self,
         settings: SenderSettings,
         *,
-        session: GwsSession,
+        session: Session,
         channel: Channel,
         matcher: Matcher,
         recorder: Recorder,

@@ -66,6 +66,7 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]
 
 
+@pytest.mark.subprocess
 def test_serves_until_sigterm_and_exits_0() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(

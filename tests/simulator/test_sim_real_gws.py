@@ -82,6 +82,7 @@ async def test_hung_requests_are_never_answered(start_sim: StartSim, make_client
     assert sim.ledger.outcome("r-hang-before") is None
 
 
+@pytest.mark.slow
 async def test_dos_filter_delays_then_refuses_per_session(
     start_sim: StartSim, make_client: MakeClient
 ) -> None:
