@@ -224,9 +224,11 @@ async def _run_locked(
             view = progress(to_send) if progress is not None else None
             engine = Engine(config, gws, journal, stop=stop, progress=view,
                             on_latency=metrics.observe_latency if metrics else None)  # fmt: skip
-            feeder = asyncio.create_task(metrics.follow(engine)) if metrics else None
+            # the metrics writer runs in the send phase's task group: if it fails, the run
+            # ends at once naming it, like any task the run relies on
+            alongside = {"metrics file writer": lambda: metrics.follow(engine)} if metrics else {}
             try:
-                await engine.run(journaling=journaling)
+                await engine.run(journaling=journaling, alongside=alongside)
             except BatchCancelError as exc:
                 # whatever stopped the run (an abort, a login page that is not GWS, a refused
                 # certificate...), the report and the JSON line say what was done
@@ -239,11 +241,6 @@ async def _run_locked(
                 if error is exc:
                     raise
                 raise error from exc
-            finally:
-                if feeder is not None:
-                    feeder.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await feeder
             stats = engine.stats()
             if engine.interrupted:
                 summary = _finish(journal, run_id, report, config, stats, started, metrics)

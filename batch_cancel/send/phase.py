@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from batch_cancel.config import GwsConfig, RunConfig
 from batch_cancel.exceptions import ConfigError, JournalUnwritable, TransientError
@@ -59,7 +59,10 @@ class Engine:
         self._session: GwsSession | None = None
         self._started = time.monotonic()
 
-    async def run(self, *, journaling: bool = True) -> None:
+    async def run(self, *, journaling: bool = True,
+                  alongside: Mapping[str, Callable[[], Awaitable[None]]] | None = None) -> None:
+        """Send every record with no outcome yet. ``alongside``: more background work
+        (by name) to run in the send phase's task group while records are sent."""
         cfg = self._config
         # the send phase's journal I/O runs on the writer's thread, over a connection of its own
         path = self._journal.path
@@ -110,7 +113,8 @@ class Engine:
             sender_ref.append(sender)
             self._sender = sender
             try:
-                await self._send(sender, recorder, session, channel, writer, device)
+                await self._send(sender, recorder, session, channel, writer, device,
+                                 dict(alongside or {}))
             except BaseExceptionGroup as group:
                 raise one_error(group) from None
             if self._stop.is_set():
@@ -134,7 +138,8 @@ class Engine:
             )
 
     async def _send(self, sender: Sender, recorder: Recorder, session: GwsSession,
-                    channel: AckChannel, writer: JournalWriter, device: str | None) -> None:
+                    channel: AckChannel, writer: JournalWriter, device: str | None,
+                    alongside: dict[str, Callable[[], Awaitable[None]]]) -> None:
         """The senders, and beside them the tasks they rely on, in one task group:
         if one of those fails, the run ends at once with an error naming it."""
         async with asyncio.TaskGroup() as group:
@@ -149,6 +154,8 @@ class Engine:
             if self._progress is not None:
                 helpers.append(group.create_task(
                     background("progress display", self._report_progress()), name="progress"))
+            for name, work in alongside.items():
+                helpers.append(group.create_task(background(name, work()), name=name))
             await sender.run(self._records(writer, device))
             if self._stop.is_set() and self._matcher is not None:
                 await self._grace(self._matcher)
