@@ -307,3 +307,15 @@ def test_a_certificate_problem_on_the_cometd_host_also_exits_2_before_sending(tm
         assert len(sim.ledger.entries) == 0
     finally:
         sim.stop()
+
+
+def test_preflight_exits_2_on_a_refused_certificate(pki: Pki) -> None:
+    sim = tls_sim(pki)
+    try:
+        port = sim.base_url.rsplit(":", 1)[1]
+        result = run_cli(["preflight", "--base-url", f"https://localhost:{port}", "--username", USER],
+                         no_proxy_env())  # fmt: skip
+        assert result.exit_code == 2, result.stderr
+        assert f"FAIL login    TLS certificate of localhost:{port} refused: unknown CA" in result.stderr
+    finally:
+        sim.stop()
