@@ -132,6 +132,15 @@ def _inproc(journal: bool) -> Callable[[str, Path], list[str]]:
 
 
 FAST = ("--rate", "0", "--concurrency", "64")
+
+
+def _observed(url: str, tmp: Path) -> list[str]:
+    """The tool as an operator watching it runs it: JSON logs, a metrics file rewritten every second."""
+    metrics = str(tmp / "batch_cancel.prom")
+    return _tool_args(tmp / "in.csv", url, tmp, *FAST, "--log-format", "json",
+                      "--metrics-file", metrics, "--metrics-interval", "1")  # fmt: skip
+
+
 RATES = (20.0, 200.0, 2000.0)
 
 
@@ -147,6 +156,7 @@ def measure(sizes: Sizes, repeat: int, log: Callable[[str], None]) -> dict[str, 
     for i in range(repeat):
         log(f"repeat {i + 1}/{repeat}")
         add("tool", _run(_tool(FAST), sizes.records, read_report=True))
+        add("observed", _run(_observed, sizes.records))
         add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records))
         add("lean-httpx", _run(_lean("httpx"), sizes.httpx_records))
         add("sequential", _run(_sequential, sizes.sequential_records))
@@ -216,6 +226,7 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any], dry: str, sizes: Si
     tool = thr("tool")
     lines = [
         ("batch-cancel (CLI, journal + report)", "tool", sizes.records),
+        ("  + --log-format json --metrics-file (1 s)", "observed", sizes.records),
         ("lean baseline, aiohttp (same HTTP stack)", "lean-aiohttp", sizes.records),
         ("lean baseline, stock httpx", "lean-httpx", sizes.httpx_records),
         ("sequential baseline (1 at a time)", "sequential", sizes.sequential_records),
