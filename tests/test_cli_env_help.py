@@ -34,6 +34,11 @@ def test_every_run_option_has_an_env_var_gws_ones_keep_theirs() -> None:
     assert names["dry_run"] == "BATCH_CANCEL_DRY_RUN"
     assert names["base_url"] == "GWS_BASE_URL" and names["username"] == "GWS_USERNAME"
     assert names["ca_bundle"] == "GWS_CA_BUNDLE" and names["proxy"] == "GWS_PROXY"
+    # named after the flag an operator types (--preflight, whose parameter is check_first, too)
+    for param in run.params:
+        if isinstance(param, click.Option) and not names[param.name].startswith("GWS_"):
+            flag = max(param.opts, key=len).lstrip("-").replace("-", "_").upper()
+            assert names[param.name] == f"BATCH_CANCEL_{flag}", param.opts
     missing = sorted(n for n, env in names.items() if env is None)
     assert missing == [], f"options without an environment variable: {missing}"
     assert len(set(names.values())) == len(names)  # no two options share one

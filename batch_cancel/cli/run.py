@@ -294,7 +294,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 @click.option("--wait-lock", type=bounded("wait_lock"), default=0.0, metavar="SECONDS",
               help="When another run holds the journal, wait up to this long for it, then "
                    "resume (default: exit 2 at once, naming the holder).")
-@click.option("--preflight", "check_first", is_flag=True,
+@click.option("--preflight", "check_first", is_flag=True, envvar="BATCH_CANCEL_PREFLIGHT", show_envvar=True,
               help="Run the preflight checks first (login, CSRF, devices, CometD); exit 3 if one fails.")
 @gws_options
 @log_options
