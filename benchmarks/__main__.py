@@ -82,22 +82,41 @@ class Run:
     wall: float
     out: dict[str, Any]
     tool_latency_ms: list[float]
+    cpu_s: float = 0.0  # the client process's user + system CPU seconds
+    peak_rss_mb: float = 0.0  # the client process's peak resident memory
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return self.cpu_s / self.figures.acked * 1000 if self.figures.acked else 0.0
 
 
-def _run(cmd_for: Callable[[str, Path], list[str]], records: int, *, read_report: bool = False) -> Run:
+def _measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run ``cmd``; answer its output, CPU seconds and peak RSS (MB) from the kernel's
+    accounting of that one child (wait4), not a sampler's guess."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=ENV)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+    return done, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: kB
+
+
+def _run(cmd_for: Callable[[str, Path], list[str]], records: int, *, read_report: bool = False,
+         sim_args: Sequence[str] = ()) -> Run:  # fmt: skip
     """A fresh simulator and a fresh temp dir; the command gets (base_url, tmp)."""
     with tempfile.TemporaryDirectory(prefix="bc-bench-") as name:
         tmp = Path(name)
         write_numbers(tmp / "in.csv", records)
-        with SimProcess() as sim:
+        with SimProcess(*sim_args) as sim:
             started = time.monotonic()
-            out = subprocess.run(cmd_for(sim.base_url, tmp), capture_output=True, text=True, env=ENV,
-                                 check=False)  # fmt: skip
+            out, cpu, rss = _measured(cmd_for(sim.base_url, tmp))
             wall = time.monotonic() - started
             data = _last_json(out)
             figures = ledger_figures(sim.ledger())
         latency = _report_latency(tmp / "report.csv") if read_report else []
-    return Run(figures, wall, data, latency)
+    return Run(figures, wall, data, latency, cpu, rss)
 
 
 def _report_latency(path: Path) -> list[float]:
@@ -142,22 +161,29 @@ def _observed(url: str, tmp: Path) -> list[str]:
 
 
 RATES = (20.0, 200.0, 2000.0)
+SERVICE_MS = 5.0  # the simulator's service time per request in the throughput comparison
+SERVED = ("--service-time", f"{SERVICE_MS / 1000:g}")
 
 
-def measure(sizes: Sizes, repeat: int, log: Callable[[str], None]) -> dict[str, list[Run]]:
+def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
+            only_throughput: bool = False) -> dict[str, list[Run]]:  # fmt: skip
     runs: dict[str, list[Run]] = {}
 
     def add(key: str, run: Run) -> None:
         runs.setdefault(key, []).append(run)
         f = run.figures
         log(f"  {key:<22} acked {f.acked:>6}/{f.requests:<6} {f.throughput:8.1f}/s  rate {f.rate:8.1f}/s  "
-            f"peak1s {f.peak_1s:>5}  wall {run.wall:6.2f} s")  # fmt: skip
+            f"peak1s {f.peak_1s:>5}  wall {run.wall:6.2f} s  cpu {run.cpu_s:6.2f} s  "
+            f"rss {run.peak_rss_mb:5.0f} MB")  # fmt: skip
 
     for i in range(repeat):
         log(f"repeat {i + 1}/{repeat}")
-        add("tool", _run(_tool(FAST), sizes.records, read_report=True))
-        add("observed", _run(_observed, sizes.records))
-        add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records))
+        # the pair the issue asks about, back to back in each repeat, same simulator settings
+        add("tool", _run(_tool(FAST), sizes.records, read_report=True, sim_args=SERVED))
+        add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records, sim_args=SERVED))
+        if only_throughput:
+            continue
+        add("observed", _run(_observed, sizes.records, sim_args=SERVED))
         add("lean-httpx", _run(_lean("httpx"), sizes.httpx_records))
         add("sequential", _run(_sequential, sizes.sequential_records))
         add("journal-on", _run(_inproc(True), sizes.records))
@@ -214,31 +240,45 @@ def _paired(runs: dict[str, list[Run]], key: str) -> float:
     return _med([t.figures.throughput / b.figures.throughput for t, b in pairs if b.figures.throughput])
 
 
-def table(runs: dict[str, list[Run]], start: dict[str, Any], dry: str, sizes: Sizes, repeat: int) -> str:
+def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | None, sizes: Sizes,
+          repeat: int, rss: Run | None = None, rss_records: int = 0) -> str:  # fmt: skip
     def thr(key: str) -> float:
         return _med([r.figures.throughput for r in runs[key]])
 
     rows: list[str] = []
     out = rows.append
     out(f"batch-cancel benchmarks: medians of {repeat} run(s), simulator on loopback in its own process")
+    out(f"   load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"({os.cpu_count()} CPUs)")  # fmt: skip
     out("")
-    out("1. throughput at 64 in flight, --rate 0 (acks/s, simulator clock: first POST -> last ack)")
+    out(f"1. throughput at 64 in flight, --rate 0, simulator service time {SERVICE_MS:g} ms for batch-cancel"
+        " and the lean aiohttp baseline (acks/s, simulator clock: first POST -> last ack); client CPU "
+        "seconds per 1,000 acked records (user + system, the client process alone)")  # fmt: skip
     tool = thr("tool")
     lines = [
         ("batch-cancel (CLI, journal + report)", "tool", sizes.records),
         ("  + --log-format json --metrics-file (1 s)", "observed", sizes.records),
         ("lean baseline, aiohttp (same HTTP stack)", "lean-aiohttp", sizes.records),
-        ("lean baseline, stock httpx", "lean-httpx", sizes.httpx_records),
-        ("sequential baseline (1 at a time)", "sequential", sizes.sequential_records),
+        ("lean baseline, stock httpx (0 ms service)", "lean-httpx", sizes.httpx_records),
+        ("sequential baseline (1 at a time, 0 ms)", "sequential", sizes.sequential_records),
     ]
     for label, key, n in lines:
+        if key not in runs:
+            continue
         acked = _med([r.figures.acked for r in runs[key]])
+        cpu = _med([r.cpu_per_1000 for r in runs[key]])
         ratio = ""
         if key != "tool" and thr(key):
             ratio = f"tool/this {tool / thr(key):5.2f} (paired by repeat {_paired(runs, key):5.2f})"
-        out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} {ratio}")
+        out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  {ratio}")
     wall = _med([r.wall for r in runs["tool"]])
     out(f"   batch-cancel wall time incl. start-up, plan, report: {wall:.2f} s for {sizes.records} records")
+    rss_line = "" if rss is None else (
+        f"6. peak RSS of one real run of {rss_records:,} rows against the simulator (--rate 0, 64 in "
+        f"flight; the kernel's ru_maxrss of the CLI process): {rss.peak_rss_mb:.0f} MB; "
+        f"{rss.figures.acked:,} acked in {rss.wall:.0f} s, cpu {rss.cpu_s:.1f} s")  # fmt: skip
+    if "journal-on" not in runs or start is None or dry is None:
+        return "\n".join([*rows, "", rss_line] if rss_line else rows)
     on, off = thr("journal-on"), thr("journal-off")
     out("")
     out("   journal on/off (run_job in-process, 64 in flight)")
@@ -275,7 +315,7 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any], dry: str, sizes: Si
     heavy = ", ".join(start["heavy_loaded"]) or "none of " + "/".join(HEAVY)
     out(f"5. start-up: batch-cancel --help {start['median_s'] * 1000:.0f} ms (median of {sizes.help_runs});"
         f" heavy modules loaded: {heavy}")  # fmt: skip
-    return "\n".join(rows)
+    return "\n".join([*rows, "", rss_line] if rss_line else rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -285,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small runs, one repeat: a smoke test")
     parser.add_argument("--records", type=int, help="records per throughput run")
     parser.add_argument("--json", type=Path, help="also write the raw medians here")
+    parser.add_argument("--only-throughput", action="store_true",
+                        help="only the batch-cancel / lean aiohttp pair and the peak-RSS run")
+    parser.add_argument("--rss-records", type=int, default=None,
+                        help="rows of the peak-RSS run (default 300000, --quick 5000; 0 skips it)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.records:
@@ -295,10 +339,16 @@ def main(argv: list[str] | None = None) -> None:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    runs = measure(sizes, repeat, log)
-    start = startup(sizes)
-    dry = dry_run_row(args.quick)
-    print(table(runs, start, dry, sizes, repeat))
+    runs = measure(sizes, repeat, log, only_throughput=args.only_throughput)
+    rss_records = args.rss_records if args.rss_records is not None else (5_000 if args.quick else 300_000)
+    rss = None
+    if rss_records:
+        log(f"peak RSS: one run of {rss_records} rows")
+        rss = _run(_tool(FAST), rss_records)
+        log(f"  rss {rss.peak_rss_mb:.0f} MB, acked {rss.figures.acked}, wall {rss.wall:.0f} s")
+    start = None if args.only_throughput else startup(sizes)
+    dry = None if args.only_throughput else dry_run_row(args.quick)
+    print(table(runs, start, dry, sizes, repeat, rss, rss_records))
     if args.json:
         medians = {key: {"throughput": _med([r.figures.throughput for r in rs]),
                          "rate": _med([r.figures.rate for r in rs]),

@@ -22,6 +22,6 @@ def test_benchmarks_quick_prints_every_row() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     for heading in ("1. throughput", "journal on/off", "2. rate accuracy", "3. latency", "4. dry run",
-                    "5. start-up"):  # fmt: skip
+                    "5. start-up", "6. peak RSS", "cpu"):  # fmt: skip
         assert heading in text, text
     assert "heavy modules loaded: none" in text, text

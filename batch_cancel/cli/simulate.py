@@ -106,6 +106,14 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
     help="Refuse outbound records until StartContactCenterSession.",
 )
 @click.option(
+    "--service-time",
+    type=_SECONDS,
+    default=0.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds each outbound-record request takes before GWS answers it (benchmarks).",
+)
+@click.option(
     "--long-poll-timeout",
     type=_SECONDS,
     default=30.0,
@@ -327,6 +335,7 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
             failing_lists=frozenset(options["fail_lists"]),
             failure_style=options["failure_style"],
             long_poll_timeout=options["long_poll_timeout"],
+            service_time=options["service_time"],
             max_interval=options["max_interval"],
             hold_first_connect=not options["answer_first_connect"],
             session_timeout=options["session_timeout"],

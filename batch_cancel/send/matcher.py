@@ -57,7 +57,9 @@ class Matcher:
         self._resend = resend
         self.pending: dict[str, Record] = {}
         self._timed_out: dict[str, Record] = {}
-        self._deadlines: deque[tuple[float, Record]] = deque()
+        # (deadline, referenceId): not the record itself, so a record is freed as soon as
+        # it is settled instead of at its deadline (ack timeout x throughput records)
+        self._deadlines: deque[tuple[float, str]] = deque()
         self.channel_up = True
         self.max_attempts = max_attempts  # the run's --max-attempts; bounds gap resends too
         self.duplicate_acks = 0
@@ -78,7 +80,7 @@ class Matcher:
         rec.deadline = now + self._ack_timeout
         if not self.channel_up:
             rec.gap = True
-        self._deadlines.append((rec.deadline, rec))
+        self._deadlines.append((rec.deadline, rec.reference_id))
         self._recorder.event(rec, "accepted")
 
     def give_up(self, rec: Record, error: str) -> None:
@@ -141,9 +143,10 @@ class Matcher:
     def expire(self) -> None:
         now = self._clock()
         while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, rec = self._deadlines.popleft()
-            if rec.final or rec.deadline != deadline or rec.reference_id not in self.pending:
-                continue
+            deadline, ref = self._deadlines.popleft()
+            rec = self.pending.get(ref)
+            if rec is None or rec.final or rec.deadline != deadline:
+                continue  # settled meanwhile, or accepted again (a newer deadline is queued)
             if rec.gap and rec.attempts < self.max_attempts:
                 # the ack may have been published while nobody listened: ask once more
                 # (once per gap the record was caught in, within --max-attempts POSTs)

@@ -106,6 +106,9 @@ class SimulatorConfig:
     # Whether an HTTP session ending also forgets the CometD clients it handshook;
     # GWS does not document it, so both are possible.
     session_end_drops_clients: bool = False
+    # Seconds GWS spends on each outbound-record request before it answers (and before
+    # the outcome is published): a server's own service time, for benchmarks.
+    service_time: float = 0.0
     # Bounded so a client that never polls cannot grow memory without limit; beyond
     # it the oldest messages are lost, as with a CometD server's maxQueue.
     client_queue_limit: int = 100_000
@@ -125,6 +128,7 @@ class SimulatorConfig:
             ("long_poll_timeout", self.long_poll_timeout),
             ("max_interval", self.max_interval),
             ("session_timeout", self.session_timeout),
+            ("service_time", self.service_time),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")

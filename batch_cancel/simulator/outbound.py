@@ -99,6 +99,8 @@ class OutboundRecords:
                 fault=refusal.fault,
             )
             return refusal.response
+        if state.config.service_time > 0:
+            await asyncio.sleep(state.config.service_time)
         self._process(entry, req)
         entry.listeners = state.hub.listeners(session.user, "/v2/me/outbound")
         early = state.chance(faults.ack_before_http_rate)
