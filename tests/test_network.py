@@ -247,7 +247,12 @@ def test_proxy_choice_reads_the_environment_as_curl_does() -> None:
     env = {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2", "HTTP_PROXY": "http://h:3",
            "NO_PROXY": "localhost,.corp.example"}  # fmt: skip
     assert proxy_for("https://gws.example.com/x", None, env) == ("http://lower:1", "https_proxy")
-    assert proxy_for("http://gws.example.com/x", None, env) == ("http://h:3", "HTTP_PROXY")
+    assert proxy_for("https://gws.example.com/x", None, {"HTTPS_PROXY": "http://upper:2"}) == (
+        "http://upper:2", "HTTPS_PROXY")  # fmt: skip
+    # curl reads only the lower-case http_proxy (HTTP_PROXY can be set by a request header in CGI)
+    assert proxy_for("http://gws.example.com/x", None, env) == (None, "")
+    assert proxy_for("http://gws.example.com/x", None, {**env, "http_proxy": "http://l:6"}) == (
+        "http://l:6", "http_proxy")  # fmt: skip
     assert proxy_for("https://gws.corp.example/x", None, env) == (None, "NO_PROXY")
     assert proxy_for("https://localhost:8443/x", None, env) == (None, "NO_PROXY")
     assert proxy_for("https://gws.example.com", None, {"ALL_PROXY": "http://a:4"}) == ("http://a:4",

@@ -102,7 +102,7 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "passphrase in env GWS_CLIENT_KEY_PASSWORD)."),
         click.option("--proxy", envvar="GWS_PROXY", metavar="URL",
                      help="HTTP proxy for REST and CometD, e.g. http://proxy:3128 (env GWS_PROXY); "
-                          "default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY as curl reads them. Proxy "
+                          "default: HTTPS_PROXY/http_proxy/NO_PROXY as curl reads them. Proxy "
                           "credentials only from the environment (user:pass@ in GWS_PROXY or HTTPS_PROXY)."),
         click.option("--start-cc-session", is_flag=True,
                      help="Start a contact-center session after login (some GWS set-ups need it)."),

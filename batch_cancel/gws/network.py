@@ -8,9 +8,10 @@ ask for one (mutual TLS); an encrypted key's passphrase comes from the environme
 (``GWS_CLIENT_KEY_PASSWORD``), never a prompt, since nobody answers one under cron.
 
 Proxy: ``--proxy URL``, else the environment as curl reads it: ``https_proxy`` /
-``HTTPS_PROXY`` for https URLs, ``http_proxy`` for http URLs (the upper-case
-``HTTP_PROXY`` too, as most tools other than curl accept it), ``ALL_PROXY`` for both,
-and ``NO_PROXY`` (comma-separated hosts, domain suffixes, ``*``) to bypass it.
+``HTTPS_PROXY`` for https URLs, ``http_proxy`` for http URLs (lower case only: curl
+ignores ``HTTP_PROXY``, which a CGI-style environment lets a request header set),
+``all_proxy`` / ``ALL_PROXY`` for both, and ``no_proxy`` / ``NO_PROXY``
+(comma-separated hosts, domain suffixes, ``*``) to bypass it.
 Credentials (``http://user:pass@proxy:3128``) come from the environment only; every
 description of a proxy that reaches a log or ``preflight`` shows them as ``***``.
 
@@ -96,7 +97,7 @@ def proxy_for(url: str, explicit: str | None = None,
     scheme = urlsplit(url).scheme.lower()
     host = urlsplit(url).hostname or ""
     # lower case first, as curl reads them
-    names = ["https_proxy", "HTTPS_PROXY"] if scheme == "https" else ["http_proxy", "HTTP_PROXY"]
+    names = ["https_proxy", "HTTPS_PROXY"] if scheme == "https" else ["http_proxy"]
     names += ["all_proxy", "ALL_PROXY"]
     for name in names:
         value = env.get(name)
@@ -110,6 +111,7 @@ def proxy_for(url: str, explicit: str | None = None,
 
 def proxy_secrets(explicit: str | None = None) -> list[str]:
     """Passwords in any proxy URL a run may use: the log filter blanks them, come what may."""
+    # HTTP_PROXY too: it is never used, but a password in it must not reach a log either
     names = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
     urls = [explicit or "", *(os.environ.get(n, "") for n in names)]
     out = []
