@@ -28,7 +28,7 @@ RUN_ID: ContextVar[str | None] = ContextVar("batch_cancel_run_id", default=None)
 _RESERVED = frozenset({"time", "level", "event", "run_id", "logger", "message"})
 
 
-def event(name: str, **figures: Any) -> dict[str, Any]:
+def event(name: str, /, **figures: Any) -> dict[str, Any]:
     """``extra=`` for a log call: the event's name and its figures."""
     return {"event": name, "figures": figures}
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from helpers import ENV, PASSWORD, Faults, job_args, make_sim, numbers, run_cli, write_csv
 
+from batch_cancel.simulator import ThreadedSimulator
+
 
 def test_a_json_log_run_parses_line_by_line(tmp_path: Path) -> None:
     nums = numbers(12)
@@ -51,3 +53,20 @@ def test_an_error_is_a_json_line_too(tmp_path: Path) -> None:
     error = records[-1]
     assert error["event"] == "error" and error["level"] == "error" and error["exit_code"] == 3
     assert error["message"].startswith("batch-cancel: error: cannot reach GWS")
+
+
+def test_preflight_and_validate_job_speak_json_too(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    from helpers import USER
+
+    result = run_cli(["preflight", "--base-url", sim.base_url, "--username", USER, "--log-format", "json"],
+                     ENV)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    steps = [r for r in records if r["event"] == "preflight_step"]
+    assert [s["name"] for s in steps] == ["network", "login", "csrf", "devices", "cometd"]
+    assert all(s["ok"] is True for s in steps)
+    job = tmp_path / "job.toml"
+    job.write_text('rate = 3\npassword_env = "NOT_SET_ANYWHERE"\n')
+    checked = run_cli(["validate-job", str(job), "--log-format", "json"])
+    for line in checked.stderr.splitlines():
+        assert json.loads(line)["event"] == "job_note", line

@@ -16,7 +16,7 @@ import click
 from batch_cancel.exceptions import BatchCancelError, ConfigError
 
 __all__ = ["JsonLineCommand", "error_summary", "exit_with", "guarded", "hide_secrets", "json_logs",
-           "log_options", "read_password", "setup_logging"]  # fmt: skip
+           "log_options", "read_password", "setup_logging", "tell"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,14 +126,20 @@ def read_password(password_file: Path | None) -> str | None:
     return os.environ.get("GWS_PASSWORD") or None
 
 
-def exit_with(error: BatchCancelError, summary_json: dict[str, Any] | None = None) -> NoReturn:
+def tell(text: str, name: str, level: int = logging.WARNING, /, **figures: Any) -> None:
+    """A line for the person at the terminal: plain on stderr, or a log object with
+    --log-format json (where every stderr line must parse)."""
     if json_logs():
         from batch_cancel.log_records import event
 
-        logging.getLogger("batch_cancel").error("batch-cancel: error: %s", error,
-                                                extra=event("error", exit_code=error.exit_code))  # fmt: skip
+        logging.getLogger("batch_cancel").log(level, "%s", text, extra=event(name, **figures))
     else:
-        click.echo(f"batch-cancel: error: {error}", err=True)
+        click.echo(text, err=True)
+
+
+def exit_with(error: BatchCancelError, summary_json: dict[str, Any] | None = None) -> NoReturn:
+    run_id = summary_json.get("run_id") if summary_json else None
+    tell(f"batch-cancel: error: {error}", "error", logging.ERROR, exit_code=error.exit_code, run_id=run_id)
     if summary_json is not None:
         click.echo(json.dumps(summary_json, default=str))
     sys.exit(error.exit_code)
@@ -218,7 +224,7 @@ def guarded(fn: F | None = None, *, json_line: bool = False) -> Any:
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
-            click.echo("batch-cancel: interrupted", err=True)
+            tell("batch-cancel: interrupted", "error", logging.ERROR, exit_code=3)
             if json_line:
                 click.echo(json.dumps(error_summary("interrupted", 3)))
             sys.exit(3)
@@ -227,7 +233,8 @@ def guarded(fn: F | None = None, *, json_line: bool = False) -> Any:
             last = traceback.extract_tb(exc.__traceback__)[-1]
             message = (f"internal error: {type(exc).__name__}: {exc} "
                        f"(at {Path(last.filename).name}:{last.lineno})")  # fmt: skip
-            click.echo(f"batch-cancel: {message}; run with -v for the traceback", err=True)
+            tell(f"batch-cancel: {message}; run with -v for the traceback", "error", logging.ERROR,
+                 exit_code=INTERNAL_ERROR_EXIT)
             if json_line:
                 click.echo(json.dumps(error_summary(message, INTERNAL_ERROR_EXIT)))
             sys.exit(INTERNAL_ERROR_EXIT)

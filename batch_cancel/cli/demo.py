@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, log_options
+from batch_cancel.cli._common import guarded, log_options, tell
 from batch_cancel.cli.param_types import bounded
 
 __all__ = ["demo"]
@@ -45,8 +46,9 @@ def demo(inputs: tuple[Path, ...], rate: float, concurrency: int, report: Path |
     )
     summary = asyncio.run(_demo(files, rate, concurrency, report))
     print_summary(summary)
-    click.echo(f"report: {summary.report}", err=True)
-    click.echo(f"evidence: {Path(summary.report).with_suffix('.html')}", err=True)
+    tell(f"report: {summary.report}", "demo_outputs", logging.INFO, report=summary.report)
+    tell(f"evidence: {Path(summary.report).with_suffix('.html')}", "demo_outputs", logging.INFO,
+         html=str(Path(summary.report).with_suffix(".html")))  # fmt: skip
     # rejected and failed rows are part of the sample on purpose: the demo worked
     raise SystemExit(0 if summary.exit_code in (0, 1) else summary.exit_code)
 
@@ -61,7 +63,7 @@ async def _demo(files: tuple[Path, ...], rate: float, concurrency: int, report: 
     password = secrets.token_urlsafe(12)  # lives only in this process
     sim_cfg = SimulatorConfig(users={"demo": password}, failing_numbers=DEMO_FAILING)
     async with GwsSimulator(sim_cfg) as sim:
-        click.echo(f"simulator: {sim.base_url}", err=True)
+        tell(f"simulator: {sim.base_url}", "demo_simulator", logging.INFO, base_url=sim.base_url)
         gws = GwsConfig(base_url=sim.base_url, credentials=Credentials("demo", password))
         # the run id is fixed here so the evidence page can sit next to the default report
         run_id = new_run_id()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, hide_secrets, json_logs, log_options, read_password
+from batch_cancel.cli._common import guarded, hide_secrets, log_options, read_password, tell
 from batch_cancel.cli.param_types import bounded
 from batch_cancel.cli.run import build_gws, gws_options, network_options
 
@@ -67,14 +66,8 @@ def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
                               rate=opts["rate"], ack_timeout=opts["ack_timeout"]))  # fmt: skip
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
-        line = f"{mark} {step.name:<8} {step.detail} ({step.seconds:.2f} s)"
-        if json_logs():
-            from batch_cancel.log_records import event
-
-            logging.getLogger("batch_cancel.preflight").warning(
-                line, extra=event("preflight_step", **step.__dict__))
-        else:
-            click.echo(line, err=True)
+        tell(f"{mark} {step.name:<8} {step.detail} ({step.seconds:.2f} s)", "preflight_step",
+             **step.__dict__)  # fmt: skip
     failed = next((s for s in steps if not s.ok), None)
     click.echo(json.dumps({"ready": failed is None, "failed_step": failed.name if failed else None,
                            "steps": [s.__dict__ for s in steps]}))  # fmt: skip

@@ -20,9 +20,9 @@ from batch_cancel.cli._common import (
     error_summary,
     guarded,
     hide_secrets,
-    json_logs,
     log_options,
     read_password,
+    tell,
 )
 from batch_cancel.cli.help_sections import SectionedCommand
 from batch_cancel.cli.jobfile import check_env, job_option, job_password
@@ -410,13 +410,8 @@ def print_summary(summary: Any) -> None:
         summary.pending, summary.report, extra=event("summary", **summary.as_json()),
     )  # fmt: skip
     # in JSON every stderr line is a log object; in text these stay plain lines for people
-    as_json = json_logs()
-
     def say(text: str) -> None:
-        if as_json:
-            log.warning(text, extra=event("rejected_rows", run_id=summary.run_id))
-        else:
-            click.echo(text, err=True)
+        tell(text, "rejected_rows", run_id=summary.run_id)
 
     if summary.dry_run:
         say(f"dry run: {summary.total - summary.rejected - summary.duplicate} would be "

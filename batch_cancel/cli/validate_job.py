@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, log_options
+from batch_cancel.cli._common import guarded, log_options, tell
 
 __all__ = ["validate_job"]
 
@@ -63,9 +63,9 @@ def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) ->
     if inputs or job.values.get("inputs"):
         result.update(_dry_run(job_file, inputs, "html" in job.values))
     else:
-        click.echo(f"{job_file}: no inputs in the file: the caller gives them (not checked)", err=True)
+        tell(f"{job_file}: no inputs in the file: the caller gives them (not checked)", "job_note")
     for name in unset:
-        click.echo(f"{job_file}: note: {name} is not set here; `run` needs it", err=True)
+        tell(f"{job_file}: note: {name} is not set here; `run` needs it", "job_note", variable=name)
     click.echo(json.dumps(result))
 
 
