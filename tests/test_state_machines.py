@@ -305,6 +305,28 @@ async def test_recorder_a_failed_commit_loses_nothing(tmp_path: Path) -> None:
     assert recorder.buffered == 0 and recorder.failed_commits == 1
 
 
+async def test_recorder_cancelled_mid_commit_neither_loses_nor_repeats_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    _journal_with_rows(path, 2).close()
+    writer = JournalWriter(lambda: Journal.open(path, busy_timeout=5.0), str(path))
+    recorder = Recorder(writer, clock=time.time, monotonic=time.monotonic)
+    _sent(recorder, record(1))
+    blocker = sqlite3.connect(path)
+    blocker.execute("BEGIN IMMEDIATE")  # the commit waits on this lock
+    flushing = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0.2)
+    flushing.cancel()  # the run is cancelled while the commit waits
+    await asyncio.sleep(0.1)
+    blocker.rollback()  # the commit goes through after all
+    blocker.close()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert recorder.buffered == 0  # committed: not put back to be written twice
+    await recorder.flush()
+    await writer.close()
+    assert _committed(path) == ({1: "sent", 2: "planned"}, [(1, "sent")])
+
+
 async def test_recorder_unwritable_past_the_stall_limit_stops_naming_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     _journal_with_rows(path, 2).close()

@@ -133,10 +133,7 @@ class AckChannel:
 
     async def _stop_client(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _cancel_and_wait(task)
         self._tasks.clear()
         client = self._client
         with contextlib.suppress(Exception):
@@ -153,9 +150,7 @@ class AckChannel:
     async def close(self) -> None:
         self._closing = True
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
+            await _cancel_and_wait(self._supervisor)
         await self._stop_client()
         self.up.clear()
 
@@ -240,3 +235,17 @@ class AckChannel:
     def outage(self) -> float:
         """Seconds the channel has been down (0 while it is up)."""
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel one of our own tasks and wait for it to end. Its own cancellation (or a
+    failure while it stops) is expected; a cancellation of the caller is not swallowed."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception as exc:  # a channel being closed: say so, and go on closing
+        log.debug("CometD task %s ended with %r while closing", task.get_name(), exc)

@@ -152,12 +152,18 @@ class Recorder:
             return
         states, events = self._states, self._events
         self._states, self._events = {}, []
-        committed = False
+        committed = self._writer is None
         try:
             if self._writer is not None:
                 batch = list(states.values())
-                await self._writer.call(lambda s: s.save_states(batch, events))
-            committed = True
+                future = self._writer.submit(lambda s: s.save_states(batch, events))
+                try:
+                    await asyncio.shield(future)
+                finally:
+                    # cancelled while the commit runs on: learn how it ended, so the
+                    # batch is neither lost nor written twice (the cancellation goes on)
+                    await _settle(future)
+                    committed = future.exception() is None
         finally:
             if committed:
                 self.commits += 1
