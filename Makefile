@@ -46,6 +46,7 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.fleet
 
 clean:
 	rm -rf .venv-airflow

@@ -26,6 +26,7 @@ __all__ = [
     "GwsConfig",
     "JobDefaults",
     "RunConfig",
+    "StateDb",
     "refuse_url_credentials",
 ]
 
@@ -80,6 +81,23 @@ def refuse_url_credentials(url: str | None, name: str) -> None:
         raise GwsMisconfigured(f"{name} carries credentials (user:password@host); give the user in "
                                "GWS_USERNAME (or --username) and the password in GWS_PASSWORD "
                                "(or --password-file) instead")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StateDb:
+    """A PostgreSQL journal: where (``conninfo`` without a password) and how it is shared.
+
+    The password is never part of the URL: libpq reads PGPASSWORD or ~/.pgpass by
+    itself, or ``password`` comes from --state-password-file; it is never in a repr.
+    ``schema`` holds one installation's tables (several jobs, by run id); a worker's
+    claims on rows expire ``lease`` seconds after its last renewal.
+    """
+
+    conninfo: str
+    display: str
+    schema: str = "batch_cancel"
+    lease: float = 30.0
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,8 @@ class RunConfig:
     # Prometheus textfile (node_exporter), rewritten every metrics_interval seconds
     metrics_file: Path | None = None
     metrics_interval: float = 5.0
+    # a PostgreSQL journal that a fleet of workers shares, instead of the SQLite ``state``
+    state_db: StateDb | None = None
 
     def __post_init__(self) -> None:
         _check_bounds(self, ("rate", "concurrency", "ack_timeout", "max_attempts", "max_outage",
@@ -198,4 +218,5 @@ class RunConfig:
         d["state"] = str(self.state) if self.state else None
         d["html"] = str(self.html) if self.html else None
         d["metrics_file"] = str(self.metrics_file) if self.metrics_file else None
+        d["state_db"] = self.state_db.display if self.state_db else None
         return d

@@ -18,6 +18,8 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── NotificationChannelLost    CometD could not be (re)subscribed in time
     │   ├── JournalUnwritable          the journal could not be written for longer than allowed
     │   ├── BackgroundTaskFailed       a task the run relies on (watchdog, pacer, …) died
+    │   ├── JournalUnavailable         the PostgreSQL journal could not be reached
+    │   ├── LeaseLost                  a fleet worker was silent past its lease; it stops
     │   └── Interrupted                SIGINT / SIGTERM
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
@@ -39,8 +41,10 @@ __all__ = [
     "Interrupted",
     "JournalLocked",
     "JournalMismatch",
+    "JournalUnavailable",
     "JournalUnusable",
     "JournalUnwritable",
+    "LeaseLost",
     "NotificationChannelLost",
     "RequestError",
     "RequestRejected",
@@ -105,6 +109,14 @@ class AuthenticationError(AbortedError):
 
 class GwsUnavailable(AbortedError):
     """GWS could not be reached for longer than the allowed outage."""
+
+
+class JournalUnavailable(AbortedError):
+    """The PostgreSQL journal server could not be reached (a later run can resume)."""
+
+
+class LeaseLost(AbortedError):
+    """A fleet worker missed its heartbeats past the lease: its rows may be with others."""
 
 
 class NotificationChannelLost(AbortedError):

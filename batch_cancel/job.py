@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch_cancel import __version__
 from batch_cancel.config import GwsConfig, RunConfig
@@ -41,6 +42,10 @@ from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
 from batch_cancel.report.writers import check_report_path, write_report
 from batch_cancel.summary import Summary, summarise
+
+if TYPE_CHECKING:
+    from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.send.fleet import FleetWorker
 
 __all__ = ["decide_outputs", "new_run_id", "prepare", "run_job"]
 
@@ -68,6 +73,13 @@ def decide_outputs(config: RunConfig) -> RunConfig:
     """
     if config.report is not None:
         check_report_path(config.report)
+    if config.state_db is not None:  # a fleet's journal is a job in PostgreSQL, not a file
+        if not config.run_id:
+            raise ConfigError("--state postgresql://… needs --run-id: the job's name, the same for "
+                              "every worker")  # fmt: skip
+        report = config.report or Path("reports") / f"{config.run_id}.csv"
+        check_outputs(config.inputs, {"--report": report, "--html": config.html})
+        return dataclasses.replace(config, report=report)
     if config.state is not None:  # "--state is the input file" says more than "not a journal"
         check_outputs(config.inputs, {"--report": config.report, "--html": config.html,
                                       "--metrics-file": config.metrics_file, "--state": config.state},
@@ -87,12 +99,14 @@ def decide_outputs(config: RunConfig) -> RunConfig:
 
 def prepare(
     config: RunConfig, stop: asyncio.Event | None = None
-) -> tuple[Journal, str, list[InputFile]]:
+) -> tuple[Journal | PgJournal, str, list[InputFile]]:
     """Check inputs, open (or create) the journal and make sure the plan is complete."""
     if config.report is not None:
         check_report_path(config.report)
     files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding,
                            delimiter=config.delimiter)
+    if config.state_db is not None:
+        return _prepare_shared(config, files, stop), str(config.run_id), files
     run_id = config.run_id or new_run_id()
     state = config.state or Path("state") / f"{run_id}.sqlite"
     journal = Journal.open(state)
@@ -107,7 +121,7 @@ def prepare(
             run_id = str(journal.get_meta("run_id"))
             if config.run_id and config.run_id != run_id and not config.force:
                 raise JournalMismatch(
-                    f"journal {journal.path} belongs to run {run_id}, not {config.run_id}; "
+                    f"journal {journal.location} belongs to run {run_id}, not {config.run_id}; "
                     "use --force to resume anyway"
                 )
             _check_resume(journal, files, config)
@@ -120,6 +134,46 @@ def prepare(
     return journal, run_id, files
 
 
+def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Event | None) -> PgJournal:
+    """A job in PostgreSQL: the first worker makes it and plans it; the others check that
+    they were given the same inputs and settings, and wait for the plan."""
+    from batch_cancel.journal.postgres import PgJournal
+
+    assert config.state_db is not None
+    if not config.run_id:
+        raise ConfigError("--state postgresql://… needs --run-id: the job's name, the same for every worker")
+    journal = PgJournal.open(config.state_db, config.run_id)
+    try:
+        made = journal.create(
+            run_id=config.run_id, version=__version__, created_at=time.time(), operator=_operator(),
+            inputs=_identity(files), fingerprint=config.fingerprint(), config=config.public(),
+            planned=False,
+        )  # fmt: skip
+        if not made:
+            _check_resume(journal, files, config)
+        said = False
+        while not journal.get_meta("planned"):
+            with journal.plan_lock(wait=1.0, stop=stop.is_set if stop else None) as got:
+                if got and not journal.get_meta("planned"):
+                    counts = build_plan(journal, files, config, config.run_id, stop=stop)
+                    journal.set_meta(planned=True, plan_counts=dict(counts))
+            if stop is not None and stop.is_set():
+                raise Interrupted("interrupted while waiting for the plan: nothing was sent")
+            if not got and not said:
+                log.info("another worker is planning job %s: waiting for its plan", config.run_id)
+                said = True
+    except BaseException:
+        journal.close()
+        raise
+    return journal
+
+
+def _other_workers_running(journal: Journal | PgJournal) -> bool:
+    from batch_cancel.journal.postgres import PgJournal
+
+    return isinstance(journal, PgJournal) and journal.running_workers() > 0
+
+
 def _operator() -> str:
     try:
         return getpass.getuser()
@@ -127,14 +181,14 @@ def _operator() -> str:
         return "unknown"
 
 
-def _check_resume(journal: Journal, files: list[InputFile], config: RunConfig) -> None:
+def _check_resume(journal: Journal | PgJournal, files: list[InputFile], config: RunConfig) -> None:
     if config.force:
         return
     before = [(i["sha256"], i["size"]) for i in journal.get_meta("inputs") or []]
     now = [(f.sha256, f.size) for f in files]
     if before != now:
         raise JournalMismatch(
-            f"journal {journal.path} belongs to other input files "
+            f"journal {journal.location} belongs to other input files "
             f"({len(before)} file(s) with other contents); use --force to resume anyway"
         )
     old = journal.get_meta("fingerprint") or {}
@@ -142,7 +196,7 @@ def _check_resume(journal: Journal, files: list[InputFile], config: RunConfig) -
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise JournalMismatch(
-            f"journal {journal.path} was made with other settings ({', '.join(changed)}); "
+            f"journal {journal.location} was made with other settings ({', '.join(changed)}); "
             "use --force to resume anyway"
         )
 
@@ -164,6 +218,9 @@ async def run_job(
     # checking paths, waiting for the lock and planning block on files: threads keep
     # signals answered meanwhile
     config = await asyncio.to_thread(decide_outputs, config)
+    if config.state_db is not None:
+        # the workers of a fleet share the journal by design: rows are theirs by lease
+        return await _run_locked(config, gws, stop, progress, journaling)
     assert config.state is not None
     lock = await asyncio.to_thread(JournalLock.acquire, config.state, wait=config.wait_lock,
                                    should_stop=stop.is_set)  # fmt: skip
@@ -206,6 +263,7 @@ async def _run_locked(
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
     report = config.report or Path("reports") / f"{run_id}.csv"
     metrics: RunMetrics | None = None
+    fleet: FleetWorker | None = None
     try:
         counts = journal.counts()
         to_send = counts.get(Status.PLANNED, 0) + counts.get(Status.SENT, 0)
@@ -222,8 +280,16 @@ async def _run_locked(
             from batch_cancel.send.phase import Engine
 
             view = progress(to_send) if progress is not None else None
+            if config.state_db is not None:
+                from batch_cancel.journal.postgres import PgJournal
+                from batch_cancel.send.fleet import FleetWorker
+
+                assert isinstance(journal, PgJournal)
+                fleet = FleetWorker(journal, rate=config.rate, batch=config.concurrency,
+                                    retry_timed_out=config.retry_timed_out, stop=stop)  # fmt: skip
             engine = Engine(config, gws, journal, stop=stop, progress=view,
-                            on_latency=metrics.observe_latency if metrics else None)  # fmt: skip
+                            on_latency=metrics.observe_latency if metrics else None,
+                            fleet=fleet)  # fmt: skip
             # the metrics writer runs in the send phase's task group: if it fails, the run
             # ends at once naming it, like any task the run relies on
             alongside = {"metrics file writer": lambda: metrics.follow(engine)} if metrics else {}
@@ -232,7 +298,8 @@ async def _run_locked(
             except BatchCancelError as exc:
                 # whatever stopped the run (an abort, a login page that is not GWS, a refused
                 # certificate...), the report and the JSON line say what was done
-                summary = _finish(journal, run_id, report, config, engine.stats(), started, metrics)
+                summary = _finish(journal, run_id, report, config, engine.stats(), started, metrics,
+                                  fleet=fleet, state="stopped")  # fmt: skip
                 # a RequestError here: e.g. the device list could not be read
                 error: BatchCancelError = (
                     AbortedError(str(exc)) if isinstance(exc, RequestError) else exc
@@ -242,33 +309,51 @@ async def _run_locked(
                     raise
                 raise error from exc
             stats = engine.stats()
+            if fleet is not None:
+                stats.update(fleet_rows_claimed=fleet.claimed, fleet_rate_share=fleet.share)
             if engine.interrupted:
-                summary = _finish(journal, run_id, report, config, stats, started, metrics)
+                summary = _finish(journal, run_id, report, config, stats, started, metrics, fleet=fleet,
+                                  state="stopped")  # fmt: skip
                 stopped = Interrupted("interrupted by a signal: the run can be resumed with --state")
                 stopped.summary = summary  # type: ignore[attr-defined]
                 raise stopped
-        return _finish(journal, run_id, report, config, stats, started, metrics)
+        return _finish(journal, run_id, report, config, stats, started, metrics, fleet=fleet, shared=True)
     finally:
         journal.close()
 
 
 def _finish(
-    journal: Journal,
+    journal: Journal | PgJournal,
     run_id: str,
     report: Path,
     config: RunConfig,
     stats: dict[str, float],
     started: float,
     metrics: RunMetrics | None = None,
+    *,
+    fleet: FleetWorker | None = None,
+    state: str = "done",
+    shared: bool = False,
 ) -> Summary:
-    with contextlib.suppress(Exception):
-        journal.set_meta(finished_at=time.time(), last_stats=stats)
-    write_report(journal, report)
-    summary = summarise(journal, run_id, report, config, stats, time.monotonic() - started)
+    """Write the report and answer the summary. In a fleet only the last worker to
+    leave writes the report (the job's, complete); the others answer an empty path."""
+    last = True
+    if fleet is not None:
+        last = fleet.leave(state)
+    elif shared and config.state_db is not None:
+        last = not _other_workers_running(journal)
+    if last:
+        with contextlib.suppress(Exception):
+            journal.set_meta(finished_at=time.time(), last_stats=stats)
+        write_report(journal, report)
+    else:
+        log.info("other workers are still running job %s: the last to finish writes the report", run_id)
+    summary = summarise(journal, run_id, report if last else None, config, stats,
+                        time.monotonic() - started)  # fmt: skip
     if metrics is not None:
         metrics.final(summary)
         metrics.write()
-    if config.html is not None:
+    if config.html is not None and last:
         from batch_cancel.report.evidence import write_html
 
         write_html(journal, summary, config.html)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_cancel.config import RunConfig
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.store import Journal
+
+if TYPE_CHECKING:
+    from batch_cancel.journal.postgres import PgJournal
 
 __all__ = ["Summary", "summarise"]
 
@@ -47,9 +50,9 @@ class Summary:
 
 
 def summarise(
-    journal: Journal,
+    journal: Journal | PgJournal,
     run_id: str,
-    report: Path,
+    report: Path | None,
     config: RunConfig,
     stats: dict[str, float],
     elapsed: float,
@@ -64,8 +67,8 @@ def summarise(
         rejected=c.get(Status.REJECTED, 0),
         duplicate=c.get(Status.DUPLICATE, 0),
         pending=sum(c.get(s, 0) for s in REPORTED_PENDING),
-        report=str(report),
-        state=str(journal.path),
+        report=str(report) if report is not None else "",
+        state=journal.location,
         dry_run=config.dry_run,
         duplicates_of_unsuccessful=journal.duplicate_of_unsuccessful(),
         elapsed_s=round(elapsed, 3),

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 from helpers import make_sim
+from pg_server import PgServer
+from pg_server import start as pg_start
 
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -30,3 +33,23 @@ def sim() -> Iterator[ThreadedSimulator]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (tests/pg_server.py); skipped, loudly, only
+    when this machine cannot start one."""
+    server = pg_start()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
+    """A journal URL with a schema of its own for this test (no password in it)."""
+    schema = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return pg_server.url("postgres", schema=schema + "_" + secrets.token_hex(3))

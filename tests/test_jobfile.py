@@ -87,9 +87,15 @@ def test_paths_are_relative_to_the_job_file(tmp_path: Path, monkeypatch: pytest.
     got = params("--job", "job.toml")
     assert got["inputs"] == (sub.resolve() / "../data/a.csv", Path("/abs/b.csv"))
     assert got["report"] == sub.resolve() / "out/r.jsonl"
-    assert got["state"] == sub.resolve() / "s.sqlite"
+    assert Path(got["state"]) == sub.resolve() / "s.sqlite"  # a path or a URL: a string
     # INPUT on the command line replaces the file's list (flags win), relative to the cwd
     assert params("--job", "job.toml", "today.csv")["inputs"] == (Path("today.csv"),)
+
+
+def test_a_postgresql_state_url_in_a_job_file_is_kept_as_it_is(tmp_path: Path) -> None:
+    url = "postgresql://batch@db.example.com:5432/ops?schema=s1"
+    f = job(tmp_path, f'state = "{url}"\n')
+    assert params("--job", str(f), "x.csv")["state"] == url
 
 
 def test_keys_may_use_dashes_and_flags_take_booleans(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate-job": ("batch_cancel.cli.validate_job", "validate_job",
                      "Check a job file (keys, types, inputs) without sending anything."),
     "merge": ("batch_cancel.cli.merge", "merge", "Combine the reports of a sharded run into one."),
+    "report": ("batch_cancel.cli.report", "report", "Write a job's report from its journal, at any time."),
     "preflight": ("batch_cancel.cli.preflight", "preflight", "Check that a run would work, step by step."),
 }
 

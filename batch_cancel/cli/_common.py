@@ -16,7 +16,8 @@ import click
 from batch_cancel.exceptions import BatchCancelError, ConfigError
 
 __all__ = ["JsonLineCommand", "error_summary", "exit_with", "guarded", "hide_secrets", "json_logs",
-           "log_options", "read_password", "setup_logging", "tell"]  # fmt: skip
+           "log_options", "read_password", "read_state_password", "setup_logging", "split_state",
+           "tell"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -124,6 +125,35 @@ def read_password(password_file: Path | None) -> str | None:
             raise ConfigError(f"password file {password_file} is empty")
         return password
     return os.environ.get("GWS_PASSWORD") or None
+
+
+def read_state_password(password_file: Path | None) -> str | None:
+    """A PostgreSQL journal's password from --state-password-file; without one, libpq
+    reads PGPASSWORD or ~/.pgpass itself."""
+    if password_file is None:
+        return None
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --state-password-file {password_file}: {exc.strerror}") from exc
+    if not password:
+        raise ConfigError(f"--state-password-file {password_file} is empty")
+    return password
+
+
+def split_state(value: str | None, password_file: Path | None) -> tuple[Path | None, Any]:
+    """``--state``: a SQLite path, or a ``postgresql://`` URL (answered as a StateDb)."""
+    if value is None:
+        if password_file is not None:
+            raise ConfigError("--state-password-file is for --state postgresql://… only")
+        return None, None
+    if value.startswith(("postgresql://", "postgres://")):  # psycopg is imported only then
+        from batch_cancel.journal.postgres import parse_state_url
+
+        return None, parse_state_url(value, read_state_password(password_file))
+    if password_file is not None:
+        raise ConfigError("--state-password-file is for --state postgresql://… only")
+    return Path(value), None
 
 
 def tell(text: str, name: str, level: int = logging.WARNING, /, **figures: Any) -> None:

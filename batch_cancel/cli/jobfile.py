@@ -172,7 +172,8 @@ def _convert(path: Path, key: str, value: Any, param: click.Parameter, base: Pat
         if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
             shown = "a list of " + what.removeprefix("a ") + "s" if many else what
             raise ConfigError(f"job file {path}: {key} must be {shown}, not {_toml_type(item)}")
-    if isinstance(param.type, click.Path):
+    # --state is a path or a postgresql:// URL (which stays as it is)
+    if isinstance(param.type, click.Path) or param.name == "state":
         items = [_resolve(base, str(item)) for item in items]
     result: Any = items if many else items[0]
     try:
@@ -191,7 +192,7 @@ def _toml_type(value: Any) -> str:
 
 
 def _resolve(base: Path, value: str) -> str:
-    if value == "-":
+    if value == "-" or value.startswith(("postgresql://", "postgres://")):
         return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else base / p)

@@ -22,6 +22,7 @@ from batch_cancel.cli._common import (
     hide_secrets,
     log_options,
     read_password,
+    split_state,
     tell,
 )
 from batch_cancel.cli.help_sections import SectionedCommand
@@ -57,6 +58,12 @@ BATCH_CANCEL_RATE=5, BATCH_CANCEL_DRY_RUN=1), or the GWS_* variable named in
 its help. Precedence: a flag beats the environment, which beats the job file
 (--job), which beats the built-in default.
 \b
+  # a fleet: start this on as many hosts as you like; they drain one job together,
+  # sharing --rate (the job's total); the last to finish writes the report
+  export PGPASSWORD=...
+  batch-cancel run dnc_2026-11-26.csv ... --run-id dnc-2026-11-26 --rate 100 \\
+      --state postgresql://batch@db.example.com:5432/ops --report reports/dnc.csv
+\b
 Exit codes (the last stdout line is the JSON summary; its "exit_code" is always
 the process's, and "error" says why whenever it is not 0 or 1):
   0  every row cancelled (or a duplicate of a cancelled row)
@@ -72,6 +79,9 @@ the process's, and "error" says why whenever it is not 0 or 1):
   3  aborted, resumable with the same --state: authentication lost, GWS or
      CometD unreachable past --max-outage (5xx at login included), SIGINT or
      SIGTERM, an internal error
+  A fleet worker (--state postgresql://…) exits 0 or 1 only when the whole job
+  is complete (its JSON "report" is empty unless it was the last to finish), 3
+  when it stopped with rows left.
 """
 
 
@@ -271,8 +281,13 @@ class RunCommand(SectionedCommand, JsonLineCommand):
               help="After SIGINT/SIGTERM, wait this long for outstanding acks.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Report path: .csv, .parquet or .jsonl (default reports/<run id>.csv).")
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False),
-              help="Journal path; an existing journal is resumed (default state/<run id>.sqlite).")
+@click.option("--state", metavar="PATH|URL",
+              help="Journal: a SQLite path (an existing journal is resumed; default "
+                   "state/<run id>.sqlite), or postgresql://USER@HOST:PORT/DB[?schema=S&lease=SECONDS] "
+                   "for a job that several workers drain together (needs --run-id; the password from "
+                   "PGPASSWORD, ~/.pgpass or --state-password-file).")
+@click.option("--state-password-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File holding the PostgreSQL journal's password.")
 @click.option("--dry-run", is_flag=True, help="Plan and report what would be sent; no network.")
 @click.option("--force", is_flag=True, help="Resume a journal even if input or settings changed.")
 @click.option("--retry-timed-out", is_flag=True, help="On resume, send timed-out records again.")
@@ -323,13 +338,14 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         strict_validation=opts["strict_validation"],
         operation=opts["operation"],
     )  # fmt: skip
+    state, state_db = split_state(opts["state"], opts["state_password_file"])
     cfg = RunConfig(
         inputs=tuple(inputs), defaults=job, phone_column=opts["phone_column"],
         encoding=opts["encoding"], delimiter=opts["delimiter"], rate=opts["rate"],
         concurrency=opts["concurrency"],
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
-        state=opts["state"], dry_run=opts["dry_run"], force=opts["force"],
+        state=state, state_db=state_db, dry_run=opts["dry_run"], force=opts["force"],
         retry_timed_out=opts["retry_timed_out"], shard=opts["shard"], run_id=opts["run_id"],
         adaptive_rate=opts["adaptive_rate"], html=opts["html"],
         metrics_file=opts["metrics_file"], metrics_interval=opts["metrics_interval"],

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from batch_cancel.cli._common import guarded, log_options
+from batch_cancel.cli._common import guarded, log_options, split_state
 from batch_cancel.journal.rows import FINAL, REPORTED
 
-__all__ = ["describe", "status"]
+__all__ = ["describe", "describe_shared", "status"]
 
 FINAL_ORDER = tuple(str(s) for s in REPORTED if s in FINAL)
 
@@ -66,21 +66,74 @@ def _holder(state: Path) -> str | None:
 
     holder = lock_holder(state)
     return holder.describe(time.time()) if holder is not None else None
+def describe_shared(db: Any, run_id: str | None) -> dict[str, Any]:
+    """A job in a PostgreSQL journal: its counts, and its workers with their leases."""
+    from batch_cancel.exceptions import ConfigError
+    from batch_cancel.journal.postgres import PgJournal
+
+    journal = PgJournal.open(db, run_id or "")
+    try:
+        if run_id is None:
+            jobs = journal.jobs()
+            if len(jobs) != 1:
+                raise ConfigError(f"{db.display} holds {len(jobs)} jobs; name one with --run-id "
+                                  f"({', '.join(jobs[-10:]) or 'none'})")  # fmt: skip
+            journal.close()
+            journal = PgJournal.open(db, jobs[0])
+        if journal.is_new():
+            raise ConfigError(f"{db.display} has no job {journal.run_id!r}")
+        counts = journal.counts()
+        workers = journal.workers()
+        return {
+            "run_id": journal.run_id,
+            "state": journal.location,
+            "inputs": journal.get_meta("inputs"),
+            "planned": bool(journal.get_meta("planned")),
+            "total": sum(counts.values()),
+            "counts": {**{k: counts.get(k, 0) for k in FINAL_ORDER},
+                       "pending": counts.get("planned", 0) + counts.get("sent", 0)},
+            "workers": [{**w, "rate_share": round(float(w["rate_share"]), 3),
+                         "heartbeat_age_s": round(float(w.pop("heartbeat_age")), 1)} for w in workers],
+            "finished_at": journal.get_meta("finished_at"),
+            "last_stats": journal.get_meta("last_stats"),
+        }  # fmt: skip
+    finally:
+        journal.close()
 
 
 @click.command(epilog="""\b
-Example:
+Examples:
   batch-cancel status --state state/dnc.sqlite
   batch-cancel status --state state/dnc.sqlite --json | jq .resume
+  PGPASSWORD=... batch-cancel status --state postgresql://batch@db:5432/ops --run-id dnc-2026-11-26
 """)  # fmt: skip
-@click.option("--state", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="The run's journal.")
+@click.option("--state", required=True, metavar="PATH|URL",
+              help="The run's journal: a SQLite path or a postgresql:// URL.")
+@click.option("--state-password-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File holding the PostgreSQL journal's password (else PGPASSWORD or ~/.pgpass).")
+@click.option("--run-id", metavar="ID", help="The job, in a PostgreSQL journal that holds several.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @log_options
 @guarded
-def status(state: Path, as_json: bool) -> None:
-    """Show a run's counts by status and what a resume would do."""
-    info = describe(state)
+def status(state: str, state_password_file: Path | None, run_id: str | None, as_json: bool) -> None:
+    """Show a run's counts by status and what a resume would do; for a PostgreSQL
+    journal, also its workers, their leases and rate shares."""
+    path, db = split_state(state, state_password_file)
+    if db is not None:
+        shared = describe_shared(db, run_id)
+        if as_json:
+            click.echo(json.dumps(shared, default=str))
+            return
+        click.echo(f"job {shared['run_id']}  ({shared['total']} rows)  journal {shared['state']}")
+        for name, n in shared["counts"].items():
+            click.echo(f"  {name:<10} {n}")
+        click.echo(f"workers ({len(shared['workers'])}):")
+        for w in shared["workers"]:
+            click.echo(f"  {w['worker']:<28} {w['state']:<8} heartbeat {w['heartbeat_age_s']:>6} s ago  "
+                       f"{w['leased']:>5} row(s) leased  rate share {w['rate_share']:g}/s")  # fmt: skip
+        return
+    assert path is not None
+    info = describe(path)
     if as_json:
         click.echo(json.dumps(info, default=str))
         return

@@ -90,6 +90,11 @@ class Journal:
     def location(self) -> str:
         return str(self.path)
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where planning may spill temporary files: beside the journal."""
+        return self.path.parent
+
     def close(self) -> None:
         self._db.close()
 

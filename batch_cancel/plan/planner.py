@@ -19,7 +19,7 @@ import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +30,9 @@ from batch_cancel.input.files import InputFile, read_batches
 from batch_cancel.journal import snapshot
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
+
+if TYPE_CHECKING:
+    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.plan.columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
 from batch_cancel.plan.dedupe import Deduper, partitions_for
 from batch_cancel.plan.phones import ForeignFormat, Phone, PhoneFormat, normalise, region_ok
@@ -147,7 +150,7 @@ def _estimated_rows(files: Sequence[InputFile]) -> int:
 
 
 def build_plan(
-    journal: Journal,
+    journal: Journal | PgJournal,
     files: Sequence[InputFile],
     config: RunConfig,
     run_id: str,
@@ -161,7 +164,7 @@ def build_plan(
     prefix = reference_id(run_id, 0).removesuffix("0")
     counts: Counter[str] = Counter()
     journal.reset_plan()
-    with journal.planning(), Deduper(journal.path.parent,
+    with journal.planning(), Deduper(journal.spill_dir,
                                      partitions_for(_estimated_rows(files))) as deduper:
         for batch in read_batches(files, phone_column=config.phone_column,
                                   encoding=config.encoding, batch_rows=_BATCH_ROWS):

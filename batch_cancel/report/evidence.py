@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_cancel import __version__
 from batch_cancel.journal.rows import REPORTED, REPORTED_PENDING, Status
 from batch_cancel.journal.store import Journal
+
+if TYPE_CHECKING:
+    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
 from batch_cancel.summary import Summary
 
@@ -56,7 +59,7 @@ class _Scan:
     last_ack: float | None = None
 
 
-def _scan(journal: Journal, limit: int) -> _Scan:
+def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
     scan = _Scan(examples={s: [] for s in ATTENTION})
     # locals, not attribute look-ups: this loop runs once per row of a possibly huge run
     counts, per_source, examples = scan.counts, scan.per_source, scan.examples
@@ -83,7 +86,7 @@ def _scan(journal: Journal, limit: int) -> _Scan:
     return scan
 
 
-def write_html(journal: Journal, summary: Summary, path: Path, *, limit: int = 200) -> Path:
+def write_html(journal: Journal | PgJournal, summary: Summary, path: Path, *, limit: int = 200) -> Path:
     """Write the evidence page for the journal's run; answer its path.
 
     ``limit`` bounds the rows listed per problem status; the page says how many
@@ -147,7 +150,7 @@ def _setting(value: Any) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------------
-def _page(journal: Journal, summary: Summary, scan: _Scan, limit: int) -> Iterator[str]:
+def _page(journal: Journal | PgJournal, summary: Summary, scan: _Scan, limit: int) -> Iterator[str]:
     run_id = journal.get_meta("run_id") or summary.run_id
     yield "<!DOCTYPE html>"
     yield '<html lang="en"><head><meta charset="utf-8">'
@@ -193,7 +196,7 @@ def _verdict(summary: Summary, scan: _Scan) -> str:
     return f'<p class="verdict {cls}" id="verdict" data-exit-code="{summary.exit_code}">{escape(text)}</p>'
 
 
-def _run_section(journal: Journal, summary: Summary, scan: _Scan) -> Iterator[str]:
+def _run_section(journal: Journal | PgJournal, summary: Summary, scan: _Scan) -> Iterator[str]:
     made_by = journal.get_meta("version")
     rows = [
         ("Run id", f'<span class="mono">{_e(journal.get_meta("run_id") or summary.run_id)}</span>'),
@@ -206,7 +209,7 @@ def _run_section(journal: Journal, summary: Summary, scan: _Scan) -> Iterator[st
         ("Dry run", "yes" if summary.dry_run else "no"),
         ("Exit code", str(summary.exit_code)),
         ("Report", f'<span class="mono">{_e(summary.report)}</span>'),
-        ("Journal", f'<span class="mono">{_e(journal.path)}</span>'),
+        ("Journal", f'<span class="mono">{_e(journal.location)}</span>'),
         ("Tool version", escape(__version__)
          + (f" (journal made by {_e(made_by)})" if made_by and made_by != __version__ else "")),
     ]  # fmt: skip
@@ -215,7 +218,7 @@ def _run_section(journal: Journal, summary: Summary, scan: _Scan) -> Iterator[st
     yield "</section>"
 
 
-def _inputs_section(journal: Journal, scan: _Scan) -> Iterator[str]:
+def _inputs_section(journal: Journal | PgJournal, scan: _Scan) -> Iterator[str]:
     files = list(journal.get_meta("inputs") or [])
     known = {str(f.get("path")) for f in files}
     # rows from a source the identity does not list would be a bug; show them rather than hide them
@@ -313,7 +316,7 @@ def _rows_section(status: str, scan: _Scan, limit: int, report: str) -> Iterator
     yield "</tbody></table></section>"
 
 
-def _config_section(journal: Journal) -> Iterator[str]:
+def _config_section(journal: Journal | PgJournal) -> Iterator[str]:
     config = journal.get_meta("config")
     yield "<section><h2>Effective configuration</h2>"
     if not config:

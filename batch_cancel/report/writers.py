@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,6 +37,9 @@ from batch_cancel.exceptions import ConfigError
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.journal.store import Journal
+
+if TYPE_CHECKING:
+    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.report.csv_text import write_csv_batch
 from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SCHEMA, TIMESTAMPS
 
@@ -61,7 +64,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def report_rows(journal: Journal) -> Iterator[dict[str, Any]]:
+def report_rows(journal: Journal | PgJournal) -> Iterator[dict[str, Any]]:
     """The report's rows as dicts, read from the journal's records."""
     for r in journal.iter_rows():
         out = {c: r.get(c) for c in REPORT_COLUMNS}
@@ -82,7 +85,7 @@ def _as_batches(rows: Iterable[dict[str, Any]], size: int = _BATCH) -> Iterator[
         yield pa.RecordBatch.from_pylist(chunk, schema=REPORT_SCHEMA)
 
 
-def report_batches(journal: Journal) -> Iterator[pa.RecordBatch]:
+def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch]:
     """The report's rows as Arrow batches (REPORT_COLUMNS), in row order."""
     fast = snapshot_batches(journal)
     return fast if fast is not None else _as_batches(report_rows(journal))
@@ -93,7 +96,7 @@ def check_report_path(path: Path) -> None:
         raise ConfigError(f"report {path}: unknown format {path.suffix!r} (use .csv, .parquet or .jsonl)")
 
 
-def write_report(journal: Journal, path: Path) -> Path:
+def write_report(journal: Journal | PgJournal, path: Path) -> Path:
     check_report_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

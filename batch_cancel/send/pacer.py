@@ -73,6 +73,8 @@ class Pacer:
         # send times over the last second, only needed to find an unlimited run's ceiling
         self._recent: deque[float] | None = deque() if adaptive and rate <= 0 else None
         self.paused_until = 0.0
+        self.held = False  # a fleet worker whose share of the job's rate is 0 for now
+        self._rate_changes = 0
         self.pauses = 0
         self.paused_seconds = 0.0
         self._streak = 0
@@ -136,9 +138,40 @@ class Pacer:
             self._recent.popleft()
         return float(len(self._recent))
 
+    # -- a fleet worker's share ---------------------------------------------------
+    def set_rate(self, rate: float) -> None:
+        """A new share of a job's rate (``send/fleet.py``): the rate and its ceiling.
+
+        0 holds every request until a share comes. Slots already reserved at a lower
+        rate are pulled in to the new interval, so a raised share takes effect at once.
+        Called from the journal's thread: the fields are plain floats, each assignment
+        atomic, and ``acquire`` reads the rate once per request.
+        """
+        if rate <= 0:
+            self.held = True
+            self._rate_changes += 1
+            return
+        self.ceiling = rate
+        self.current = rate if not self.adaptive else min(max(self.current, self._floor), rate)
+        self.minimum = min(self.minimum, self.current)
+        self._next_slot = min(self._next_slot, self._clock() + 1.0 / self.current)
+        self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
+        self.held = False
+
     # -- pacing ------------------------------------------------------------------
     async def acquire(self) -> None:
         """Wait out any pause, then for this request's slot in the schedule."""
+        while True:
+            while self.held:
+                await self._sleep(0.05)
+            changes = self._rate_changes
+            await self._acquire_slot()
+            # a fleet share lowered while this request slept: its slot was of the old
+            # schedule, so it takes one of the new (the declared share bounds the sending)
+            if changes == self._rate_changes:
+                return
+
+    async def _acquire_slot(self) -> None:
         await self.wait_pause()
         rate = self.current
         if math.isinf(rate):

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from batch_cancel.config import GwsConfig, RunConfig
 from batch_cancel.exceptions import ConfigError, JournalUnwritable, TransientError
@@ -27,6 +28,11 @@ from batch_cancel.send.record import Record
 from batch_cancel.send.sender import Sender, SenderSettings
 from batch_cancel.send.supervision import background, one_error
 
+if TYPE_CHECKING:
+    from batch_cancel.journal.interface import SendStore
+    from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.send.fleet import FleetWorker
+
 __all__ = ["Engine"]
 
 log = logging.getLogger("batch_cancel")
@@ -39,11 +45,12 @@ class Engine:
         self,
         config: RunConfig,
         gws: GwsConfig,
-        journal: Journal,
+        journal: Journal | PgJournal,
         *,
         stop: asyncio.Event,
         progress: Callable[[dict[str, int]], None] | None = None,
         on_latency: Callable[[float], None] | None = None,
+        fleet: FleetWorker | None = None,
     ) -> None:
         self._config = config
         self._gws = gws
@@ -51,6 +58,7 @@ class Engine:
         self._stop = stop
         self._progress = progress
         self._on_latency = on_latency
+        self._fleet = fleet  # a worker of a PostgreSQL job (send/fleet.py), or None
         self.interrupted = False
         self._sender: Sender | None = None
         self._matcher: Matcher | None = None
@@ -65,10 +73,8 @@ class Engine:
         (by name) to run in the send phase's task group while records are sent."""
         cfg = self._config
         # the send phase's journal I/O runs on the writer's thread, over a connection of its own
-        path = self._journal.path
-        # one statement never waits on a lock for longer than the stall the run allows
-        busy = min(BUSY_TIMEOUT, cfg.max_outage / 2)
-        writer = JournalWriter(lambda: Journal.open(path, busy_timeout=busy), str(path))
+        path = self._journal.location
+        writer = JournalWriter(self._store_opener(), path)
         recorder = Recorder(writer if journaling else None, clock=time.time,
                             monotonic=time.monotonic, stall_limit=cfg.max_outage)  # fmt: skip
         self._recorder = recorder
@@ -137,6 +143,19 @@ class Engine:
                 location=str(path),
             )
 
+    def _store_opener(self) -> Callable[[], SendStore]:
+        """How the writer's thread opens its own connection to the same journal."""
+        journal = self._journal
+        if isinstance(journal, Journal):
+            path = journal.path
+            # one statement never waits on a lock for longer than the stall the run allows
+            busy = min(BUSY_TIMEOUT, self._config.max_outage / 2)
+            return lambda: Journal.open(path, busy_timeout=busy)
+        from batch_cancel.journal.postgres import PgJournal
+
+        db, run_id = journal.db, journal.run_id
+        return lambda: PgJournal.open(db, run_id)
+
     async def _send(self, sender: Sender, recorder: Recorder, session: GwsSession,
                     channel: AckChannel, writer: JournalWriter, device: str | None,
                     alongside: dict[str, Callable[[], Awaitable[None]]]) -> None:
@@ -156,7 +175,13 @@ class Engine:
                     background("progress display", self._report_progress()), name="progress"))
             for name, work in alongside.items():
                 helpers.append(group.create_task(background(name, work()), name=name))
-            await sender.run(self._records(writer, device))
+            fleet = self._fleet
+            if fleet is not None:
+                assert self._pacer is not None
+                await fleet.join(self._pacer)
+                helpers.append(group.create_task(
+                    background("fleet heartbeat", fleet.heartbeat(self._pacer)), name="fleet-heartbeat"))
+            await sender.run(fleet.records(device) if fleet is not None else self._records(writer, device))
             if self._stop.is_set() and self._matcher is not None:
                 await self._grace(self._matcher)
             for task in helpers:

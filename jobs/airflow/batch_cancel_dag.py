@@ -1,9 +1,37 @@
-"""Airflow DAG: the nightly DNC scrub, sharded, resumable, merged into one report.
+"""Airflow DAGs: the nightly DNC scrub, resumable, one report. Two modes, one file:
+
+**fleet** (``batch_cancel_nightly_dnc_fleet``, for several hosts): the journal is a
+PostgreSQL database that every Airflow worker reaches; the mapped tasks are workers
+of one job, no shards, no merge:
+
+    find_input ──> run_worker[0..W-1] (mapped) ──> write_report
+
+* ``run_worker`` runs ``batch-cancel run --job <job file> <input> --run-id <from the
+  DAG run id> --state postgresql://…`` (the database from the Airflow connection
+  ``BATCH_CANCEL_JOURNAL_CONN_ID``, its password handed over as PGPASSWORD in the
+  environment). The first worker plans, the others wait for the plan; each claims
+  rows under a lease and takes its share of the job file's ``rate`` (the job's
+  total, whatever W is). A retry, on any host, joins the same job again; rows a
+  killed try had in flight are resent with the same referenceId once its lease
+  expires. Exit 0/1 (the whole job is complete) succeeds; 3 fails the try and
+  Airflow retries; 2 fails at once.
+* ``write_report`` runs ``batch-cancel report`` (even when a worker failed for
+  good: its rows show as pending); its exit code colours the DAG run: 0 green,
+  1 (rows failed) or 3 (rows pending) red.
+
+**shards** (``batch_cancel_nightly_dnc_scrub``, single host): one SQLite journal
+per shard, merged at the end:
 
     find_input ──> run_shard[0..N-1] (mapped) ──> merge_reports
 
-* ``find_input`` copies the newest file of the inbox into this run's folder on
-  shared storage, so every shard (and every retry) reads the same bytes.
+SQLite journals must be on a **local disk** of the one host that runs every shard:
+SQLite's WAL does not work over a network filesystem (its documentation says so),
+and an Airflow retry that lands on another host would not find the journal. For
+more than one host use the fleet mode.
+
+* ``find_input`` (both modes) copies the newest file of the inbox into this run's
+  folder, so every task (and every retry) reads the same bytes; in fleet mode that
+  folder must be on storage every worker host reads (plain files, no SQLite there).
 * ``run_shard`` runs ``batch-cancel run --job <job file> <input> --shard i/N
   --run-id <from the DAG run id> --state <run folder>/shard-i.sqlite --report
   <run folder>/shard-i.csv`` as a subprocess. The journal path and run id are the
@@ -14,13 +42,22 @@
 * ``merge_reports`` runs ``batch-cancel merge`` over the shards' reports even when a
   shard failed; its exit code colours the DAG run: 0 green, anything else red.
 
-Configuration is environment only, read by the scheduler (shard count) and the
-workers (the rest); nothing secret is in this file:
+Configuration is environment only, read by the scheduler (mode, shard and worker
+counts) and the workers (the rest); nothing secret is in this file:
+
+    BATCH_CANCEL_MODE        which DAG is scheduled: "shards" (default) or "fleet";
+                             the other one is defined but runs only when triggered
+    BATCH_CANCEL_WORKERS     W, fleet workers run at once (4); GWS sees the job's rate
+    BATCH_CANCEL_JOURNAL_CONN_ID  Airflow connection (type postgres) of the fleet's
+                             journal (batch_cancel_journal): host, port, login, password,
+                             schema = the database; extras: journal_schema (batch_cancel),
+                             lease (seconds, 30), sslmode and other libpq options
 
     BATCH_CANCEL_INBOX       folder the nightly files arrive in (/data/dnc/inbox)
     BATCH_CANCEL_PATTERN     which of its files count ("*.csv")
     BATCH_CANCEL_MIN_AGE_S   ignore files younger than this, still being written (300)
-    BATCH_CANCEL_SHARED      shared storage for journals and reports (/data/batch-cancel)
+    BATCH_CANCEL_SHARED      run folders: input copy, reports, shard journals (/data/batch-cancel);
+                             shards: a local disk; fleet: storage every worker reads
     BATCH_CANCEL_SHARDS      N, the number of shards run at once (4); GWS sees N x rate
     BATCH_CANCEL_SCHEDULE    cron schedule ("0 2 * * *")
     BATCH_CANCEL_RETRIES     tries after the first for a stopped shard (3), each resuming
@@ -49,6 +86,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseHook, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
@@ -56,7 +94,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 log = logging.getLogger(__name__)
 
 DAG_ID = "batch_cancel_nightly_dnc_scrub"
+FLEET_DAG_ID = "batch_cancel_nightly_dnc_fleet"
+MODE = os.environ.get("BATCH_CANCEL_MODE", "shards")
 SHARDS = int(os.environ.get("BATCH_CANCEL_SHARDS", "4"))
+WORKERS = int(os.environ.get("BATCH_CANCEL_WORKERS", "4"))
 SCHEDULE = os.environ.get("BATCH_CANCEL_SCHEDULE", "0 2 * * *")
 RETRIES = int(os.environ.get("BATCH_CANCEL_RETRIES", "3"))
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("BATCH_CANCEL_RETRY_DELAY_S", "120")))
@@ -100,6 +141,37 @@ def merge_command(count: int, run_id: str) -> list[str]:
     folder = run_folder(run_id)
     reports = [str(folder / f"shard-{i}.csv") for i in range(count)]
     return [*cli(), "merge", *reports, "--out", str(folder / "merged.csv"), "--run-id", run_id]
+
+
+def journal_url() -> tuple[str, dict[str, str]]:
+    """The fleet's journal as ``postgresql://LOGIN@HOST:PORT/DB?schema=…`` (no password in it)
+    and the environment that carries its password (PGPASSWORD), from the Airflow connection."""
+    conn_id = _setting("BATCH_CANCEL_JOURNAL_CONN_ID", "batch_cancel_journal")
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise AirflowFailException(f"fleet mode needs the Airflow connection {conn_id!r} "
+                                   "(type postgres) for its journal") from None  # fmt: skip
+    if not conn.host or not conn.login:
+        raise AirflowFailException(f"connection {conn_id!r}: host and login are required")
+    extras = dict(conn.extra_dejson)
+    query = {"schema": str(extras.pop("journal_schema", "batch_cancel"))}
+    query.update({str(k): str(v) for k, v in extras.items()})
+    url = (f"postgresql://{quote(conn.login, safe='')}@{conn.host}:{conn.port or 5432}/"
+           f"{quote(conn.schema or 'postgres', safe='')}?{urlencode(query)}")  # fmt: skip
+    return url, ({"PGPASSWORD": str(conn.password)} if conn.password else {})
+
+
+def worker_command(input_path: str, run_id: str, url: str) -> list[str]:
+    folder = run_folder(run_id)
+    return [*cli(), "run", "--job", job_file(), input_path, "--run-id", run_id, "--state", url,
+            "--report", str(folder / "report.csv")]  # fmt: skip
+
+
+def report_command(run_id: str, url: str) -> list[str]:
+    folder = run_folder(run_id)
+    return [*cli(), "report", "--state", url, "--run-id", run_id, "--out", str(folder / "report.csv"),
+            "--html", str(folder / "report.html")]  # fmt: skip
 
 
 def gws_env() -> dict[str, str]:
@@ -151,9 +223,37 @@ def invoke(cmd: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any] | N
     return proc.returncode, summary if isinstance(summary, dict) else None
 
 
+@task
+def find_input() -> str:
+    """The newest file of the inbox, copied into this run's folder (kept on retries)."""
+    ctx = get_current_context()
+    run_id = batch_run_id(str(ctx["run_id"]))
+    folder = run_folder(run_id)
+    snapshot = folder / "input"
+    taken = sorted(p for p in snapshot.glob("*") if not p.name.startswith("."))  # not a half copy
+    if taken:
+        return str(taken[0])  # a retry of this task keeps the file the run started with
+    inbox = Path(_setting("BATCH_CANCEL_INBOX", "/data/dnc/inbox"))
+    pattern = _setting("BATCH_CANCEL_PATTERN", "*.csv")
+    min_age = float(_setting("BATCH_CANCEL_MIN_AGE_S", "300"))
+    now = datetime.now().timestamp()
+    ready = [p for p in inbox.glob(pattern) if p.is_file() and now - p.stat().st_mtime >= min_age]
+    if not ready:
+        raise AirflowFailException(f"no input: nothing matching {pattern} (older than "
+                                   f"{min_age:.0f} s) in {inbox}")  # fmt: skip
+    newest = max(ready, key=lambda p: (p.stat().st_mtime, p.name))
+    snapshot.mkdir(parents=True, exist_ok=True)
+    partial = snapshot / f".{newest.name}.copying"
+    shutil.copy2(newest, partial)
+    target = snapshot / newest.name
+    partial.rename(target)
+    log.info("input %s (copied from %s)", target, newest)
+    return str(target)
+
+
 @dag(
     dag_id=DAG_ID,
-    schedule=SCHEDULE,
+    schedule=SCHEDULE if MODE != "fleet" else None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # two nights at once would double the load on GWS
@@ -161,32 +261,6 @@ def invoke(cmd: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any] | N
     doc_md=__doc__,
 )
 def nightly_dnc_scrub() -> None:
-    @task
-    def find_input() -> str:
-        ctx = get_current_context()
-        run_id = batch_run_id(str(ctx["run_id"]))
-        folder = run_folder(run_id)
-        snapshot = folder / "input"
-        taken = sorted(p for p in snapshot.glob("*") if not p.name.startswith("."))  # not a half copy
-        if taken:
-            return str(taken[0])  # a retry of this task keeps the file the run started with
-        inbox = Path(_setting("BATCH_CANCEL_INBOX", "/data/dnc/inbox"))
-        pattern = _setting("BATCH_CANCEL_PATTERN", "*.csv")
-        min_age = float(_setting("BATCH_CANCEL_MIN_AGE_S", "300"))
-        now = datetime.now().timestamp()
-        ready = [p for p in inbox.glob(pattern) if p.is_file() and now - p.stat().st_mtime >= min_age]
-        if not ready:
-            raise AirflowFailException(f"no input: nothing matching {pattern} (older than "
-                                       f"{min_age:.0f} s) in {inbox}")  # fmt: skip
-        newest = max(ready, key=lambda p: (p.stat().st_mtime, p.name))
-        snapshot.mkdir(parents=True, exist_ok=True)
-        partial = snapshot / f".{newest.name}.copying"
-        shutil.copy2(newest, partial)
-        target = snapshot / newest.name
-        partial.rename(target)
-        log.info("input %s (copied from %s)", target, newest)
-        return str(target)
-
     @task(retries=RETRIES, retry_delay=RETRY_DELAY, retry_exponential_backoff=True)
     def run_shard(shard: int, count: int, input_path: str) -> dict[str, Any]:
         run_id = batch_run_id(str(get_current_context()["run_id"]))
@@ -216,3 +290,47 @@ def nightly_dnc_scrub() -> None:
 
 
 nightly_dnc_scrub()
+
+
+@dag(
+    dag_id=FLEET_DAG_ID,
+    schedule=SCHEDULE if MODE == "fleet" else None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["batch-cancel", "dnc", "fleet"],
+    doc_md=__doc__,
+)
+def nightly_dnc_fleet() -> None:
+    @task(retries=RETRIES, retry_delay=RETRY_DELAY, retry_exponential_backoff=True)
+    def run_worker(worker: int, input_path: str) -> dict[str, Any]:
+        run_id = batch_run_id(str(get_current_context()["run_id"]))
+        run_folder(run_id).mkdir(parents=True, exist_ok=True)
+        url, secret = journal_url()
+        code, summary = invoke(worker_command(input_path, run_id, url), {**gws_env(), **secret})
+        if code == 2:
+            raise AirflowFailException(f"worker {worker}: usage or input error (exit 2), see the log")
+        if code not in (0, 1) or summary is None:
+            raise AirflowException(f"worker {worker}: stopped (exit {code}); a retry joins the job again")
+        return summary  # 0 or 1: the whole job is complete; the report decides the colour
+
+    @task(trigger_rule="all_done")  # also after a failed worker: its rows show as pending
+    def write_report() -> dict[str, Any]:
+        ctx = get_current_context()
+        run_id = batch_run_id(str(ctx["run_id"]))
+        run_folder(run_id).mkdir(parents=True, exist_ok=True)
+        url, secret = journal_url()
+        code, summary = invoke(report_command(run_id, url), {**os.environ, **secret})
+        if summary is not None:
+            ctx["ti"].xcom_push(key="summary", value=summary)
+        if code != 0 or summary is None:
+            counts = {k: (summary or {}).get(k) for k in ("total", "cancelled", "failed", "timed_out",
+                                                             "rejected", "duplicate", "pending")}  # fmt: skip
+            raise AirflowFailException(f"job {run_id}: exit {code}: {counts}")
+        return summary
+
+    workers = run_worker.partial(input_path=find_input()).expand(worker=list(range(WORKERS)))
+    workers >> write_report()
+
+
+nightly_dnc_fleet()

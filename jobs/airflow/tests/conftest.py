@@ -20,6 +20,7 @@ os.environ.update({
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     "BATCH_CANCEL_SHARDS": "3",  # read when the DAG file is parsed
+    "BATCH_CANCEL_WORKERS": "3",
     "BATCH_CANCEL_RETRIES": "1",
     "BATCH_CANCEL_RETRY_DELAY_S": "1",
 })  # fmt: skip

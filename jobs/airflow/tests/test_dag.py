@@ -116,10 +116,14 @@ def states(dag_run: Any) -> dict[str, list[str]]:
 
 
 def xcoms(dag_run: Any, task_id: str, key: str = "return_value") -> list[Any]:
+    return xcoms_of(dag_run, DAG_ID, task_id, key)
+
+
+def xcoms_of(dag_run: Any, dag_id: str, task_id: str, key: str = "return_value") -> list[Any]:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=DAG_ID, task_ids=task_id, key=key)
+    query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id, task_ids=task_id, key=key)
     with create_session() as session:
         rows = sorted(session.scalars(query).all(), key=lambda r: r.map_index)
         return [XComModel.deserialize_value(r) for r in rows]
@@ -209,3 +213,85 @@ def test_no_input_fails_the_run(setup: dict[str, Any], monkeypatch: pytest.Monke
     got = states(dag_run)
     assert got["find_input"] == ["failed"] and str(dag_run.state) in ("failed", "DagRunState.FAILED"), got
     assert got["merge_reports"] == ["failed"], got  # runs after all, and finds no reports
+
+
+# -- fleet mode: the mapped tasks are workers of one PostgreSQL job ---------------------------
+FLEET_DAG_ID = "batch_cancel_nightly_dnc_fleet"
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[Any]:
+    """The main suite's PostgreSQL server helper (tests/pg_server.py): Debian's binaries in a
+    temporary data directory; skipped, loudly, only where no server can be started."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+    try:
+        from pg_server import start
+    finally:
+        sys.path.pop(0)
+    server = start()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def use_journal_connection(monkeypatch: pytest.MonkeyPatch, server: Any, journal_schema: str) -> None:
+    conn = {"conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
+            "password": server.password, "schema": "postgres",
+            "extra": {"journal_schema": journal_schema, "lease": "5"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_BATCH_CANCEL_JOURNAL", json.dumps(conn))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+
+
+def load_fleet_dag() -> Any:
+    bag = DagBag(dag_folder=str(DAG_FILE))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.get_dag(FLEET_DAG_ID)
+
+
+def test_fleet_dag_maps_workers_of_one_job_and_writes_one_report() -> None:
+    dag = load_fleet_dag()
+    assert set(dag.task_ids) == {"find_input", "run_worker", "write_report"}
+    worker = dag.get_task("run_worker")
+    assert type(worker).__name__ == "DecoratedMappedOperator"
+    assert worker.op_kwargs_expand_input.value == {"worker": [0, 1, 2]}  # BATCH_CANCEL_WORKERS=3
+    assert dag.get_task("write_report").upstream_task_ids == {"run_worker"}
+    assert str(dag.get_task("write_report").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    # only one of the two DAGs is scheduled (BATCH_CANCEL_MODE, shards by default)
+    assert dag.schedule is None or str(dag.timetable.summary) in ("None", "")
+    source = DAG_FILE.read_text(encoding="utf-8")
+    assert "local disk" in source  # SQLite journals: the DAG's documentation says where
+
+
+def test_fleet_dag_run_in_postgresql_mode(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                          pg_server: Any) -> None:  # fmt: skip
+    sim = Simulator()
+    try:
+        use_connection(monkeypatch, sim)
+        use_journal_connection(monkeypatch, pg_server, "af_fleet")
+        dag_run = load_fleet_dag().test()
+        got = states(dag_run)
+        assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), got
+        assert got["run_worker"] == ["success"] * 3 and got["write_report"] == ["success"], got
+        folder = run_folder(dag_run)
+        report = read_csv(folder / "report.csv")
+        assert [int(r["row"]) for r in report] == list(range(1, 15))
+        assert {r["status"] for r in report} == {"cancelled"}
+        assert [r["phone_number"] for r in report] == setup["numbers"]
+        assert (folder / "report.html").is_file()
+        assert not list(folder.glob("*.sqlite"))  # no SQLite journal: the job lives in PostgreSQL
+        # dag.test() runs mapped tasks one after another: the first worker drains the job, the
+        # others join a complete job and send nothing (overlapping workers: tests/test_fleet.py)
+        pushed = xcoms_of(dag_run, FLEET_DAG_ID, "run_worker")
+        assert [p["exit_code"] for p in pushed] == [0, 0, 0]
+        assert all(p["cancelled"] == 14 and p["pending"] == 0 for p in pushed)
+        (summary,) = xcoms_of(dag_run, FLEET_DAG_ID, "write_report", key="summary")
+        assert summary["total"] == summary["cancelled"] == 14 and summary["exit_code"] == 0
+        ledger = sim.ledger()
+        assert sorted(e.phone_number for e in ledger.entries) == sorted(setup["numbers"])  # once each
+        # the password reached the workers through the environment only
+        assert pg_server.password not in json.dumps([*pushed, summary])
+    finally:
+        sim.stop()

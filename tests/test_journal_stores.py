@@ -1,0 +1,250 @@
+"""The journal's behaviour, the same for both stores: SQLite (a path) and PostgreSQL (a fleet).
+
+Each test here runs once per store (``store`` is parametrised); the PostgreSQL
+runs use the real server of conftest.pg_server and skip loudly without one.
+Then the PostgreSQL store's own duties: leases, rate shares, planning once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import numbers, write_csv
+from pg_server import PgServer
+
+from batch_cancel.config import JobDefaults, RunConfig
+from batch_cancel.exceptions import LeaseLost
+from batch_cancel.input.files import inspect_inputs
+from batch_cancel.job import prepare
+from batch_cancel.journal.postgres import PgJournal, parse_state_url
+from batch_cancel.journal.rows import RowEvent, RowState, Status
+from batch_cancel.journal.store import Journal
+from batch_cancel.plan.planner import build_plan
+from batch_cancel.report.writers import write_report
+
+AnyJournal = Journal | PgJournal
+JOB = JobDefaults(application_id=134, campaign="Campaign1", calling_list="CallingList1")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], AnyJournal]]:
+    """Opens the journal of a run id in the store under test (a new one per test)."""
+    opened: list[AnyJournal] = []
+    if request.param == "sqlite":
+        def open_(run_id: str) -> AnyJournal:
+            opened.append(Journal.open(tmp_path / f"{run_id}.sqlite"))
+            return opened[-1]
+    else:
+        url: str = request.getfixturevalue("pg_url")
+        server: PgServer = request.getfixturevalue("pg_server")
+        db = parse_state_url(url, server.password)
+
+        def open_(run_id: str) -> AnyJournal:
+            opened.append(PgJournal.open(db, run_id))
+            return opened[-1]
+    yield open_
+    for j in opened:
+        j.close()
+
+
+def _input(tmp: Path) -> Path:
+    good = numbers(30)
+    rows = [[n] for n in good] + [["not a number"], [good[3]], ["123"], [good[7]]]
+    return write_csv(tmp / "in.csv", ["phone"], rows)
+
+
+def _plan(journal: AnyJournal, src: Path, run_id: str) -> dict[str, int]:
+    cfg = RunConfig(inputs=(src,), defaults=JOB)
+    files = inspect_inputs(cfg.inputs, phone_column=None, encoding="utf-8")
+    return dict(build_plan(journal, files, cfg, run_id))
+
+
+def test_plan_counts_and_report_before_anything_is_sent(opener: Callable[[str], AnyJournal],
+                                                        tmp_path: Path) -> None:
+    j = opener("r1")
+    j.set_meta(run_id="r1", inputs=[])
+    counts = _plan(j, _input(tmp_path), "r1")
+    assert counts == {"planned": 30, "rejected": 2, "duplicate": 2}
+    assert j.counts() == {"planned": 30, "rejected": 2, "duplicate": 2}
+    assert j.duplicates_between(1, 100) == [(32, 4), (34, 8)]
+    assert [r for r, _, _ in j.first_rejected()] == [31, 33]
+    out = write_report(j, tmp_path / "r.csv").read_text()
+    assert out.count("\n") == 35 and out.count(",pending,") == 30
+
+
+def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJournal],
+                                                   tmp_path: Path) -> None:
+    j = opener("r2")
+    j.set_meta(run_id="r2")
+    _plan(j, _input(tmp_path), "r2")
+    to_send = j.to_send(after_row=0, limit=100, retry_timed_out=False)
+    assert [r.row for r in to_send] == list(range(1, 31))
+    assert to_send[0].reference_id.endswith("-1") and to_send[0].status == "planned"
+    assert [r.row for r in j.to_send(after_row=10, limit=5, retry_timed_out=False)] == [11, 12, 13, 14, 15]
+    t = 1_790_000_000.0
+    states = [("cancelled", 1, 200, 0, "CancelRecordAcknowledge", None, t, t + 0.1, 100.0, 1),
+              ("failed", 2, 200, 0, None, "no such record", t, t + 0.2, 200.0, 4),
+              ("sent", 1, None, None, None, None, t, None, None, 5),
+              ("timed_out", 3, 200, 0, None, None, t, None, None, 8)]  # fmt: skip
+    events = [(1, t, "sent", 1, None, None, None), (1, t + 0.1, "cancelled", 1, 200, 0, None),
+              (4, t + 0.2, "failed", 2, 200, 0, "no such record")]  # fmt: skip
+    # the typed shapes the recorder hands the writer, statuses as the StrEnum
+    j.save_states([RowState(Status(s[0]), *s[1:]) for s in states], [RowEvent(*e) for e in events])
+    assert j.counts() == {"planned": 26, "sent": 1, "cancelled": 1, "failed": 1, "timed_out": 1,
+                          "rejected": 2, "duplicate": 2}  # fmt: skip
+    assert [e[1] for e in j.events_for(1)] == ["sent", "cancelled"]
+    # row 34 repeats row 8, which timed out: a duplicate of an unsuccessful row
+    assert j.duplicate_of_unsuccessful() == 2  # 32 -> 4 (failed), 34 -> 8 (timed out)
+    left = [r.row for r in j.to_send(after_row=0, limit=100, retry_timed_out=False)]
+    assert 1 not in left and 4 not in left and 5 in left and 8 not in left
+    assert 8 in [r.row for r in j.to_send(after_row=0, limit=100, retry_timed_out=True)]
+    rows = {r["row"]: r for r in j.iter_rows()}
+    assert rows[1]["status"] == "cancelled" and rows[1]["latency_ms"] == 100.0
+    assert rows[4]["error"] == "no such record"
+
+
+def test_both_stores_write_byte_identical_reports(tmp_path: Path, pg_url: str, pg_server: PgServer) -> None:
+    """The same plan and the same state changes: the same report, whatever the store."""
+    src = _input(tmp_path)
+    lite = Journal.open(tmp_path / "j.sqlite")
+    pg = PgJournal.open(parse_state_url(pg_url, pg_server.password), "same")
+    try:
+        for j in (lite, pg):
+            j.set_meta(run_id="same")
+            _plan(j, src, "same")
+        for name in ("a.csv", "a.jsonl"):
+            assert (write_report(lite, tmp_path / f"lite-{name}").read_bytes()
+                    == write_report(pg, tmp_path / f"pg-{name}").read_bytes())  # fmt: skip
+        t = 1_790_000_000.5
+        for j in (lite, pg):
+            j.save_states([("cancelled", 2, 200, 0, "ack", None, t, t + 1, 1000.0, 3)],
+                          [(3, t, "cancelled", 2, 200, 0, "é ' \" , x")])  # fmt: skip
+        assert (write_report(lite, tmp_path / "lite.csv").read_bytes()
+                == write_report(pg, tmp_path / "pg.csv").read_bytes())  # fmt: skip
+        assert lite.events_for(3) == pg.events_for(3)
+    finally:
+        lite.close()
+        pg.close()
+
+
+# -- the PostgreSQL store's own duties --------------------------------------------------------
+@pytest.fixture
+def pg_job(pg_url: str, pg_server: PgServer, tmp_path: Path) -> Iterator[Callable[[], PgJournal]]:
+    """Connections to one planned 30-row job (each call: a connection of its own)."""
+    db = parse_state_url(pg_url.replace("?", "?lease=0.5&"), pg_server.password)
+    opened: list[PgJournal] = []
+
+    def connect() -> PgJournal:
+        opened.append(PgJournal.open(db, "job"))
+        return opened[-1]
+
+    first = connect()
+    first.set_meta(run_id="job")
+    _plan(first, _input(tmp_path), "job")
+    yield connect
+    for j in opened:
+        j.close()
+
+
+def test_claims_skip_rows_another_worker_holds_and_take_them_when_its_lease_expires(
+        pg_job: Callable[[], PgJournal]) -> None:
+    a, b = pg_job(), pg_job()
+    a.join("A", 0, lambda r: None)
+    b.join("B", 0, lambda r: None)
+    got_a = [r.row for r in a.claim("A", 10)]
+    got_b = [r.row for r in b.claim("B", 10)]
+    assert got_a == list(range(1, 11)) and got_b == list(range(11, 21))
+    a.heartbeat("A", 0, lambda r: None)  # A renews; B does not
+    time.sleep(0.6)  # past B's lease (0.5 s)
+    a.heartbeat("A", 0, lambda r: None)
+    again = [r.row for r in a.claim("A", 30)]
+    assert again == list(range(11, 31))  # B's rows (expired) and the rest; never A's own twice
+    # a final outcome gives the lease up; open rows count every row with no outcome
+    a.save_states([("cancelled", 1, 200, 0, None, None, 1.0, 2.0, 1.0, 1)], [])
+    assert a.open_rows() == 29
+    assert a.release("A") == 29 and b.claim("B", 1)[0].row == 1 + 1
+
+
+def test_concurrent_claims_never_hand_one_row_to_two_workers(pg_job: Callable[[], PgJournal]) -> None:
+    workers = [pg_job() for _ in range(4)]
+    got: dict[str, list[int]] = {}
+
+    def take(j: PgJournal, name: str) -> None:
+        rows: list[int] = []
+        while batch := j.claim(name, 2):
+            rows += [r.row for r in batch]
+        got[name] = rows
+
+    threads = [threading.Thread(target=take, args=(j, f"w{i}")) for i, j in enumerate(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = sorted(r for rows in got.values() for r in rows)
+    assert everything == list(range(1, 31))  # each planned row once, by exactly one worker
+
+
+def test_rate_shares_never_add_up_to_more_than_the_jobs_rate(pg_job: Callable[[], PgJournal]) -> None:
+    conns = {name: pg_job() for name in "ABC"}
+    applied: dict[str, list[float]] = {n: [] for n in conns}
+
+    def beat(name: str) -> float:
+        return conns[name].heartbeat(name, 90.0, applied[name].append)
+
+    def declared() -> float:
+        return sum(float(w["rate_share"]) for w in conns["A"].workers() if w["state"] == "running")
+
+    assert conns["A"].join("A", 90.0, applied["A"].append) == 90.0
+    assert conns["B"].join("B", 90.0, applied["B"].append) == 0.0  # A still holds it all
+    assert declared() <= 90.0
+    assert beat("A") == 45.0 and beat("B") == 45.0
+    assert conns["C"].join("C", 90.0, applied["C"].append) == 0.0
+    for name in "ABCABC":
+        beat(name)
+        assert declared() <= 90.0 + 1e-9
+    assert [beat(n) for n in "ABC"] == [30.0, 30.0, 30.0]
+    # C goes silent past the lease: A and B, still beating, take its share back
+    until = time.monotonic() + 0.7
+    while time.monotonic() < until:
+        beat("A"), beat("B")
+        time.sleep(0.05)
+    assert [w["state"] for w in conns["A"].workers() if w["worker"] == "C"] == ["lost"]
+    assert beat("A") == 45.0 and beat("B") == 45.0
+    # C comes back: it was counted out, its rows may be with the others: it must stop
+    with pytest.raises(LeaseLost):
+        beat("C")
+    assert applied["C"][-1] == 0.0  # its pacer was held first
+    # the last to leave learns that it is the last
+    assert conns["A"].leave("A", "done") is False
+    assert conns["B"].leave("B", "done") is True
+
+
+def test_workers_starting_together_plan_the_job_once(pg_url: str, pg_server: PgServer,
+                                                     tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(2000)])
+    db = parse_state_url(pg_url, pg_server.password)
+    cfg = RunConfig(inputs=(src,), defaults=JOB, state_db=db, run_id="together")
+    results: list[Any] = []
+
+    def worker() -> None:
+        journal, run_id, _ = prepare(cfg)
+        results.append((run_id, journal.counts()))
+        journal.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [("together", {"planned": 2000})] * 3
+    check = PgJournal.open(db, "together")
+    try:
+        assert check.get_meta("plan_counts") == {"planned": 2000}
+        assert sum(1 for _ in check.iter_rows()) == 2000  # planned once: no row twice
+    finally:
+        check.close()
