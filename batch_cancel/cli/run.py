@@ -225,7 +225,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "metrics_interval": "Outputs",
         "log_format": "Outputs",
         "verbose": "Outputs", "quiet": "Outputs",
-        "state": "Resume", "state_password_file": "Resume", "run_id": "Resume", "force": "Resume", "retry_timed_out": "Resume",
+        "state": "Resume", "state_password_file": "Resume", "run_id": "Resume",
+         "force": "Resume", "retry_timed_out": "Resume",
         "wait_lock": "Resume",
     }  # fmt: skip
     ORDER: ClassVar[tuple[str, ...]] = (
