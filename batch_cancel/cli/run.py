@@ -226,7 +226,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "log_format": "Outputs",
         "verbose": "Outputs", "quiet": "Outputs",
         "state": "Resume", "state_password_file": "Resume", "run_id": "Resume",
-         "force": "Resume", "retry_timed_out": "Resume",
+        "force": "Resume", "retry_timed_out": "Resume",
         "wait_lock": "Resume",
     }  # fmt: skip
     ORDER: ClassVar[tuple[str, ...]] = (
