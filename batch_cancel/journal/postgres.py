@@ -370,6 +370,9 @@ class PgJournal:
             if self.get_meta("plan_snapshot") is not None:
                 self._drop_snapshot()
             if states:
+                # rows locked in row order, as every other statement here locks them
+                self._x("SELECT row FROM {s}.records WHERE run_id=%s AND row = ANY(%s) ORDER BY row "
+                        "FOR UPDATE", [self.run_id, sorted({s[-1] for s in states})])  # fmt: skip
                 cols = [*STATE_COLUMNS, "row"]
                 # a Status is text to PostgreSQL (psycopg would send an Enum by its name)
                 arrays = [[str(v) if isinstance(v, Status) else v for v in col]
@@ -427,9 +430,8 @@ class PgJournal:
 
     def release(self, worker: str) -> int:
         """Give back the rows this worker holds and has no outcome for (a clean stop)."""
-        cur = self._x("UPDATE {s}.records SET lease_owner=NULL, lease_until=NULL WHERE run_id=%s "
-                      "AND lease_owner=%s", [self.run_id, worker])  # fmt: skip
-        return cur.rowcount
+        with self.transaction():
+            return self._set_leases(worker, "lease_owner=NULL, lease_until=NULL", [])
 
     # -- a fleet: workers ------------------------------------------------------------------
     def join(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
@@ -449,16 +451,17 @@ class PgJournal:
         """
         lease = self.db.lease
         with self.transaction():
-            # one worker at a time decides shares: the job's row is the lock
-            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR UPDATE", [self.run_id])
+            # one worker at a time decides shares: the job's row is the lock. NO KEY: the
+            # event log's foreign key takes KEY SHARE on that row for every insert, and a
+            # worker's writer must not wait for the heartbeat that waits for its rows
+            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR NO KEY UPDATE", [self.run_id])
             me = self._x("UPDATE {s}.workers SET heartbeat_at=now() WHERE run_id=%s AND worker=%s "
                          "RETURNING state", [self.run_id, worker]).fetchone()  # fmt: skip
             if me is None or me[0] != "running":
                 apply(0.0)
                 raise LeaseLost(f"worker {worker} was silent for more than its lease "
                                 f"({lease:g} s): its rows may have gone to other workers, so it stops")
-            self._x("UPDATE {s}.records SET lease_until=now() + make_interval(secs => %s) "
-                    "WHERE run_id=%s AND lease_owner=%s", [lease, self.run_id, worker])  # fmt: skip
+            self._set_leases(worker, "lease_until=now() + make_interval(secs => %s)", [lease])
             self._x("UPDATE {s}.workers SET state='lost', rate_share=0 WHERE run_id=%s AND "
                     "state='running' AND heartbeat_at < now() - make_interval(secs => %s)",
                     [self.run_id, lease])  # fmt: skip
@@ -483,15 +486,27 @@ class PgJournal:
         """This worker stops (``done`` or ``stopped``); answers True if no other worker of
         the job is still running (this one is the last to finish)."""
         with self.transaction():
-            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR UPDATE", [self.run_id])
-            self._x("UPDATE {s}.records SET lease_owner=NULL, lease_until=NULL WHERE run_id=%s "
-                    "AND lease_owner=%s", [self.run_id, worker])  # fmt: skip
+            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR NO KEY UPDATE", [self.run_id])
+            self._set_leases(worker, "lease_owner=NULL, lease_until=NULL", [])
             self._x("UPDATE {s}.workers SET state=%s, rate_share=0, finished_at=now() "
                     "WHERE run_id=%s AND worker=%s", [state, self.run_id, worker])  # fmt: skip
             row = self._x("SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' "
                           "AND heartbeat_at >= now() - make_interval(secs => %s)",
                           [self.run_id, self.db.lease]).fetchone()  # fmt: skip
         return not row or int(row[0]) == 0
+
+    def _set_leases(self, worker: str, assignment: str, params: list[Any]) -> int:
+        """Update the rows a worker holds, locking them in row order first.
+
+        The worker's writer thread updates the same rows (save_states, also in row
+        order) over another connection: locks taken in one order cannot deadlock.
+        """
+        cur = self._x(
+            "WITH held AS MATERIALIZED (SELECT row FROM {s}.records WHERE run_id=%s AND lease_owner=%s "
+            f"ORDER BY row FOR UPDATE) UPDATE {{s}}.records r SET {assignment} FROM held "
+            "WHERE r.run_id=%s AND r.row=held.row",
+            [self.run_id, worker, *params, self.run_id])  # fmt: skip
+        return cur.rowcount
 
     def running_workers(self) -> int:
         """Workers of the job that are running and alive (heartbeat within a lease)."""

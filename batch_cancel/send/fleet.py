@@ -61,8 +61,10 @@ class FleetWorker:
     async def heartbeat(self, pacer: Pacer) -> None:
         """Renew leases and the rate share until cancelled; stop the run if it cannot."""
         lease = self.journal.db.lease
+        delay = self.heartbeat_every
         while True:
-            await asyncio.sleep(self.heartbeat_every)
+            await asyncio.sleep(delay)
+            delay = self.heartbeat_every
             try:
                 share = await asyncio.to_thread(self.journal.heartbeat, self.id, self._rate,
                                                 pacer.set_rate)  # fmt: skip
@@ -75,6 +77,7 @@ class FleetWorker:
                         f"({lease / 2:g} s): this worker stops before its rows go to others ({exc})"
                     ) from exc
                 log.warning("heartbeat failed, retrying: %s", exc)
+                delay = min(0.2, self.heartbeat_every)  # again soon: the lease is running out
                 continue
             self._last_beat = time.monotonic()
             if share != self.share:
