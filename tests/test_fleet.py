@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import ENV, job_args, numbers, read_report, run_cli, write_csv
 from pg_server import PgServer
 
@@ -33,6 +34,7 @@ def _fleet_args(sim: ThreadedSimulator, tmp: Path, src: Path, url: str, run_id: 
     return [*args, "--run-id", run_id]
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_one_worker_runs_a_job_in_postgresql(sim: ThreadedSimulator, tmp_path: Path, pg_url: str,
                                              pg_server: PgServer) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(40)])
@@ -113,6 +115,8 @@ N_FLEET = 6000
 FLEET_RATE = 600
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_three_workers_drain_one_job_once_each_within_the_jobs_rate(
         sim: ThreadedSimulator, tmp_path: Path, pg_server: PgServer) -> None:
     """Must show: three workers, one 6,000-row job: each referenceId POSTed exactly once,
@@ -156,6 +160,8 @@ def _leased_open(server: PgServer, schema: str, run_id: str, pid: int) -> set[st
     return {r[0] for r in rows}
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_kill_9_of_a_worker_its_rows_in_flight_are_resent_by_the_others(
         sim: ThreadedSimulator, tmp_path: Path, pg_server: PgServer) -> None:
     """Must show: kill -9 of one worker mid-run; the others finish the job; rows are
@@ -198,6 +204,7 @@ def test_kill_9_of_a_worker_its_rows_in_flight_are_resent_by_the_others(
     assert states[victim.pid] == "lost" and info["counts"]["cancelled"] == n
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_password_from_a_file_and_never_in_the_url(sim: ThreadedSimulator, tmp_path: Path,
                                                    pg_url: str, pg_server: PgServer) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(5)])
@@ -224,6 +231,7 @@ def test_password_from_a_file_and_never_in_the_url(sim: ThreadedSimulator, tmp_p
     assert pg_server.password not in bad.stdout + bad.stderr
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_a_fleet_job_needs_a_run_id_and_the_same_inputs(sim: ThreadedSimulator, tmp_path: Path,
                                                         pg_url: str, pg_server: PgServer) -> None:
     env = {**ENV, "PGPASSWORD": pg_server.password}
@@ -242,6 +250,7 @@ def test_a_fleet_job_needs_a_run_id_and_the_same_inputs(sim: ThreadedSimulator, 
     assert len(sim.ledger.entries) == 5 and (tmp_path / "again.csv").is_file()
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_report_at_any_time_shows_pending_rows(sim: ThreadedSimulator, tmp_path: Path, pg_url: str,
                                                pg_server: PgServer) -> None:
     env = {**ENV, "PGPASSWORD": pg_server.password}

@@ -31,7 +31,7 @@ AnyJournal = Journal | PgJournal
 JOB = JobDefaults(application_id=134, campaign="Campaign1", calling_list="CallingList1")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.subprocess)])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], AnyJournal]]:
     """Opens the journal of a run id in the store under test (a new one per test)."""
     opened: list[AnyJournal] = []
@@ -108,6 +108,7 @@ def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJou
     assert rows[4]["error"] == "no such record"
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_both_stores_write_byte_identical_reports(tmp_path: Path, pg_url: str, pg_server: PgServer) -> None:
     """The same plan and the same state changes: the same report, whatever the store."""
     src = _input(tmp_path)
@@ -151,6 +152,7 @@ def pg_job(pg_url: str, pg_server: PgServer, tmp_path: Path) -> Iterator[Callabl
         j.close()
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_claims_skip_rows_another_worker_holds_and_take_them_when_its_lease_expires(
         pg_job: Callable[[], PgJournal]) -> None:
     a, b = pg_job(), pg_job()
@@ -170,6 +172,7 @@ def test_claims_skip_rows_another_worker_holds_and_take_them_when_its_lease_expi
     assert a.release("A") == 29 and b.claim("B", 1)[0].row == 1 + 1
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_concurrent_claims_never_hand_one_row_to_two_workers(pg_job: Callable[[], PgJournal]) -> None:
     workers = [pg_job() for _ in range(4)]
     got: dict[str, list[int]] = {}
@@ -189,6 +192,7 @@ def test_concurrent_claims_never_hand_one_row_to_two_workers(pg_job: Callable[[]
     assert everything == list(range(1, 31))  # each planned row once, by exactly one worker
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_rate_shares_never_add_up_to_more_than_the_jobs_rate(pg_job: Callable[[], PgJournal]) -> None:
     conns = {name: pg_job() for name in "ABC"}
     applied: dict[str, list[float]] = {n: [] for n in conns}
@@ -224,6 +228,7 @@ def test_rate_shares_never_add_up_to_more_than_the_jobs_rate(pg_job: Callable[[]
     assert conns["B"].leave("B", "done") is True
 
 
+@pytest.mark.subprocess  # a PostgreSQL server
 def test_workers_starting_together_plan_the_job_once(pg_url: str, pg_server: PgServer,
                                                      tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(2000)])
