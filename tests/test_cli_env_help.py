@@ -101,6 +101,7 @@ def test_batch_cancel_rate_changes_the_rate_of_a_real_run(sim: ThreadedSimulator
     assert len(sim.ledger.entries) == 6
 
 
+@pytest.mark.subprocess
 def test_shell_completion_is_clicks_own() -> None:
     exe = Path(sys.executable).with_name("batch-cancel")
     out = subprocess.run([str(exe)], env={**os.environ, "_BATCH_CANCEL_COMPLETE": "bash_source"},

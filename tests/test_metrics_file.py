@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import ENV, Faults, job_args, make_sim, numbers, read_report, write_csv
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +31,7 @@ def rows(m: dict[str, Any]) -> dict[str, float]:
     return {s: m[f"batch_cancel_rows{{status={s}}}"] for s in statuses}
 
 
+@pytest.mark.subprocess
 def test_metrics_file_mid_run_and_at_the_end_equal_the_summary(tmp_path: Path) -> None:
     nums = numbers(40)
     sim = make_sim(failing_numbers=frozenset(nums[:3]),

@@ -105,6 +105,7 @@ def no_proxy_env() -> dict[str, str]:
             "ALL_PROXY": "", "all_proxy": "", "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
 
 
+@pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_whole_run_through_the_proxy_to_a_private_ca(pki: Pki, proxy: Proxy, tmp_path: Path) -> None:
     sim = tls_sim(pki)
     try:
@@ -131,6 +132,7 @@ def test_whole_run_through_the_proxy_to_a_private_ca(pki: Pki, proxy: Proxy, tmp
         sim.stop()
 
 
+@pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_without_proxy_credentials_the_proxy_refuses_and_nothing_is_sent(
     pki: Pki, proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -147,6 +149,7 @@ def test_without_proxy_credentials_the_proxy_refuses_and_nothing_is_sent(
         sim.stop()
 
 
+@pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_unknown_ca_exits_2_naming_the_host_and_nothing_is_sent(
     pki: Pki, proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -200,6 +203,7 @@ def test_ssl_cert_file_is_honoured_without_ca_bundle(pki: Pki, tmp_path: Path) -
         sim.stop()
 
 
+@pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_mutual_tls_accepted_with_a_client_certificate_refused_without(
     pki: Pki, proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -220,6 +224,7 @@ def test_mutual_tls_accepted_with_a_client_certificate_refused_without(
         sim.stop()
 
 
+@pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_preflight_names_the_proxy_and_the_trust_store(pki: Pki, proxy: Proxy) -> None:
     sim = tls_sim(pki)
     try:
