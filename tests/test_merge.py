@@ -202,7 +202,7 @@ def test_escaping_is_read_back_and_each_format_keeps_its_own(tmp_path: Path) -> 
     assert ",'@cell," in new and "\n3,-5,+12122000003," in new
     assert run_cli(["merge", str(tmp_path / "m.csv"), "--out", str(tmp_path / "again.jsonl")]).exit_code == 0
     assert read_report(tmp_path / "again.jsonl") == back
-    assert run_cli(["merge", str(old), "--out", str(tmp_path / "m.parquet")]).exit_code == 0
+    assert run_cli(["merge", str(old), "--out", str(tmp_path / "m.parquet")]).exit_code == 1  # a rejected row
     assert read_report(tmp_path / "m.parquet")[0]["error"] == "=HYPERLINK(1)"
 
 
@@ -226,3 +226,22 @@ def test_every_value_survives_the_csv_report_and_merge(tmp_path: Path, value: st
 def test_help_has_an_example() -> None:
     out = run_cli(["merge", "--help"]).stdout
     assert "batch-cancel merge reports/n/shard-*.csv --out" in out and "Exit codes" in out
+
+
+def test_old_parquet_reports_with_text_times_merge_into_typed_ones(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_cancel.report.schema import REPORT_SCHEMA
+
+    rows = [_row(1, sent_at="2026-11-26T01:02:03.456Z", acked_at="2026-11-26T01:02:04.000Z"),
+            _row(2, "rejected")]
+    old = tmp_path / "old.parquet"  # as written before: the times as text
+    pq.write_table(pa.Table.from_pylist(rows, schema=REPORT_SCHEMA), old)
+    assert run_cli(["merge", str(old), "--out", str(tmp_path / "m.parquet")]).exit_code == 1  # a rejected row
+    merged = pq.read_table(tmp_path / "m.parquet")
+    assert merged.schema.field("sent_at").type == pa.timestamp("ms", tz="UTC")
+    assert run_cli(["merge", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "m.jsonl")]).exit_code == 1
+    back = read_report(tmp_path / "m.jsonl")
+    assert [(r["sent_at"], r["acked_at"]) for r in back] == [
+        ("2026-11-26T01:02:03.456Z", "2026-11-26T01:02:04.000Z"), (None, None)]
