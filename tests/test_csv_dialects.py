@@ -160,3 +160,11 @@ def test_a_stray_quote_inside_a_value_is_text_not_an_error(tmp_path: Path) -> No
     last.write_text("phone_number,notes\n2125550134,ok\n2125550135,\"never closed\n")
     stderr, _ = dry_run(tmp_path, last, expect=2)
     assert f"{last}: line 3: a quoted value starts here and its closing quote is missing" in stderr
+
+
+def test_a_first_record_longer_than_a_block_is_read(tmp_path: Path) -> None:
+    src = tmp_path / "first.csv"
+    src.write_text(csv_text([["phone_number", "notes"], ["2125550134", "x\n" * 600_000],
+                             ["2125550135", "y"]]))
+    _, rows = dry_run(tmp_path, src)
+    planned(rows, 2)

@@ -145,6 +145,9 @@ def test_one_number_with_separator_characters_is_one_number(raw: str, e164: str)
                                  "(212) 555-0134 [mobile]"])
 def test_a_label_after_the_number_is_ignored_with_a_warning(raw: str) -> None:
     assert normalise(raw) == Phone(US, "2125550134", None, "text after the number ignored")
+    as_is = normalise(raw, fmt=PhoneFormat.AS_IS).sent  # the label is not sent either
+    assert as_is is not None and phonenumbers.parse(as_is, "US").national_number == 2125550134
+    assert not any(c.isalpha() for c in as_is)
 
 
 @pytest.mark.parametrize("raw", ["(212) 555-0134 (cell 2)", "2125550134 99"])

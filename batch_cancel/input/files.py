@@ -289,21 +289,19 @@ def _csv_failure(f: InputFile, exc: BaseException, max_chars: int, used: Sequenc
 
 def _csv_header(f: InputFile, max_chars: int) -> tuple[list[str], bool]:
     """Column names and whether any data row follows them."""
-    try:
-        reader = _open_csv(f, None, None)
-        return list(reader.schema.names), any(batch.num_rows for batch in reader)
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            _fail(f.path, "empty file (no header)")
-        if "straddl" in str(exc):  # the first records are longer than a block: read them again
-            try:
-                reader = _open_csv(f, None, None, _MAX_BLOCK)
-                return list(reader.schema.names), any(batch.num_rows for batch in reader)
-            except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as again:
-                _csv_failure(f, again, max_chars)
-        _csv_failure(f, exc, max_chars)
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        _csv_failure(f, exc, max_chars)
+    block = _BLOCK_BYTES
+    while True:
+        try:
+            reader = _open_csv(f, None, None, block)
+            return list(reader.schema.names), any(batch.num_rows for batch in reader)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                _fail(f.path, "empty file (no header)")
+            if "straddl" not in str(exc) or block >= _MAX_BLOCK:
+                _csv_failure(f, exc, max_chars)
+            block *= 8  # the first records are longer than a block: read them again
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            _csv_failure(f, exc, max_chars)
 
 
 def _digest(f: InputFile) -> tuple[str, int]:

@@ -283,6 +283,7 @@ def normalise(
     compact = _compact(text)
     extension: str | None = None
     warning: str | None = None
+    written = raw.strip()  # what --phone-format as-is sends
     nsn = (_fast_split(compact)
            if compact.isascii() and (region_cc == 1 or compact.startswith("+")) else None)
     if nsn is not None:
@@ -294,6 +295,7 @@ def normalise(
             return _error(SEVERAL_NUMBERS)
         if (labelled := _LABELLED.fullmatch(text)) and _whole(labelled["number"], region):
             text, warning = labelled["number"], "text after the number ignored"
+            written = text.strip()  # a label is no part of the number, as-is or not
         try:
             num = phonenumbers.parse(text, region)
         except NumberParseException as exc:
@@ -321,8 +323,8 @@ def normalise(
     e164 = f"+{cc}{nsn}"
     if cc != region_cc:
         how = foreign if foreign is not None else _FOREIGN_BY_FORMAT[fmt]
-        if how is None and _resolves(raw.strip(), region, e164):
-            return Phone(e164, raw.strip(), None, warning)  # as-is, and it names its country
+        if how is None and _resolves(written, region, e164):
+            return Phone(e164, written, None, warning)  # as-is, and it names its country
         if how is None or how is ForeignFormat.REJECT:
             written = "" if how is not None else " and the text as written does not say so"
             # e164 stays, so the report says which number was refused
@@ -336,7 +338,7 @@ def normalise(
     elif fmt is _DIGITS:
         sent = e164[1:]
     else:
-        sent = raw.strip()
+        sent = written
     return Phone(e164, sent, None, warning)
 
 
