@@ -3,11 +3,12 @@ login is waited out within --max-outage."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ENV, PASSWORD, USER, job_args, numbers, run_cli, write_csv
+from helpers import ENV, PASSWORD, USER, job_args, make_sim, numbers, read_report, run_cli, write_csv
 
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -74,3 +75,31 @@ def test_preflight_names_the_html_page_and_exits_2(sim: ThreadedSimulator, tmp_p
     assert within.exit_code == 2 and within.summary["exit_code"] == 2
     assert "preflight failed at login" in within.summary["error"]
     assert sim.ledger.entries == []
+
+
+def test_a_relogin_met_by_an_html_page_mid_run_stops_with_2_and_a_true_summary(tmp_path: Path) -> None:
+    sim = make_sim()
+    try:
+        src = _input(tmp_path, 30)
+
+        def proxy_takes_over() -> None:
+            deadline = time.monotonic() + 20
+            while len(sim.ledger.entries) < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sim.serve_login_page(200)
+            sim.expire_all_sessions()
+
+        watcher = threading.Thread(target=proxy_takes_over)
+        watcher.start()
+        result = run_cli(job_args(sim.base_url, tmp_path, src, rate=15, concurrency=2), ENV)
+        watcher.join()
+    finally:
+        sim.stop()
+    assert result.exit_code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = result.summary
+    assert summary["exit_code"] == 2
+    assert "answered text/html, not the GWS API (status 200)" in summary["error"]
+    assert summary["cancelled"] >= 1 and summary["pending"] >= 1 and summary["total"] == 30
+    rows = read_report(tmp_path / "report.csv")
+    assert len(rows) == 30 and sum(r["status"] == "cancelled" for r in rows) == summary["cancelled"]
