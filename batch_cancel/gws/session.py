@@ -195,6 +195,10 @@ class GwsSession:
             reply = await self._request("GET", "/api/v2/me")
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
+        # a proxy's page answering 200 is no live session (and no GWS): say so, don't trust it
+        not_gws = not_the_gws_api(reply, self._config.base_url)
+        if not_gws is not None:
+            raise not_gws
         if reply.status == 200:
             self._take_csrf(reply)
             return True
