@@ -66,8 +66,9 @@ def _identity(files: list[InputFile]) -> list[dict[str, object]]:
 def decide_outputs(config: RunConfig) -> RunConfig:
     """``config`` with its journal and report paths decided and checked, before anything is written.
 
-    The defaults are named after the run id: a new one, or the journal's own
-    when ``--state`` is an existing journal. Every output is checked (see
+    The default journal is named after a new run id; the default report after the
+    journal's run id (its folder is checked here, under the name it will most likely
+    have). Every output is checked (see
     ``output_paths``): no input, no two outputs the same, folders made,
     writable, an existing journal ours.
     """
@@ -92,9 +93,11 @@ def decide_outputs(config: RunConfig) -> RunConfig:
         check_outputs(config.inputs, {"--report": report, "--html": config.html,
                                       "--metrics-file": config.metrics_file, "--state": state},
                       journal="--state")  # fmt: skip
-    # a new journal takes the run id its default paths were named after
-    chosen = config.run_id or (run_id if not existing else None)
-    return dataclasses.replace(config, state=state, report=report, run_id=chosen)
+    # Which run a journal holds is decided under its lock (``prepare``): another run may be
+    # creating it right now. So only a default journal, new and named after ``run_id``, takes
+    # that id here; a default report is named after the journal's run id once it is known.
+    chosen = config.run_id or (run_id if config.state is None else None)
+    return dataclasses.replace(config, state=state, run_id=chosen)
 
 
 def prepare(

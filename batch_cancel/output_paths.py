@@ -81,7 +81,8 @@ def check_outputs(
 
 
 def journal_run_id(path: Path, *, name: str = "--state") -> str | None:
-    """The run id of the journal at ``path``; None when there is none yet (no file, or empty).
+    """The run id of the journal at ``path``: None when there is none yet (no file, or empty),
+    "" for a journal of ours whose run has not written its identity yet.
 
     Anything else (a CSV, another program's database, a truncated journal) raises
     :class:`JournalUnusable` naming the file, which is only read, never changed.
@@ -95,23 +96,27 @@ def journal_run_id(path: Path, *, name: str = "--state") -> str | None:
             header = f.read(len(_SQLITE_HEADER))
     except OSError as exc:
         raise JournalUnusable(f"{name} {path} cannot be read: {exc.strerror}") from None
-    if not header:
+    has_wal = Path(f"{path}-wal").exists()
+    if not header and not has_wal:
         return None
-    if header != _SQLITE_HEADER:
+    if header and header != _SQLITE_HEADER:
         raise JournalUnusable(f"{name} {path} is not a batch-cancel journal (not an SQLite file); "
                               "it was left untouched: give another --state")  # fmt: skip
     try:
-        found = _read_identity(path, immutable=True)
-        if found is None and Path(f"{path}-wal").exists():
-            # a run killed before a checkpoint may have its tables only in the WAL file
+        # a journal being made, or one whose run was killed before a checkpoint, may have
+        # its pages (even the first) only in the WAL file
+        found = _read_identity(path, immutable=True) if header else None
+        if found is None and has_wal:
             found = _read_identity(path, immutable=False)
     except sqlite3.DatabaseError as exc:
         raise JournalUnusable(f"{name} {path} is not a readable journal ({exc}); it was left "
                               "untouched: restore it or give another --state") from None  # fmt: skip
+    if found is None and not header:
+        return None  # an empty file beside a WAL file that holds nothing of ours yet
     if found is None:
         raise JournalUnusable(f"{name} {path} is an SQLite file but not a batch-cancel journal; "
                               "it was left untouched: give another --state")  # fmt: skip
-    return found or None
+    return found
 
 
 def _read_identity(path: Path, *, immutable: bool) -> str | None:
@@ -123,8 +128,10 @@ def _read_identity(path: Path, *, immutable: bool) -> str | None:
     db = sqlite3.connect(uri, uri=True)
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if LOCK_TABLE in tables and not tables & _JOURNAL_TABLES:
-            return ""  # a run took the lock of a new journal and stopped before making it
+        if not tables or (LOCK_TABLE in tables and not tables & _JOURNAL_TABLES):
+            # no tables: a run is creating this journal this very moment (or an empty database,
+            # which holds nothing to lose); only the lock table: a run took it and stopped
+            return ""
         if not tables >= _JOURNAL_TABLES:
             return None
         row = db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()

@@ -24,8 +24,18 @@ def describe(state: Path) -> dict[str, Any]:
     if not state.is_file():
         raise ConfigError(f"no journal at {state}")
     # a CSV or another program's database is named (exit 2) and never opened for writing
-    if not journal_run_id(state):
-        raise ConfigError(f"{state} is not a batch-cancel journal (or holds no run yet)")
+    run_id = journal_run_id(state)
+    if run_id is None:
+        raise ConfigError(f"{state} is not a batch-cancel journal (it is empty)")
+    if not run_id:  # ours, but the run that holds it has not written its identity yet
+        holder = _holder(state)
+        if holder is None:
+            raise ConfigError(f"{state} is a batch-cancel journal with no run in it")
+        return {"run_id": None, "state": str(state), "inputs": None, "planned": False, "total": 0,
+                "counts": {**dict.fromkeys(FINAL_ORDER, 0), "pending": 0},
+                "resume": {"plan_again": True, "send": 0, "send_again_same_reference_id": 0,
+                           "timed_out_sent_again_with_--retry-timed-out": 0},
+                "finished_at": None, "locked_by": holder, "last_stats": None}  # fmt: skip
     journal = Journal.open(state)
     try:
         if journal.is_new():
