@@ -79,7 +79,8 @@ def decide_outputs(config: RunConfig) -> RunConfig:
             raise ConfigError("--state postgresql://… needs --run-id: the job's name, the same for "
                               "every worker")  # fmt: skip
         report = config.report or Path("reports") / f"{config.run_id}.csv"
-        check_outputs(config.inputs, {"--report": report, "--html": config.html})
+        check_outputs(config.inputs, {"--report": report, "--html": config.html,
+                                      "--metrics-file": config.metrics_file})  # fmt: skip
         return dataclasses.replace(config, report=report)
     if config.state is not None:  # "--state is the input file" says more than "not a journal"
         check_outputs(config.inputs, {"--report": config.report, "--html": config.html,
