@@ -3,6 +3,12 @@
 Order matters: log in, subscribe to the ack channel, and only then send; stop
 sending while the channel is down; after a signal, wait a short grace for
 outstanding acknowledgements before returning.
+
+Lifetimes: the senders and the tasks they rely on (journal writer, watchdog,
+CometD supervisor, progress, anything passed ``alongside``) share one
+``asyncio.TaskGroup``; if one fails, the others are cancelled at once and the
+run ends with one error naming it (exit 3). Whatever ended it, what the recorder
+holds is committed before returning, so the journal stays resumable.
 """
 
 from __future__ import annotations
