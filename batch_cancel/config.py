@@ -17,11 +17,13 @@ from batch_cancel.exceptions import ConfigError, GwsMisconfigured
 __all__ = [
     "BOUNDS",
     "DEFAULT_ACK_TIMEOUT",
+    "DEFAULT_BREAKER",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_GRACE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_OUTAGE",
     "DEFAULT_RATE",
+    "DEFAULT_REQUEST_TIMEOUT",
     "Credentials",
     "GwsConfig",
     "JobDefaults",
@@ -36,6 +38,11 @@ DEFAULT_ACK_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_GRACE = 2.0
+# A POST unanswered this long is given up on (and counted as unanswered); GWS answers
+# in milliseconds, so 15 s is an outage, not a slow server.
+DEFAULT_REQUEST_TIMEOUT = 15.0
+# Stop sending when this many outcomes in a row failed alike (0: never).
+DEFAULT_BREAKER = 25
 CHAIN_ATTRIBUTES = ("AllChain", "RecordOnly")
 
 _DAY = 86_400.0
@@ -53,6 +60,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "grace": (0.0, _DAY, False),
     "wait_lock": (0.0, 7 * _DAY, False),
     "metrics_interval": (0.0, _DAY, True),
+    "breaker": (0, 1_000_000, False),
+    "request_timeout": (0.0, _DAY, True),
 }
 
 
@@ -117,9 +126,10 @@ class GwsConfig:
     credentials: Credentials
     verify_tls: bool = True
     start_cc_session: bool = False
-    request_timeout: float = 30.0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     notifications_path: str = "/api/v2/notifications"
-    ack_channels: tuple[str, ...] = ("/v2/me/outbound",)
+    # /me/internal carries OCS's user events: record handles and errors without referenceId
+    ack_channels: tuple[str, ...] = ("/v2/me/outbound", "/me/internal")
     # where CometD is served when not beside the REST API (another host or port)
     cometd_url: str | None = None
     # TLS: a CA bundle that replaces the default trust store, and a client
@@ -181,6 +191,8 @@ class RunConfig:
     dry_run: bool = False
     force: bool = False
     retry_timed_out: bool = False
+    retry_failed: bool = False
+    breaker: int = DEFAULT_BREAKER
     run_id: str | None = None
     shard: tuple[int, int] | None = None  # (index, count), index in 0..count-1
     adaptive_rate: bool = False
@@ -195,7 +207,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_bounds(self, ("rate", "concurrency", "ack_timeout", "max_attempts", "max_outage",
-                             "grace", "wait_lock", "metrics_interval"))  # fmt: skip
+                             "grace", "wait_lock", "metrics_interval", "breaker"))  # fmt: skip
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that made the journal.

@@ -20,6 +20,7 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── BackgroundTaskFailed       a task the run relies on (watchdog, pacer, …) died
     │   ├── JournalUnavailable         the PostgreSQL journal could not be reached
     │   ├── LeaseLost                  a fleet worker was silent past its lease; it stops
+    │   ├── SystematicFailure          the last --breaker outcomes all failed alike
     │   └── Interrupted                SIGINT / SIGTERM
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
@@ -49,6 +50,7 @@ __all__ = [
     "RequestError",
     "RequestRejected",
     "SessionExpired",
+    "SystematicFailure",
     "TlsCertificateError",
     "TransientError",
     "UsageError",
@@ -139,6 +141,10 @@ class BackgroundTaskFailed(AbortedError):
         self.task = task
 
 
+class SystematicFailure(AbortedError):
+    """Every recent request failed the same way (``--breaker``): sending stopped."""
+
+
 class Interrupted(AbortedError):
     """SIGINT or SIGTERM stopped the run."""
 
@@ -158,7 +164,10 @@ class RequestError(BatchCancelError):
         self.http_status = http_status
         self.status_code = status_code
         self.retry_after = retry_after
+        # nothing reached GWS (connect failed): measures an outage
         self.unreachable = False
+        # sent, and no HTTP answer came within --request-timeout: the outcome is unknown
+        self.unanswered = False
 
 
 class RequestRejected(RequestError):

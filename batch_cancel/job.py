@@ -269,6 +269,11 @@ async def _run_locked(
     metrics: RunMetrics | None = None
     fleet: FleetWorker | None = None
     try:
+        if config.retry_failed and not config.dry_run:
+            again = journal.retry_failed(time.time())
+            if again:
+                log.info("--retry-failed: %d failed row(s) will be sent again, each with a new "
+                         "referenceId (suffix -r<round>)", again)  # fmt: skip
         counts = journal.counts()
         to_send = counts.get(Status.PLANNED, 0) + counts.get(Status.SENT, 0)
         if config.retry_timed_out:

@@ -21,6 +21,7 @@ from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
 from batch_cancel.send.matcher import SUCCESS, describe_failure
+from batch_cancel.send.user_events import error_text
 
 __all__ = ["Step", "preflight"]
 
@@ -120,6 +121,7 @@ async def preflight(
                 await _canary(out, session, defaults, device, canary, messages, arrived, ack_timeout)
         finally:
             await channel.close()
+            await session.end_cc_session()
     return out.steps
 
 
@@ -128,22 +130,28 @@ async def _canary(
     messages: list[dict[str, Any]], arrived: asyncio.Event, ack_timeout: float,
 ) -> None:  # fmt: skip
     t = time.monotonic()
-    missing = [n for n, v in (("--application-id", d.application_id), ("--campaign", d.campaign),
-                              ("--calling-list", d.calling_list)) if v is None]  # fmt: skip
+    needed: list[tuple[str, object]] = [("--application-id", d.application_id),
+                                        ("--campaign", d.campaign)]
+    if d.operation != "DoNotCallRecord":  # DoNotCallRecord by phone number needs no list
+        needed.append(("--calling-list", d.calling_list))
+    missing = [n for n, v in needed if v is None]
     if missing:
         out.add("canary", False, "a canary needs " + ", ".join(missing), t)
         return
     ref = f"bc-preflight-{secrets.token_hex(4)}"
     body: dict[str, Any] = {
         "operationName": d.operation, "applicationId": d.application_id, "campaignName": d.campaign,
-        "callingList": d.calling_list, "phoneNumber": number, "devicePath": device, "referenceId": ref,
+        "phoneNumber": number, "devicePath": device, "referenceId": ref,
     }  # fmt: skip
+    if d.calling_list:
+        body["callingList"] = d.calling_list
     if d.chain_attribute:
         body["chainAttribute"] = d.chain_attribute
     try:
         await session.post_record(body)
     except BatchCancelError as exc:
-        out.add("canary", False, f"CancelRecord refused: {exc}", t)
+        # the very words a run would put in the row's error column
+        out.add("canary", False, str(exc), t)
         return
     deadline = time.monotonic() + ack_timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -153,12 +161,25 @@ async def _canary(
                 ok = data.get("notificationType") == SUCCESS.get(d.operation)
                 out.add("canary", ok, "acknowledged" if ok else describe_failure(data), t)
                 return
+            if isinstance(data, dict) and _error_event_for(data, number):
+                out.add("canary", False, error_text(data["userData"]), t)
+                return
         arrived.clear()
         try:
             await asyncio.wait_for(arrived.wait(), left)
         except TimeoutError:
             break
     out.add("canary", False, f"no acknowledgement within {ack_timeout:g} s", t)
+
+
+def _error_event_for(data: dict[str, Any], number: str) -> bool:
+    """An OCS error user event (on /me/internal, no referenceId) naming the canary."""
+    user_data = data.get("userData")
+    if not isinstance(user_data, dict) or "GSW_ERROR" not in user_data:
+        return False
+    def digits(v: object) -> str:
+        return "".join(c for c in str(v or "") if c.isdigit())
+    return digits(user_data.get("GSW_PHONE")) == digits(number)
 
 
 def _estimate(out: _Steps, inputs: Sequence[Path], rate: float) -> bool:

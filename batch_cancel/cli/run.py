@@ -77,8 +77,9 @@ the process's, and "error" says why whenever it is not 0 or 1):
      GWS API. Part-way only if another run took the journal's lock over or a
      re-login met such a page; the counts then say what was done.
   3  aborted, resumable with the same --state: authentication lost, GWS or
-     CometD unreachable past --max-outage (5xx at login included), SIGINT or
-     SIGTERM, an internal error
+     CometD unreachable (or unanswering) past --max-outage (5xx at login
+     included), SIGINT or SIGTERM, the --breaker (the last N outcomes all
+     failed alike: fix the cause, resume, --retry-failed), an internal error
   A fleet worker (--state postgresql://…) exits 0 or 1 only when the whole job
   is complete (its JSON "report" is empty unless it was the last to finish), 3
   when it stopped with rows left.
@@ -175,7 +176,8 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               insecure: bool, start_cc_session: bool, password: str | None = None, *,
               cometd_url: str | None = None, ca_bundle: Path | None = None,
               client_cert: Path | None = None, client_key: Path | None = None,
-              proxy: str | None = None) -> Any:  # fmt: skip
+              proxy: str | None = None,
+              request_timeout: float = defaults.DEFAULT_REQUEST_TIMEOUT) -> Any:  # fmt: skip
     from batch_cancel.config import Credentials, GwsConfig, refuse_url_credentials
     from batch_cancel.exceptions import ConfigError
 
@@ -196,7 +198,8 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
     return GwsConfig(base_url=base_url.rstrip("/"), credentials=Credentials(username, password),
                      verify_tls=not insecure, start_cc_session=start_cc_session,
                      cometd_url=cometd_url, ca_bundle=ca_bundle, client_cert=client_cert,
-                     client_key=client_key, proxy=proxy)  # fmt: skip
+                     client_key=client_key, proxy=proxy,
+                     request_timeout=request_timeout)  # fmt: skip
 
 
 class RunCommand(SectionedCommand, JsonLineCommand):
@@ -222,11 +225,12 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "operation": "Record defaults",
         "rate": "Speed", "concurrency": "Speed", "adaptive_rate": "Speed", "ack_timeout": "Speed",
         "max_attempts": "Speed", "max_outage": "Speed", "grace": "Speed",
+        "request_timeout": "Speed", "breaker": "Speed",
         "report": "Outputs", "html": "Outputs", "metrics_file": "Outputs", "metrics_interval": "Outputs",
         "log_format": "Outputs",
         "verbose": "Outputs", "quiet": "Outputs",
         "state": "Resume", "state_password_file": "Resume", "run_id": "Resume",
-        "force": "Resume", "retry_timed_out": "Resume",
+        "force": "Resume", "retry_timed_out": "Resume", "retry_failed": "Resume",
         "wait_lock": "Resume",
     }  # fmt: skip
     ORDER: ClassVar[tuple[str, ...]] = (
@@ -292,6 +296,18 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 @click.option("--dry-run", is_flag=True, help="Plan and report what would be sent; no network.")
 @click.option("--force", is_flag=True, help="Resume a journal even if input or settings changed.")
 @click.option("--retry-timed-out", is_flag=True, help="On resume, send timed-out records again.")
+@click.option("--retry-failed", is_flag=True,
+              help="On resume, send failed records again, each with a new referenceId "
+                   "(<old>-r1, -r2…) so a late message of the failed round cannot be taken "
+                   "for the new one's outcome.")
+@click.option("--breaker", type=bounded("breaker"), default=defaults.DEFAULT_BREAKER,
+              show_default=True, metavar="N",
+              help="Stop sending (exit 3, resumable) when the last N outcomes all failed with "
+                   "the same status code or error text (0: never).")
+@click.option("--request-timeout", type=bounded("request_timeout"),
+              default=defaults.DEFAULT_REQUEST_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="Give up waiting for one POST's HTTP answer after this long (retried with the "
+                   "same referenceId; counts towards --max-outage).")
 @click.option("--run-id", metavar="ID", callback=lambda c, p, v: parse_run_id(v),
               help="Run id for a new journal (default: time + random); shards of one job share it, "
                    "so `batch-cancel merge` can tell their reports belong together.")
@@ -347,7 +363,8 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],
         state=state, state_db=state_db, dry_run=opts["dry_run"], force=opts["force"],
-        retry_timed_out=opts["retry_timed_out"], shard=opts["shard"], run_id=opts["run_id"],
+        retry_timed_out=opts["retry_timed_out"], retry_failed=opts["retry_failed"],
+        breaker=opts["breaker"], shard=opts["shard"], run_id=opts["run_id"],
         adaptive_rate=opts["adaptive_rate"], html=opts["html"],
         metrics_file=opts["metrics_file"], metrics_interval=opts["metrics_interval"],
         wait_lock=opts["wait_lock"],
@@ -357,7 +374,8 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
         check_env(opts, password)
         gws = build_gws(opts["base_url"], opts["username"], opts["password_file"],
                         opts["insecure"], opts["start_cc_session"], password,
-                        cometd_url=opts["cometd_url"], **network_options(opts))  # fmt: skip
+                        cometd_url=opts["cometd_url"], request_timeout=opts["request_timeout"],
+                        **network_options(opts))  # fmt: skip
     if opts["check_first"] and gws is not None:
         asyncio.run(check_first(cfg, gws))
     summary = asyncio.run(execute(cfg, gws))

@@ -59,7 +59,9 @@ def describe(state: Path) -> dict[str, Any]:
                 "send": to_send,
                 "send_again_same_reference_id": resend,
                 "timed_out_sent_again_with_--retry-timed-out": counts.get("timed_out", 0),
+                "failed_sent_again_with_--retry-failed": counts.get("failed", 0),
             },
+            "unmatched_notifications": journal.unmatched_count(),
             "finished_at": journal.get_meta("finished_at"),
             # a run holding the journal now (read without taking the lock)
             "locked_by": _holder(state),
@@ -164,3 +166,6 @@ def status(state: str, state_password_file: Path | None, run_id: str | None, as_
                    + (f" ({r['timed_out_sent_again_with_--retry-timed-out']} timed out: "
                       "--retry-timed-out sends them again)"
                       if r["timed_out_sent_again_with_--retry-timed-out"] else ""))  # fmt: skip
+    if r["failed_sent_again_with_--retry-failed"]:
+        click.echo(f"  {r['failed_sent_again_with_--retry-failed']} failed: --retry-failed sends "
+                   "them again, each with a new referenceId")  # fmt: skip

@@ -138,6 +138,10 @@ def translate_transport_error(exc: BaseException) -> TransientError:
     error = TransientError(f"{name}: {detail}" if detail else name)
     # nothing reached GWS: such failures measure an outage, not a record's luck
     error.unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    # a request that reached GWS and was never answered (a hung request)
+    error.unanswered = not error.unreachable and isinstance(exc, TimeoutError)
+    if error.unanswered:
+        error.args = ("no HTTP answer within the request timeout",)
     return error
 
 

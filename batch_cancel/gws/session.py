@@ -28,6 +28,7 @@ from batch_cancel.config import GwsConfig
 from batch_cancel.exceptions import (
     AuthenticationError,
     GwsUnavailable,
+    RequestError,
     TransientError,
 )
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
@@ -81,6 +82,7 @@ class GwsSession:
         self.generation = 0  # bumped by every successful login
         self.logins = 0
         self.user: dict[str, Any] = {}
+        self.cc_session_started = False
 
     def _http(self) -> aiohttp.ClientSession:
         # made on first use: aiohttp wants its session created inside the running loop
@@ -214,7 +216,23 @@ class GwsSession:
     async def _start_cc_session(self) -> None:
         body = {"operationName": "StartContactCenterSession", "channels": ["voice"]}
         answer = await self._post("/api/v2/me", body)
+        self.cc_session_started = True
         log.info("contact-center session started (statusCode %s)", answer.status_code)
+
+    async def end_cc_session(self, timeout: float = 10.0) -> bool:
+        """EndContactCenterSession, if this session started one: logs the agent out of
+        its device (and ends the HTTP session). False if GWS could not be told."""
+        if not self.cc_session_started:
+            return False
+        self.cc_session_started = False
+        body = {"operationName": "EndContactCenterSession"}
+        try:
+            await asyncio.wait_for(self._post("/api/v2/me", body), timeout)
+        except (RequestError, TimeoutError) as exc:
+            log.warning("could not end the contact-center session: %s", exc)
+            return False
+        log.info("contact-center session ended")
+        return True
 
     # -- what other layers need --------------------------------------------
     def cookies(self) -> dict[str, str]:

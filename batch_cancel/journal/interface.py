@@ -29,6 +29,10 @@ class SendStore(Protocol):
         """Write new record states and their events in one transaction, or raise and write nothing."""
         ...
 
+    def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
+        """Keep notifications that matched no row: (time, channel, why, the message as JSON)."""
+        ...
+
     def to_send(self, *, after_row: int, limit: int, retry_timed_out: bool) -> list[RowToSend]:
         """Up to ``limit`` records after ``after_row`` with no outcome yet, in row order
         (planned or sent; timed out too when asked)."""

@@ -55,7 +55,7 @@ _TYPES = {
     "row": "BIGINT NOT NULL", "application_id": "BIGINT", "attempts": "INTEGER NOT NULL DEFAULT 0",
     "http_status": "INTEGER", "status_code": "INTEGER", "duplicate_of": "BIGINT",
     "sent_at": "DOUBLE PRECISION", "acked_at": "DOUBLE PRECISION", "latency_ms": "DOUBLE PRECISION",
-    "status": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL", "record_handle": "BIGINT",
 }  # fmt: skip
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {s}.jobs (
@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     http_status INTEGER, status_code INTEGER, detail TEXT, worker TEXT
 );
 CREATE INDEX IF NOT EXISTS events_row ON {s}.events (run_id, row);
+-- what the server told that matched no row: kept, so nothing it says is lost
+CREATE TABLE IF NOT EXISTS {s}.unmatched (
+    id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL REFERENCES {s}.jobs ON DELETE CASCADE,
+    at DOUBLE PRECISION NOT NULL, channel TEXT, note TEXT, data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {s}.workers (
     run_id TEXT NOT NULL REFERENCES {s}.jobs ON DELETE CASCADE, worker TEXT NOT NULL,
     host TEXT NOT NULL, pid INTEGER NOT NULL, state TEXT NOT NULL,
@@ -186,6 +191,8 @@ class PgJournal:
                                   f"batch-cancel knows {SCHEMA_VERSION}: upgrade batch-cancel")  # fmt: skip
             columns = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
             self._x(_SCHEMA.replace("{columns}", columns))
+            # a column added after the first schema of this version
+            self._x("ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS record_handle BIGINT")
             if found is None:
                 self._x("INSERT INTO {s}.schema_version VALUES (%s)", [SCHEMA_VERSION])
 
@@ -556,6 +563,49 @@ class PgJournal:
                       "WHERE run_id=%s AND status='rejected' ORDER BY row LIMIT %s",
                       [self.run_id, limit])  # fmt: skip
         return [(int(r), str(p), str(e)) for r, p, e in cur.fetchall()]
+
+    def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
+        """Notifications that matched no row: (time, channel, note, JSON data)."""
+        if not rows:
+            return
+        with self.transaction(), self._conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL("INSERT INTO {s}.unmatched (run_id, at, channel, note, data) "
+                        "VALUES (%s, %s, %s, %s, %s)").format(s=self._s),
+                [(self.run_id, *r) for r in rows],
+            )
+
+    def unmatched_count(self) -> int:
+        row = self._x("SELECT count(*) FROM {s}.unmatched WHERE run_id=%s", [self.run_id]).fetchone()
+        return int(row[0]) if row else 0
+
+    def first_unmatched(self, limit: int = 50) -> list[tuple[float, str | None, str, str]]:
+        cur = self._x("SELECT at, channel, note, data FROM {s}.unmatched WHERE run_id=%s "
+                      "ORDER BY id LIMIT %s", [self.run_id, limit])  # fmt: skip
+        return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
+
+    def retry_failed(self, at: float) -> int:
+        """As Journal.retry_failed: failed rows planned again, each with a new referenceId."""
+        from batch_cancel.journal.store import next_round_reference
+
+        rows = self._x("SELECT row, reference_id, error FROM {s}.records WHERE run_id=%s AND "
+                       "status='failed' ORDER BY row", [self.run_id]).fetchall()  # fmt: skip
+        if not rows:
+            return 0
+        with self.transaction(), self._conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL("UPDATE {s}.records SET status='planned', reference_id=%s, attempts=0, "
+                        "http_status=NULL, status_code=NULL, notification_type=NULL, error=NULL, "
+                        "acked_at=NULL, latency_ms=NULL, record_handle=NULL "
+                        "WHERE run_id=%s AND row=%s").format(s=self._s),
+                [(next_round_reference(str(ref)), self.run_id, row) for row, ref, _ in rows],
+            )
+            cur.executemany(
+                sql.SQL("INSERT INTO {s}.events (run_id, row, at, event, detail) "
+                        "VALUES (%s, %s, %s, 'retry_failed', %s)").format(s=self._s),
+                [(self.run_id, row, at, f"was {ref}: {error or 'failed'}") for row, ref, error in rows],
+            )
+        return len(rows)
 
     def events_for(self, row: int) -> list[tuple[Any, ...]]:
         cur = self._x("SELECT at, event, attempt, http_status, status_code, detail FROM {s}.events "

@@ -51,6 +51,7 @@ class RowState(NamedTuple):
     sent_at: float | None  # wall clock (epoch seconds) of the last POST
     acked_at: float | None
     latency_ms: float | None
+    record_handle: int | None  # OCS's record, from the acknowledgement's /me/internal companion
     row: int
 
 
@@ -74,7 +75,7 @@ class RowToSend(NamedTuple):
     phone_sent: str
     application_id: int
     campaign: str
-    calling_list: str
+    calling_list: str | None  # DoNotCallRecord by phone number needs none
     device_path: str | None
     chain_attribute: str | None
     status: str
@@ -82,3 +83,4 @@ class RowToSend(NamedTuple):
     http_status: int | None
     status_code: int | None
     sent_at: float | None
+    record_handle: int | None

@@ -21,7 +21,7 @@ from typing import Any
 
 from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
 
-__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "Journal"]
+__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "Journal", "next_round_reference"]
 
 SCHEMA_VERSION = "1"
 
@@ -30,7 +30,7 @@ RECORD_COLUMNS = (
     "row", "source", "phone_number", "phone_e164", "phone_sent", "application_id",
     "campaign", "calling_list", "chain_attribute", "device_path", "reference_id",
     "status", "attempts", "http_status", "status_code", "notification_type", "error",
-    "warnings", "duplicate_of", "sent_at", "acked_at", "latency_ms",
+    "warnings", "duplicate_of", "sent_at", "acked_at", "latency_ms", "record_handle",
 )  # fmt: skip
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 _SAVE_STATE = (f"UPDATE records SET {', '.join(f'{c}=?' for c in RowState._fields[:-1])} "
@@ -55,14 +55,21 @@ CREATE TABLE IF NOT EXISTS records (
     application_id INTEGER, campaign TEXT, calling_list TEXT, chain_attribute TEXT,
     device_path TEXT, reference_id TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL,
     http_status INTEGER, status_code INTEGER, notification_type TEXT, error TEXT,
-    warnings TEXT, duplicate_of INTEGER, sent_at REAL, acked_at REAL, latency_ms REAL
+    warnings TEXT, duplicate_of INTEGER, sent_at REAL, acked_at REAL, latency_ms REAL,
+    record_handle INTEGER
 );
 CREATE TABLE IF NOT EXISTS plan_snapshot (first_row INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, row INTEGER NOT NULL, at REAL NOT NULL, event TEXT NOT NULL,
     attempt INTEGER, http_status INTEGER, status_code INTEGER, detail TEXT
 );
+-- what the server told that matched no row: kept, so nothing it says is lost
+CREATE TABLE IF NOT EXISTS unmatched (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, channel TEXT, note TEXT, data TEXT NOT NULL
+);
 """
+# Columns added after the first journals were written: (table, column, type).
+_ADDED_COLUMNS = (("records", "record_handle", "INTEGER"),)
 
 
 class Journal:
@@ -84,6 +91,10 @@ class Journal:
         # only a power cut could lose the last commit.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         return cls(path, db)
 
     @property
@@ -272,6 +283,57 @@ class Journal:
         )
         return [RowToSend._make(values) for values in cur.fetchall()]
 
+    def retry_failed(self, at: float) -> int:
+        """Hand failed rows back for sending (``--retry-failed``), each with a new referenceId.
+
+        A failure is final for the referenceId it answered: a late or repeated failure
+        message of the first round must not be taken for the outcome of the new one.
+        So the row's referenceId gets a round suffix (``-r1``, ``-r2``…), and the old
+        one stays in the row's events.
+        """
+        rows = self._db.execute(
+            "SELECT row, reference_id, error FROM records WHERE status='failed' ORDER BY row"
+        ).fetchall()
+        if not rows:
+            return 0
+        updates, events = [], []
+        for row, ref, error in rows:
+            new_ref = next_round_reference(str(ref))
+            updates.append((new_ref, row))
+            events.append((row, at, "retry_failed", None, None, None,
+                           f"was {ref}: {error or 'failed'}"))  # fmt: skip
+        with self.transaction():
+            self._drop_snapshot()
+            self._db.executemany(
+                "UPDATE records SET status='planned', reference_id=?, attempts=0, http_status=NULL,"
+                " status_code=NULL, notification_type=NULL, error=NULL, acked_at=NULL,"
+                " latency_ms=NULL, record_handle=NULL WHERE row=?",
+                updates,
+            )
+            self._db.executemany(
+                "INSERT INTO events(row, at, event, attempt, http_status, status_code, detail)"
+                " VALUES(?,?,?,?,?,?,?)",
+                events,
+            )
+        return len(rows)
+
+    def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
+        """Notifications that matched no row: (time, channel, note, JSON data)."""
+        if rows:
+            with self.transaction():
+                self._db.executemany(
+                    "INSERT INTO unmatched(at, channel, note, data) VALUES(?,?,?,?)", rows
+                )
+
+    def unmatched_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM unmatched").fetchone()[0])
+
+    def first_unmatched(self, limit: int = 50) -> list[tuple[float, str | None, str, str]]:
+        cur = self._db.execute(
+            "SELECT at, channel, note, data FROM unmatched ORDER BY id LIMIT ?", (limit,)
+        )
+        return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
+
     def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> None:
         """One transaction: new record states and their events (all or nothing)."""
         with self.transaction():
@@ -319,6 +381,14 @@ class Journal:
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def next_round_reference(ref: str) -> str:
+    """``R`` -> ``R-r1`` -> ``R-r2``: the referenceId of a failed row's next round."""
+    stem, sep, number = ref.rpartition("-r")
+    if sep and number.isdigit() and stem:
+        return f"{stem}-r{int(number) + 1}"
+    return f"{ref}-r1"
 
 
 class _Transaction:

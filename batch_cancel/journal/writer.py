@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -116,6 +117,7 @@ class Recorder:
         self._room.set()
         self._failing_since: float | None = None
         self._log = OncePerInterval(log)
+        self._unmatched: list[tuple[float, str | None, str, str]] = []
         self.outcomes: Counter[str] = Counter()
         self.commits = 0
         self.failed_commits = 0
@@ -136,6 +138,12 @@ class Recorder:
         self.outcomes[previous] -= 1
         self.event(rec, rec.status, f"late acknowledgement (was {previous})")
 
+    def unmatched(self, channel: str | None, note: str, data: dict[str, Any]) -> None:
+        """A notification that matched no row: kept with its time and channel."""
+        if self._writer is not None:
+            text = json.dumps(data, sort_keys=True, default=str)
+            self._unmatched.append((self._clock(), channel, note, text))
+
     @property
     def buffered(self) -> int:
         """Records whose latest state is not committed yet."""
@@ -148,15 +156,21 @@ class Recorder:
     # -- committing ---------------------------------------------------------------------
     async def flush(self) -> None:
         """Commit what is buffered. A failed commit keeps its batch and raises."""
-        if not self._states and not self._events:
+        if not self._states and not self._events and not self._unmatched:
             return
-        states, events = self._states, self._events
-        self._states, self._events = {}, []
+        states, events, unmatched = self._states, self._events, self._unmatched
+        self._states, self._events, self._unmatched = {}, [], []
         committed = self._writer is None
         try:
             if self._writer is not None:
                 batch = list(states.values())
-                future = self._writer.submit(lambda s: s.save_states(batch, events))
+
+                def save(store: SendStore) -> None:
+                    store.save_states(batch, events)
+                    if unmatched:
+                        store.add_unmatched(unmatched)
+
+                future = self._writer.submit(save)
                 try:
                     await asyncio.shield(future)
                 finally:
@@ -172,6 +186,7 @@ class Recorder:
                 states.update(self._states)
                 self._states = states
                 self._events = events + self._events
+                self._unmatched = unmatched + self._unmatched
                 self.failed_commits += 1
             if len(self._states) < self._high_water:
                 self._room.set()

@@ -156,7 +156,8 @@ def plan_batch(batch: RowBatch, d: JobDefaults, fmt: PhoneFormat) -> BatchPlan:
     columns: dict[str, Column] = {"application_id": app}
     for name in ("campaign", "calling_list", "chain_attribute", "device_path"):
         columns[name], missing = _effective(a.get(name), getattr(d, name))
-        if name in ("campaign", "calling_list"):
+        # DoNotCallRecord by phone number needs no calling list (its API page)
+        if name == "campaign" or (name == "calling_list" and d.operation != "DoNotCallRecord"):
             problem = _or(problem, missing)
     chain = columns["chain_attribute"]
     if isinstance(chain, Const):

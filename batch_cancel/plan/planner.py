@@ -81,7 +81,8 @@ def classify_row(
         problems.append("missing application id")
     if not campaign:
         problems.append("missing campaign")
-    if not calling_list:
+    if not calling_list and d.operation != "DoNotCallRecord":
+        # DoNotCallRecord by phone number needs no calling list (its API page)
         problems.append("missing calling list")
     if chain is not None and chain not in CHAIN_ATTRIBUTES:
         problems.append(f"chain attribute {chain!r} is not AllChain or RecordOnly")

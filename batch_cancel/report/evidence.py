@@ -57,6 +57,13 @@ class _Scan:
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     first_sent: float | None = None
     last_ack: float | None = None
+    handles: int = 0
+    handle_examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Rows listed with their OCS record handle, and unmatched notifications listed.
+_HANDLES_SHOWN = 50
+_UNMATCHED_SHOWN = 50
 
 
 def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
@@ -81,6 +88,10 @@ def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
         kept = examples.get(status)
         if kept is not None and len(kept) < limit:
             kept.append(r)
+        if r.get("record_handle") is not None:
+            scan.handles += 1
+            if len(scan.handle_examples) < _HANDLES_SHOWN:
+                scan.handle_examples.append(r)
     scan.first_sent = first_sent if math.isfinite(first_sent) else None
     scan.last_ack = last_ack if math.isfinite(last_ack) else None
     return scan
@@ -170,6 +181,8 @@ def _page(journal: Journal | PgJournal, summary: Summary, scan: _Scan, limit: in
     yield from _latency_section(scan)
     for status in ATTENTION:
         yield from _rows_section(status, scan, limit, summary.report)
+    yield from _handles_section(scan)
+    yield from _unmatched_section(journal)
     yield from _config_section(journal)
     yield from _stats_section(summary)
     yield (f'<footer>Generated {_utc(time.time())} by batch-cancel '
@@ -313,6 +326,46 @@ def _rows_section(status: str, scan: _Scan, limit: int, report: str) -> Iterator
                f'<td class="num">{_e(r.get("http_status"))}</td>'
                f'<td class="num">{_e(r.get("attempts"))}</td>'
                f'<td class="mono">{_e(r.get("reference_id"))}</td></tr>')  # fmt: skip
+    yield "</tbody></table></section>"
+
+
+def _handles_section(scan: _Scan) -> Iterator[str]:
+    cancelled = scan.counts.get("cancelled", 0)
+    yield (f'<section id="record-handles" data-total="{scan.handles}">'
+           f"<h2>OCS record handles: {scan.handles:,} of {cancelled:,} cancelled row(s)</h2>")  # fmt: skip
+    yield ('<p class="note">The OCS record each acknowledgement cancelled (GSW_RECORD_HANDLE in its '
+           "companion user event on /me/internal): the server's own account of the record. The "
+           "report's record_handle column has every one.</p>")  # fmt: skip
+    if not scan.handle_examples:
+        yield "</section>"
+        return
+    yield ('<table class="rows"><thead><tr><th class="num">Row</th><th>Phone number</th>'
+           '<th>Reference id</th><th class="num">Record handle</th></tr></thead><tbody>')  # fmt: skip
+    for r in scan.handle_examples:
+        yield (f'<tr data-row="{_e(r.get("row"))}"><td class="num">{_e(r.get("row"))}</td>'
+               f'<td class="mono phone">{_e(r.get("phone_number"))}</td>'
+               f'<td class="mono">{_e(r.get("reference_id"))}</td>'
+               f'<td class="num record-handle">{_e(r.get("record_handle"))}</td></tr>')  # fmt: skip
+    yield "</tbody></table></section>"
+
+
+def _unmatched_section(journal: Journal | PgJournal) -> Iterator[str]:
+    total = journal.unmatched_count()
+    shown = journal.first_unmatched(_UNMATCHED_SHOWN)
+    yield (f'<section id="unmatched" data-total="{total}" data-shown="{len(shown)}">'
+           f"<h2>Notifications that matched no row: {total:,}</h2>")  # fmt: skip
+    if not total:
+        yield '<p class="note">None: every notification GWS sent matched a row.</p></section>'
+        return
+    yield ('<p class="note">Kept in the journal (table <span class="mono">unmatched</span>) with their '
+           "time and channel: messages for other referenceIds, user events naming no row in flight, "
+           "and events that named a number in flight more than once (evidence only).</p>")  # fmt: skip
+    yield ('<table class="rows"><thead><tr><th>Time</th><th>Channel</th><th>Why</th>'
+           "<th>Message</th></tr></thead><tbody>")
+    for at, channel, note, data in shown:
+        text = data if len(data) <= 400 else data[:400] + "…"
+        yield (f"<tr><td>{_utc(at)}</td><td class=\"mono\">{_e(channel)}</td><td>{_e(note)}</td>"
+               f'<td class="mono unmatched-data">{_e(text)}</td></tr>')  # fmt: skip
     yield "</tbody></table></section>"
 
 

@@ -45,7 +45,8 @@ from batch_cancel.summary import Summary
 __all__ = ["MergeResult", "merge_reports", "read_report_rows"]
 
 STATUSES = frozenset(str(s) for s in REPORTED)
-_INTS = frozenset({"row", "application_id", "attempts", "http_status", "status_code", "duplicate_of"})
+_INTS = frozenset({"row", "application_id", "attempts", "http_status", "status_code", "duplicate_of",
+                   "record_handle"})  # fmt: skip
 _FLOATS = frozenset({"latency_ms"})
 
 

@@ -20,6 +20,8 @@ REPORT_SCHEMA = pa.schema([
     # beyond the contract's columns, appended so positional readers keep working
     ("phone_sent", pa.string()), ("warnings", pa.string()),
     ("duplicate_of", pa.int64()), ("source", pa.string()),
+    # OCS's record handle from the acknowledgement's /me/internal companion
+    ("record_handle", pa.int64()),
 ])  # fmt: skip
 
 REPORT_COLUMNS: tuple[str, ...] = tuple(REPORT_SCHEMA.names)

@@ -1,9 +1,12 @@
 """Shared pacing for every sender: the rate limit, the pause after throttling, and
 (optionally) a rate that adapts to GWS's throttling.
 
-A 429 or 503 seen by one worker pauses all of them: GWS is telling the client,
-not one request, to slow down. A pause is only ever extended, never cut short
-by a later, shorter Retry-After.
+A 429, a Retry-After or a cluster of failures (see failure_cluster.py) seen by
+one worker pauses all of them: GWS is telling the client, not one request, to
+slow down. A lone 503 is not: that request backs off on its own. A pause is only
+ever extended, never cut short by a later, shorter Retry-After; when it ends, one
+request goes first as a probe and the others follow only once it was answered, so
+a server that is still overloaded hears one request per pause, not a storm.
 
 Pacing is virtual scheduling (GCRA): each request reserves the next free slot,
 ``1/rate`` after the previous one, and sleeps until it. Requests may run up to
@@ -18,15 +21,28 @@ requests already in flight answer 429 together for one overload; every second
 without throttling then adds ``increase`` of the ceiling back, never above it.
 The ceiling is ``--rate``; with ``--rate 0`` requests go unpaced until the
 first throttling, and the rate observed over the last second then becomes the
-ceiling (the load at which GWS started refusing).
+ceiling (the load at which GWS started refusing). A lone 503 lowers the rate a
+little (``lone_decrease``), not by half.
+
+A throttle that only delays (Jetty's DoS filter) refuses nothing: adaptive mode
+also watches POST latency against the calm latency of the start
+(delay_throttle.py). When answers get slow, the rate GWS answered at over the last
+second is the rate it serves (the knee): the pacer drops to ``knee_share`` of it
+and does not judge latency again until the queue the server built has drained
+(a calm verdict) or ``drain_timeout`` passed. Below 95 % of the knee it recovers
+as usual; above it, it probes slowly (``probe_increase`` of the rate per second),
+so it settles just under a server that only delays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+from batch_cancel.send.delay_throttle import DelayWatch, Latency
 
 __all__ = ["Pacer"]
 
@@ -50,6 +66,11 @@ class Pacer:
         decrease: float = 0.5,
         increase: float = 0.05,
         cooldown: float = 1.0,
+        lone_decrease: float = 0.9,
+        knee_share: float = 0.9,
+        probe_increase: float = 0.02,
+        drain_timeout: float = 5.0,
+        probe_timeout: float = 2.0,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
@@ -78,6 +99,21 @@ class Pacer:
         self.pauses = 0
         self.paused_seconds = 0.0
         self._streak = 0
+        self._lone_decrease = lone_decrease
+        self._knee_share = knee_share
+        self._probe_increase = probe_increase
+        self._drain_timeout = drain_timeout
+        self._probe_timeout = probe_timeout
+        # after a pause one request goes first; the others wait for its answer
+        self._probe_needed = False
+        self._probe_out: asyncio.Event | None = None
+        self.probes = 0
+        # the delay-throttle side of adaptive mode
+        self.delays = DelayWatch()
+        self.knee: float | None = None
+        self.delay_decreases = 0
+        self._draining_since: float | None = None
+        self._answers: deque[float] = deque()
 
     # -- throttling pause --------------------------------------------------------
     def pause(self, retry_after: float | None) -> float:
@@ -92,22 +128,55 @@ class Pacer:
             self.paused_seconds += until - start
             self.paused_until = until
             self.pauses += 1
+        self._probe_needed = True
+        self._release_probe()
         return retry_after
 
     def calm(self) -> None:
         """A request went through: the next throttling starts a fresh backoff, and an
         adaptive rate recovers a little."""
         self._streak = 0
-        if self.adaptive and self.current < self.ceiling:
+        self.answered_any()
+        if self.adaptive and self.current < self.ceiling and self._draining_since is None:
             self._raise(self._clock())
 
+    def answered_any(self) -> None:
+        """GWS answered a request (however): a probe's answer lets the others go."""
+        if self._probe_out is not None and self.paused_until <= self._clock():
+            self._probe_needed = False
+            self._release_probe()
+
+    def _release_probe(self) -> None:
+        if self._probe_out is not None:
+            self._probe_out.set()
+            self._probe_out = None
+
     async def wait_pause(self) -> None:
-        while (left := self.paused_until - self._clock()) > 0:
-            await self._sleep(left)
+        while True:
+            while (left := self.paused_until - self._clock()) > 0:
+                await self._sleep(left)
+            if not self._probe_needed:
+                return
+            if self._probe_out is None:
+                # this request is the probe; the others wait for its answer
+                self._probe_out = asyncio.Event()
+                self.probes += 1
+                return
+            waiting = self._probe_out
+            try:
+                await asyncio.wait_for(waiting.wait(), self._probe_timeout)
+            except TimeoutError:
+                # the probe hangs: let the next request probe instead
+                if self._probe_out is waiting:
+                    self._release_probe()
 
     # -- adaptive rate -----------------------------------------------------------
-    def throttled(self) -> None:
-        """GWS answered 429 or 503: multiplicative decrease (adaptive mode only)."""
+    def throttled(self, *, lone: bool = False) -> None:
+        """GWS answered 429 or 503: multiplicative decrease (adaptive mode only).
+
+        ``lone``: a 503 without Retry-After while the others go through; it counts,
+        but lowers the rate only a little.
+        """
         if not self.adaptive:
             return
         now = self._clock()
@@ -116,16 +185,55 @@ class Pacer:
         if math.isinf(self.current):
             observed = self.observed_rate(now)
             self.ceiling = self.current = max(self._floor, observed)
-        self.current = max(self._floor, self.current * self._decrease)
+        factor = self._lone_decrease if lone else self._decrease
+        self._lower(now, self.current * factor)
+
+    def _lower(self, now: float, rate: float) -> None:
+        self.current = max(self._floor, min(self.current, rate))
         self.minimum = min(self.minimum, self.current)
         self.decreases += 1
         self._last_decrease = self._last_raise = now
+
+    def answered(self, latency: float) -> None:
+        """A POST was answered after ``latency`` seconds: the delay-throttle watch."""
+        now = self._clock()
+        self._answers.append(now)
+        while self._answers and self._answers[0] <= now - 1.0:
+            self._answers.popleft()
+        if not self.adaptive:
+            return
+        verdict = self.delays.answered(latency)
+        if self._draining_since is not None:
+            if verdict is Latency.CALM:
+                self._draining_since = None
+                self._last_raise = now
+            elif now - self._draining_since < self._drain_timeout:
+                return
+            else:
+                self._draining_since = None
+        if verdict is not Latency.SLOW:
+            return
+        # what GWS answered over the last second is what it serves
+        served = float(len(self._answers))
+        if math.isinf(self.current):
+            self.ceiling = self.current = max(self._floor, served)
+        if served:
+            self.knee = served
+        target = self._knee_share * self.knee if self.knee else 0.0
+        # already below the knee's share and still slow: the knee was misjudged
+        self._lower(now, target if 0 < target < self.current else self.current * self._decrease)
+        self.delay_decreases += 1
+        self._draining_since = now
+        self.delays.forget_recent()
 
     def _raise(self, now: float) -> None:
         # only time since the last decrease and outside a pause counts as calm
         since = max(self._last_raise, self.paused_until)
         if now > since:
             step = self._increase * self.ceiling * (now - since)
+            if self.knee is not None and self.current >= 0.95 * self.knee:
+                # near the rate where GWS started delaying: probe slowly
+                step = min(step, self._probe_increase * self.current * (now - since))
             self.current = min(self.ceiling, self.current + step)
             self._last_raise = now
 

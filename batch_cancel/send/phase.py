@@ -22,12 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from batch_cancel.config import GwsConfig, RunConfig
-from batch_cancel.exceptions import ConfigError, JournalUnwritable, TransientError
+from batch_cancel.exceptions import ConfigError, JournalUnwritable, SystematicFailure, TransientError
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
 from batch_cancel.journal.writer import JournalWriter, Recorder
+from batch_cancel.send.breaker import Breaker, FailureKind
 from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.send.record import Record
@@ -72,6 +74,7 @@ class Engine:
         self._pacer: Pacer | None = None
         self._session: GwsSession | None = None
         self._started = time.monotonic()
+        self.breaker = Breaker(config.breaker)
 
     async def run(self, *, journaling: bool = True,
                   alongside: Mapping[str, Callable[[], Awaitable[None]]] | None = None) -> None:
@@ -95,11 +98,14 @@ class Engine:
             await session.login_within(cfg.max_outage)
             log.info("logged in to %s as %s", self._gws.base_url, self._gws.credentials.username)
             device = await self._device_path(session, writer)
+            run_id = await writer.call(lambda s: s.get_meta("run_id"))
             sender_ref: list[Sender] = []
             matcher = Matcher(
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
                 clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
                 max_attempts=cfg.max_attempts, on_latency=self._on_latency,
+                on_outcome=self._on_outcome, on_unmatched=recorder.unmatched,
+                ref_prefix=f"bc-{run_id}-" if run_id else None,
             )  # fmt: skip
             self._matcher = matcher
             channel = AckChannel(
@@ -118,7 +124,7 @@ class Engine:
             self._pacer = pacer
             sender = Sender(
                 SenderSettings(cfg.defaults.operation, cfg.concurrency, cfg.max_attempts,
-                               cfg.max_outage),
+                               cfg.max_outage, self._gws.request_timeout),
                 session=session, channel=channel, matcher=matcher, recorder=recorder,
                 pacer=pacer, stop=self._stop, clock=time.monotonic, wall=time.time,
             )  # fmt: skip
@@ -129,15 +135,21 @@ class Engine:
                                  dict(alongside or {}))
             except BaseExceptionGroup as group:
                 raise one_error(group) from None
-            if self._stop.is_set():
-                self.interrupted = True
             failed = False
+            if self._stop.is_set():
+                if self.breaker.tripped is not None:
+                    # a clean stop: what is buffered is drained in full before it is raised
+                    raise SystematicFailure(self.breaker.describe())
+                self.interrupted = True
         finally:
             # whatever ended the run, what is buffered goes to the journal (a store
             # that is failing already gets one more try, not the whole stall limit)
             drained = await recorder.drain(0.0 if failed else None)
             if channel is not None:
                 await channel.close()
+            # after success, failure, abort or a signal alike: log the agent out again
+            with contextlib.suppress(Exception):
+                await session.end_cc_session()
             await session.aclose()
             await writer.close()
             if self._progress is not None:
@@ -161,6 +173,16 @@ class Engine:
 
         db, run_id = journal.db, journal.run_id
         return lambda: PgJournal.open(db, run_id)
+
+    def _on_outcome(self, rec: Record) -> None:
+        """Every row's outcome goes past the breaker for systematic failure."""
+        if rec.status == Status.CANCELLED:
+            self.breaker.success()
+        elif rec.status == Status.FAILED:
+            kind = FailureKind(rec.status_code if rec.status_code else None, rec.error or "failed")
+            if self.breaker.failure(kind):
+                log.error("breaker: %s", self.breaker.describe())
+                self._stop.set()
 
     async def _send(self, sender: Sender, recorder: Recorder, session: GwsSession,
                     channel: AckChannel, writer: JournalWriter, device: str | None,
@@ -272,12 +294,14 @@ class Engine:
             span = (s.last_request or 0) - (s.first_request or 0)
             out.update(
                 requests=s.requests, retries=s.retries, relogins=s.relogins,
+                unanswered=s.unanswered, lone_failures=s.lone_failures,
                 peak_in_flight=s.peak_in_flight,
                 achieved_rate=round(s.requests / span, 2) if span > 0 else 0.0,
             )  # fmt: skip
         pacer = self._pacer
         if pacer is not None:
-            out.update(throttle_pauses=pacer.pauses, paused_s=round(pacer.paused_seconds, 3))
+            out.update(throttle_pauses=pacer.pauses, paused_s=round(pacer.paused_seconds, 3),
+                       probes=pacer.probes)  # fmt: skip
             if pacer.adaptive:
                 # inf (unlimited until the first throttling) is not JSON: report 0 as --rate does
                 def finite(rate: float) -> float:
@@ -285,13 +309,18 @@ class Engine:
 
                 out.update(adaptive_rate=finite(pacer.current), adaptive_min_rate=finite(pacer.minimum),
                            adaptive_ceiling=finite(pacer.ceiling),
-                           adaptive_decreases=pacer.decreases)  # fmt: skip
+                           adaptive_decreases=pacer.decreases,
+                           delay_decreases=pacer.delay_decreases,
+                           calm_latency_ms=round((pacer.delays.baseline or 0.0) * 1000, 3))  # fmt: skip
         if self._channel is not None:
             out.update(cometd_handshakes=self._channel.handshakes,
                        cometd_reconnects=self._channel.reconnects)  # fmt: skip
         if self._matcher is not None:
             out.update(duplicate_acks=self._matcher.duplicate_acks,
-                       gap_resends=self._matcher.gap_resends)  # fmt: skip
+                       gap_resends=self._matcher.gap_resends,
+                       unmatched_notifications=self._matcher.unmatched,
+                       record_handles=self._matcher.record_handles,
+                       error_events=self._matcher.error_events)  # fmt: skip
         if self._session is not None:
             out.update(logins=self._session.logins)
         return out

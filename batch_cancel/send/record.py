@@ -6,6 +6,7 @@ retried) exist as objects; everything else lives in the journal.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ class Record:
     phone_sent: str
     application_id: int
     campaign: str
-    calling_list: str
+    calling_list: str | None
     device_path: str | None
     chain_attribute: str | None
     status: Status = Status.PLANNED
@@ -37,6 +38,11 @@ class Record:
     accepted_mono: float | None = None  # monotonic time GWS accepted the last POST
     deadline: float | None = None
     gap: bool = False  # accepted while the ack channel was (or went) down
+    record_handle: int | None = None  # OCS's record, from the ack's /me/internal companion
+    unanswered: int = 0  # attempts whose POST got no HTTP answer within --request-timeout
+    # the POST's own timeout while it is unanswered: an outcome that arrives first
+    # brings it forward, so a hung request does not hold its sender any longer
+    cut: asyncio.Timeout | None = None
 
     @classmethod
     def from_journal(cls, row: RowToSend, device_path: str | None) -> Record:
@@ -46,7 +52,7 @@ class Record:
             phone_sent=str(row.phone_sent),
             application_id=int(row.application_id),
             campaign=str(row.campaign),
-            calling_list=str(row.calling_list),
+            calling_list=row.calling_list or None,
             device_path=row.device_path or device_path,
             chain_attribute=row.chain_attribute,
             # a timed-out record handed back (--retry-timed-out) is in play again
@@ -55,22 +61,28 @@ class Record:
             http_status=row.http_status,
             status_code=row.status_code,
             sent_at=row.sent_at,
+            record_handle=row.record_handle,
         )
 
     @property
     def final(self) -> bool:
         return self.status in IN_PLAY
 
+    def settled(self) -> bool:
+        """``final``, asked again after an await (the outcome may have come meanwhile)."""
+        return self.final
+
     def body(self, operation: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "operationName": operation,
             "applicationId": self.application_id,
             "campaignName": self.campaign,
-            "callingList": self.calling_list,
             "phoneNumber": self.phone_sent,
             "devicePath": self.device_path,
             "referenceId": self.reference_id,
         }
+        if self.calling_list:  # DoNotCallRecord by phone number needs none
+            body["callingList"] = self.calling_list
         if self.chain_attribute:
             body["chainAttribute"] = self.chain_attribute
         return body
@@ -78,4 +90,4 @@ class Record:
     def state(self) -> RowState:
         return RowState(self.status, self.attempts, self.http_status, self.status_code,
                         self.notification_type, self.error, self.sent_at, self.acked_at,
-                        self.latency_ms, self.row)  # fmt: skip
+                        self.latency_ms, self.record_handle, self.row)  # fmt: skip

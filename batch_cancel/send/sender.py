@@ -28,6 +28,7 @@ from batch_cancel.gws.session import Answer
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
+from batch_cancel.send.failure_cluster import FailureCluster
 from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.send.record import Record
@@ -67,6 +68,7 @@ class SenderSettings:
     concurrency: int
     max_attempts: int
     max_outage: float
+    request_timeout: float = 15.0
 
 
 class Sender:
@@ -108,6 +110,9 @@ class Sender:
         self.requests = 0
         self.first_request: float | None = None
         self.last_request: float | None = None
+        self.unanswered = 0
+        self.lone_failures = 0
+        self._cluster = FailureCluster(clock)
 
     def resend(self, rec: Record) -> None:
         self._retry.put_nowait(rec)
@@ -237,6 +242,12 @@ class Sender:
         except (TransientError, SessionExpired) as exc:
             if self._stop.is_set():
                 return
+            if rec.unanswered and rec.unanswered >= rec.counted_attempts:
+                self._matcher.no_answer(rec, (
+                    f"no HTTP answer to {rec.unanswered} attempt(s) within "
+                    f"{self._s.request_timeout:g} s and no outcome: unknown whether GWS processed it"
+                ))  # fmt: skip
+                return
             self._matcher.give_up(rec, f"gave up after {rec.attempts} attempts: {exc}")
 
     _backoff = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
@@ -275,10 +286,19 @@ class Sender:
         generation = self._session.generation
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        started = self._clock()
         try:
-            answer = await self._session.post_record(rec.body(self._s.operation))
+            # no deadline unless the outcome arrives first (Matcher.cut_short)
+            async with asyncio.timeout(None) as cut:
+                rec.cut = cut
+                answer = await self._session.post_record(rec.body(self._s.operation))
+        except TimeoutError:
+            if rec.settled():
+                return  # settled by its outcome while the POST hung: nothing more to learn
+            raise
         except SessionExpired as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
+            self._pacer.answered_any()
             self.relogins += 1
             await self._session.relogin(generation)
             raise
@@ -288,10 +308,15 @@ class Sender:
             raise
         except RequestRejected as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
+            self._pacer.answered_any()
+            self._cluster.answered(False)
             raise
         finally:
+            rec.cut = None
             self.in_flight -= 1
         self._unreachable_since = None
+        self._pacer.answered(self._clock() - started)
+        self._cluster.answered(False)
         self._pacer.calm()
         rec.http_status, rec.status_code = answer.http_status, answer.status_code
         self._matcher.accepted(rec)
@@ -309,11 +334,37 @@ class Sender:
                               exc, waited)  # fmt: skip
             return
         rec.counted_attempts += 1
-        if exc.http_status in (429, 503):
+        if exc.unanswered:
+            # maybe processed, maybe not: retried with the same referenceId, and
+            # time without any answer counts towards --max-outage
+            rec.unanswered += 1
+            self.unanswered += 1
+            self._pacer.answered_any()
+            now = self._clock()
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since > self._s.max_outage:
+                raise GwsUnavailable(
+                    f"GWS unreachable or not answering for more than {self._s.max_outage:g} s: {exc}"
+                ) from exc
+            self._events.info("unanswered", "no HTTP answer within %g s: retrying with the same "
+                              "referenceId", self._s.request_timeout)  # fmt: skip
+            self._recorder.event(rec, "retry", str(exc))
+            return
+        clustered = self._cluster.answered(True)
+        if exc.http_status == 429 or exc.retry_after is not None or clustered:
+            # GWS asks the client, not this request, to slow down: everyone pauses
             self._pacer.throttled()
             waited = self._pacer.pause(exc.retry_after)
-            self._events.info(f"throttled-{exc.http_status}", "GWS throttled (%s): all senders pause %.1f s",
-                              exc.http_status, waited)  # fmt: skip
+            why = "failures cluster" if clustered and exc.http_status != 429 else "GWS throttled"
+            self._events.info(f"throttled-{exc.http_status}", "%s (%s): all senders pause %.1f s",
+                              why, exc.http_status, waited)  # fmt: skip
+        elif exc.http_status is not None and exc.http_status >= 500:
+            # a lone 503: this request backs off on its own; the rate adapts a little
+            self.lone_failures += 1
+            self._pacer.throttled(lone=True)
+            self._pacer.answered_any()
+            self._events.info(f"lone-{exc.http_status}", "HTTP %s, retrying this request after a "
+                              "back-off: %s", exc.http_status, exc)  # fmt: skip
         else:
             self._events.info(f"retry-{type(exc).__name__}-{exc.http_status}",
                               "request failed, retrying with the same referenceId: %s", exc)  # fmt: skip
