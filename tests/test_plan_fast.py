@@ -178,7 +178,7 @@ def test_a_state_change_retires_the_snapshot(tmp_path: Path, monkeypatch: pytest
     journal = _plan(tmp_path, _input(tmp_path), monkeypatch)
     first = next(r for r in journal.iter_rows() if r["status"] == "planned")
     journal.save_states([("cancelled", 1, 200, 0, "RecordCancelAcknowledge", None, 1.5e9,
-                          1.5e9 + 0.25, 250.0, first["row"])], [])
+                          1.5e9 + 0.25, 250.0, 11, first["row"])], [])
     assert journal.snapshot() is None
     report = write_report(journal, tmp_path / "after.csv")
     assert report.read_bytes() == _old_csv(journal)

@@ -221,7 +221,7 @@ class Pacer:
             self.knee = served
         target = self._knee_share * self.knee if self.knee else 0.0
         # already below the knee's share and still slow: the knee was misjudged
-        self._lower(now, target if 0 < target < self.current else self.current * self._decrease)
+        self._lower(now, target if 0 < target < self.current else self.current * self._knee_share)
         self.delay_decreases += 1
         self._draining_since = now
         self.delays.forget_recent()

@@ -295,6 +295,8 @@ class Engine:
             out.update(
                 requests=s.requests, retries=s.retries, relogins=s.relogins,
                 unanswered=s.unanswered, lone_failures=s.lone_failures,
+                post_p50_ms=round(s.post_latency_ms.quantile(0.5) or 0.0, 3),
+                post_p95_ms=round(s.post_latency_ms.quantile(0.95) or 0.0, 3),
                 peak_in_flight=s.peak_in_flight,
                 achieved_rate=round(s.requests / span, 2) if span > 0 else 0.0,
             )  # fmt: skip

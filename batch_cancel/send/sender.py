@@ -28,6 +28,7 @@ from batch_cancel.gws.session import Answer
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
+from batch_cancel.report.charts import LatencyHistogram
 from batch_cancel.send.failure_cluster import FailureCluster
 from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
@@ -113,6 +114,7 @@ class Sender:
         self.unanswered = 0
         self.lone_failures = 0
         self._cluster = FailureCluster(clock)
+        self.post_latency_ms = LatencyHistogram()  # POST -> its HTTP answer, answered ones
 
     def resend(self, rec: Record) -> None:
         self._retry.put_nowait(rec)
@@ -315,7 +317,9 @@ class Sender:
             rec.cut = None
             self.in_flight -= 1
         self._unreachable_since = None
-        self._pacer.answered(self._clock() - started)
+        latency = self._clock() - started
+        self.post_latency_ms.add(latency * 1000.0)
+        self._pacer.answered(latency)
         self._cluster.answered(False)
         self._pacer.calm()
         rec.http_status, rec.status_code = answer.http_status, answer.status_code

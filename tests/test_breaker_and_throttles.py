@@ -1,0 +1,262 @@
+"""The breaker, the failure cluster, the delay watch, the user-event index and the pacer's
+probe and latency-driven rate: unit tests on a fake clock (time and sleep injected)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_throttle import FakeTime, pacer
+
+from batch_cancel.journal.store import next_round_reference
+from batch_cancel.send.breaker import Breaker, FailureKind
+from batch_cancel.send.delay_throttle import DelayWatch, Latency
+from batch_cancel.send.failure_cluster import FailureCluster
+from batch_cancel.send.record import Record
+from batch_cancel.send.user_events import UserEventIndex, UserEventVerdict
+
+STATE = FailureKind(2, "HTTP 400 statusCode 2: Contact center session is not started")
+
+
+# -- breaker ------------------------------------------------------------------------------
+def test_breaker_trips_on_n_identical_failures_in_a_row() -> None:
+    b = Breaker(25)
+    assert not any(b.failure(STATE) for _ in range(24))
+    assert b.failure(STATE)
+    assert b.tripped == STATE.text
+    assert "25 outcomes in a row" in b.describe() and "(25 rows hit)" in b.describe()
+    assert STATE.text in b.describe()
+
+
+def test_breaker_streak_is_broken_by_a_success_or_another_error() -> None:
+    b = Breaker(5)
+    for _ in range(4):
+        b.failure(STATE)
+    b.success()
+    assert not any(b.failure(STATE) for _ in range(4))
+    assert not b.failure(FailureKind(None, "ErrorMessage: code 6: Record not found"))
+    assert b.tripped is None
+
+
+def test_breaker_same_status_code_with_other_texts_trips_naming_the_code() -> None:
+    b = Breaker(3)
+    kinds = [FailureKind(10, f"HTTP 400 statusCode 10: Invalid parameter: x{i}") for i in range(3)]
+    assert [b.failure(k) for k in kinds] == [False, False, True]
+    assert b.tripped == "statusCode 10"
+    assert b.rows_hit("statusCode 10") == 3
+
+
+def test_breaker_zero_is_off() -> None:
+    b = Breaker(0)
+    assert not any(b.failure(STATE) for _ in range(1000))
+    assert b.rows_hit(STATE.text) == 1000
+
+
+def test_retry_failed_reference_ids_count_rounds() -> None:
+    assert next_round_reference("bc-20261129T000000Z-ab12cd-7") == "bc-20261129T000000Z-ab12cd-7-r1"
+    assert next_round_reference("bc-run-7-r1") == "bc-run-7-r2"
+    assert next_round_reference("bc-run-7-r9") == "bc-run-7-r10"
+    assert next_round_reference("-r") == "-r-r1"
+
+
+# -- failure cluster ----------------------------------------------------------------------
+def test_lone_failures_do_not_cluster_but_a_run_of_them_does() -> None:
+    t = FakeTime()
+    c = FailureCluster(t.clock)
+    # 1 in 20 failing, for a long time: never a cluster
+    for i in range(400):
+        t.now += 0.005
+        assert not c.answered(i % 20 == 0)
+    # every request failing: the fifth failure says so
+    verdicts = []
+    for _ in range(5):
+        t.now += 0.005
+        verdicts.append(c.answered(True))
+    assert verdicts == [False, False, False, False, True]
+
+
+def test_old_failures_fall_out_of_the_cluster_window() -> None:
+    t = FakeTime()
+    c = FailureCluster(t.clock, max_age=2.0)
+    for _ in range(4):
+        c.answered(True)
+    t.now += 2.5
+    assert not c.answered(True)
+
+
+# -- delay watch --------------------------------------------------------------------------
+def test_delay_watch_learns_the_calm_baseline_then_judges_the_recent_median() -> None:
+    w = DelayWatch(baseline_samples=10, recent=3, factor=2.0, min_extra=0.004)
+    assert [w.answered(0.003) for _ in range(9)] == [Latency.LEARNING] * 9
+    assert w.answered(0.003) is Latency.CALM
+    assert w.baseline == pytest.approx(0.003)
+    assert [w.answered(0.003) for _ in range(3)] == [Latency.LEARNING, Latency.LEARNING, Latency.CALM]
+    # one slow answer is noise
+    assert [w.answered(x) for x in (0.003, 0.050, 0.003, 0.003)] == [Latency.CALM] * 4
+    # two of three slow: the median is slow
+    assert w.answered(0.030) is Latency.CALM
+    assert w.answered(0.030) is Latency.SLOW
+    w.forget_recent()
+    assert [w.answered(0.002) for _ in range(3)] == [Latency.LEARNING, Latency.LEARNING, Latency.CALM]
+    assert w.baseline == pytest.approx(0.002)  # a calmer stretch lowers the baseline
+
+
+def test_delay_watch_needs_both_the_factor_and_the_extra() -> None:
+    w = DelayWatch(baseline_samples=1, recent=1, factor=2.0, min_extra=0.004)
+    assert w.answered(0.001) is Latency.CALM
+    assert w.answered(0.003) is Latency.CALM  # 3x, but only 2 ms more
+    assert w.answered(0.006) is Latency.SLOW
+
+
+# -- user events --------------------------------------------------------------------------
+def _rec(row: int, phone: str = "2125550101") -> Record:
+    return Record(row=row, reference_id=f"r{row}", phone_sent=phone, application_id=134,
+                  campaign="Campaign1", calling_list="CallingList1", device_path="/devices/d",
+                  chain_attribute=None)  # fmt: skip
+
+
+def _event(phone: str = "2125550101", **extra: object) -> dict[str, object]:
+    user_data = {"GSW_PHONE": phone, "GSW_CAMPAIGN_NAME": "Campaign1", "GSW_CALLING_LIST": "CallingList1",
+                 "GSW_USER_EVENT": "RecordCancelAcknowledge", **extra}  # fmt: skip
+    return {"messageType": "DeviceUserEventMessage", "userData": user_data}
+
+
+def test_user_events_error_fails_the_one_row_in_flight() -> None:
+    index = UserEventIndex()
+    rec = _rec(1)
+    index.track(rec)
+    match = index.match(_event(GSW_ERROR="Record not found", GSW_ERROR_NUMBER=103))
+    assert match.verdict is UserEventVerdict.ERROR and match.record is rec
+    assert match.error == "GSW_ERROR_NUMBER 103: Record not found"
+
+
+def test_user_events_same_number_twice_in_flight_is_ambiguous() -> None:
+    index = UserEventIndex()
+    index.track(_rec(1))
+    index.track(_rec(2))
+    match = index.match(_event(GSW_ERROR="Record not found"))
+    assert match.verdict is UserEventVerdict.AMBIGUOUS and match.record is None
+
+
+def test_user_events_companion_after_the_ack_finds_the_settled_row() -> None:
+    index = UserEventIndex()
+    rec = _rec(1, "(212) 555-0101")  # digits compared, whatever the formatting
+    index.track(rec)
+    rec.status = "cancelled"
+    index.settled(rec)
+    match = index.match(_event(GSW_RECORD_HANDLE=11))
+    assert match.verdict is UserEventVerdict.HANDLE and match.record is rec and match.handle == 11
+    # once given, the row is not offered again
+    assert index.match(_event(GSW_RECORD_HANDLE=11)).verdict is UserEventVerdict.UNMATCHED
+
+
+def test_user_events_for_other_numbers_or_without_phone_are_unmatched() -> None:
+    index = UserEventIndex()
+    index.track(_rec(1))
+    assert index.match(_event("9999999999", GSW_ERROR="x")).verdict is UserEventVerdict.UNMATCHED
+    no_phone = {"messageType": "DeviceUserEventMessage", "userData": {"GSW_USER_EVENT": "X"}}
+    assert index.match(no_phone).verdict is UserEventVerdict.UNMATCHED
+
+
+# -- pacer: the probe after a pause, the lone 503, the delay throttle ----------------------
+async def test_after_a_pause_one_probe_goes_first_and_the_others_wait_for_its_answer() -> None:
+    t = FakeTime()
+    p = pacer(0, t)
+    p.pause(1.0, "503s cluster")
+    probe = asyncio.create_task(p.acquire())
+    others = [asyncio.create_task(p.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert probe.done() and not any(o.done() for o in others)
+    assert p.probes == 1
+    p.calm()  # the probe went through
+    await asyncio.gather(*others)
+    assert p.probes == 1
+
+
+async def test_a_failed_probe_extends_the_pause_and_a_new_probe_follows() -> None:
+    t = FakeTime()
+    p = pacer(0, t)
+    p.pause(1.0, "503s cluster")
+    await p.acquire()  # the probe
+    waiter = asyncio.create_task(p.acquire())
+    await asyncio.sleep(0)
+    p.pause(2.0, "still 503")  # it failed again
+    await waiter  # waits out the new pause, then is the next probe
+    assert t.now >= 100.0 + 2.0 and p.probes == 2
+
+
+def test_a_lone_503_lowers_an_adaptive_rate_a_little() -> None:
+    t = FakeTime()
+    p = pacer(200, t, adaptive=True)
+    p.throttled(lone=True)
+    assert p.current == pytest.approx(180)
+    t.now += 2
+    p.throttled()
+    assert p.current == pytest.approx(90)
+
+
+def _learn_calm(p: object, t: FakeTime, latency: float = 0.003, n: int = 20) -> None:
+    for _ in range(n):
+        t.now += 0.01
+        p.answered(latency)  # type: ignore[attr-defined]
+
+
+def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
+    t = FakeTime()
+    p = pacer(100, t, adaptive=True)
+    _learn_calm(p, t)
+    # GWS now delays: 25 answers a second, each 200 ms late
+    for _ in range(25):
+        t.now += 0.04
+        p.answered(0.2)
+    assert p.delay_decreases == 1
+    assert p.knee == pytest.approx(25, abs=1)
+    assert p.current == pytest.approx(0.9 * p.knee)
+
+
+def test_no_second_decrease_while_the_servers_queue_drains() -> None:
+    t = FakeTime()
+    p = pacer(100, t, adaptive=True)
+    _learn_calm(p, t)
+    for _ in range(30):
+        t.now += 0.04
+        p.answered(0.2)
+    lowered = p.current
+    # still slow for a while (the queue GWS built drains): no further cut, no raise
+    for _ in range(50):
+        t.now += 0.04
+        p.answered(0.15)
+        p.calm()
+    assert p.delay_decreases == 1 and p.current == lowered
+    # calm again: the rate may grow, slowly once it nears the knee
+    _learn_calm(p, t, n=5)
+    p.calm()
+    t.now += 1.0
+    p.calm()
+    assert lowered < p.current <= lowered + 0.05 * 100 * 1.2
+
+
+def test_near_the_knee_the_rate_probes_slowly() -> None:
+    t = FakeTime()
+    p = pacer(100, t, adaptive=True)
+    p.throttled()  # a decrease starts the clock of the additive increase
+    p.knee = 25.0
+    p.current = 24.0
+    t.now += 1.0
+    p.calm()
+    assert p.current == pytest.approx(24.0 * 1.02)  # 2 % a second, not 5 % of the ceiling (5/s)
+    p.current = 10.0
+    t.now += 1.0
+    p.calm()
+    assert p.current == pytest.approx(15.0)  # far below the knee: the usual additive increase
+
+
+def test_a_fixed_rate_ignores_latency() -> None:
+    t = FakeTime()
+    p = pacer(100, t)
+    _learn_calm(p, t)
+    for _ in range(30):
+        t.now += 0.04
+        p.answered(0.5)
+    assert p.current == 100 and p.delay_decreases == 0
