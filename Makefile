@@ -47,6 +47,7 @@ test-fast: venv
 bench: venv
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.fleet
+	$(BIN)/python -m benchmarks.gws_throttles
 
 clean:
 	rm -rf .venv-airflow

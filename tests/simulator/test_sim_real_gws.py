@@ -112,8 +112,12 @@ async def test_dos_filter_delays_then_refuses_per_session(
     # Delayed, not refused: 3 wait for the next second.
     assert [a.status_code for a in answers] == [200] * 8
     assert 0.9 < elapsed < 1.8
-    waits = sorted(e.dos_wait for e in sim.ledger.entries[-8:])
-    assert waits[:5] == [0.0] * 5 and all(0.9 < w <= 1.0 for w in waits[5:])
+    entries = sim.ledger.entries[-8:]
+    assert sum(1 for e in entries if e.dos_wait > 0) == 3
+    # never more than 5 admitted within one second (on a busy box the 8 arrive spread out,
+    # so the waits differ; the window is the invariant)
+    admitted = sorted(e.t_start + e.dos_wait for e in entries)
+    assert all(admitted[i + 5] - admitted[i] >= 1.0 - 0.01 for i in range(3))
 
 
 def test_dos_filter_window_on_a_fake_clock() -> None:
