@@ -87,10 +87,10 @@ def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJou
     assert to_send[0].reference_id.endswith("-1") and to_send[0].status == "planned"
     assert [r.row for r in j.to_send(after_row=10, limit=5, retry_timed_out=False)] == [11, 12, 13, 14, 15]
     t = 1_790_000_000.0
-    states = [("cancelled", 1, 200, 0, "CancelRecordAcknowledge", None, t, t + 0.1, 100.0, 1),
-              ("failed", 2, 200, 0, None, "no such record", t, t + 0.2, 200.0, 4),
-              ("sent", 1, None, None, None, None, t, None, None, 5),
-              ("timed_out", 3, 200, 0, None, None, t, None, None, 8)]  # fmt: skip
+    states = [("cancelled", 1, 200, 0, "CancelRecordAcknowledge", None, t, t + 0.1, 100.0, None, 1),
+              ("failed", 2, 200, 0, None, "no such record", t, t + 0.2, 200.0, None, 4),
+              ("sent", 1, None, None, None, None, t, None, None, None, 5),
+              ("timed_out", 3, 200, 0, None, None, t, None, None, None, 8)]  # fmt: skip
     events = [(1, t, "sent", 1, None, None, None), (1, t + 0.1, "cancelled", 1, 200, 0, None),
               (4, t + 0.2, "failed", 2, 200, 0, "no such record")]  # fmt: skip
     # the typed shapes the recorder hands the writer, statuses as the StrEnum
@@ -123,7 +123,7 @@ def test_both_stores_write_byte_identical_reports(tmp_path: Path, pg_url: str, p
                     == write_report(pg, tmp_path / f"pg-{name}").read_bytes())  # fmt: skip
         t = 1_790_000_000.5
         for j in (lite, pg):
-            j.save_states([("cancelled", 2, 200, 0, "ack", None, t, t + 1, 1000.0, 3)],
+            j.save_states([("cancelled", 2, 200, 0, "ack", None, t, t + 1, 1000.0, None, 3)],
                           [(3, t, "cancelled", 2, 200, 0, "é ' \" , x")])  # fmt: skip
         assert (write_report(lite, tmp_path / "lite.csv").read_bytes()
                 == write_report(pg, tmp_path / "pg.csv").read_bytes())  # fmt: skip
@@ -167,7 +167,7 @@ def test_claims_skip_rows_another_worker_holds_and_take_them_when_its_lease_expi
     again = [r.row for r in a.claim("A", 30)]
     assert again == list(range(11, 31))  # B's rows (expired) and the rest; never A's own twice
     # a final outcome gives the lease up; open rows count every row with no outcome
-    a.save_states([("cancelled", 1, 200, 0, None, None, 1.0, 2.0, 1.0, 1)], [])
+    a.save_states([("cancelled", 1, 200, 0, None, None, 1.0, 2.0, 1.0, None, 1)], [])
     assert a.open_rows() == 29
     assert a.release("A") == 29 and b.claim("B", 1)[0].row == 1 + 1
 

@@ -191,8 +191,13 @@ class PgJournal:
                                   f"batch-cancel knows {SCHEMA_VERSION}: upgrade batch-cancel")  # fmt: skip
             columns = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
             self._x(_SCHEMA.replace("{columns}", columns))
-            # a column added after the first schema of this version
-            self._x("ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS record_handle BIGINT")
+            # a column added after the first schema of this version; only altered when
+            # missing (an ALTER takes a lock that running workers' updates would deadlock on)
+            have = self._x("SELECT 1 FROM information_schema.columns WHERE table_schema=%s AND "
+                           "table_name='records' AND column_name='record_handle'",
+                           [self.db.schema]).fetchone()  # fmt: skip
+            if have is None:
+                self._x("ALTER TABLE {s}.records ADD COLUMN record_handle BIGINT")
             if found is None:
                 self._x("INSERT INTO {s}.schema_version VALUES (%s)", [SCHEMA_VERSION])
 
