@@ -212,7 +212,8 @@ def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
         p.answered(0.2)
     assert p.delay_decreases == 1
     assert p.knee == pytest.approx(25, abs=1)
-    assert p.current == pytest.approx(0.9 * p.knee)
+    # deep enough for the queue GWS built to drain quickly
+    assert p.current == pytest.approx(0.7 * p.knee)
 
 
 def test_no_second_decrease_while_the_servers_queue_drains() -> None:
@@ -235,6 +236,27 @@ def test_no_second_decrease_while_the_servers_queue_drains() -> None:
     t.now += 1.0
     p.calm()
     assert lowered < p.current <= lowered + 0.05 * 100 * 1.2
+
+
+def test_after_slow_answers_the_rate_holds_just_under_the_knee() -> None:
+    t = FakeTime()
+    p = pacer(100, t, adaptive=True)
+    _learn_calm(p, t)
+    for _ in range(25):
+        t.now += 0.04
+        p.answered(0.2)
+    knee = p.knee
+    assert knee is not None
+    _learn_calm(p, t, n=5)  # drained
+    for _ in range(20):  # 20 s of calm answers: up to 95 % of the knee, and no further
+        t.now += 1.0
+        p.answered(0.003)
+        p.calm()
+    assert p.current == pytest.approx(0.95 * knee)
+    t.now += 30.0  # a long calm: probe above, slowly
+    p.answered(0.003)
+    p.calm()
+    assert 0.95 * knee < p.current <= 0.95 * knee * 1.02 * 31
 
 
 def test_near_the_knee_the_rate_probes_slowly() -> None:

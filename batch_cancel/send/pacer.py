@@ -27,11 +27,14 @@ little (``lone_decrease``), not by half.
 A throttle that only delays (Jetty's DoS filter) refuses nothing: adaptive mode
 also watches POST latency against the calm latency of the start
 (delay_throttle.py). When answers get slow, the rate GWS answered at over the last
-second is the rate it serves (the knee): the pacer drops to ``knee_share`` of it
-and does not judge latency again until the queue the server built has drained
-(a calm verdict) or ``drain_timeout`` passed. Below 95 % of the knee it recovers
-as usual; above it, it probes slowly (``probe_increase`` of the rate per second),
-so it settles just under a server that only delays.
+second is the rate it serves (the knee): the pacer drops to ``drain_share`` of it,
+so the queue the server built drains quickly, and does not judge latency again
+until it has (a calm verdict) or ``drain_timeout`` passed. It then recovers as usual
+up to ``hold_share`` of the knee and stays there for ``hold`` seconds after the last
+slow answers; only then does it probe above, slowly (``probe_increase`` of the rate
+per second), in case GWS serves more now. So it settles just under a server that
+only delays, instead of oscillating around its limit (every overshoot is a queue of
+slow answers).
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class Pacer:
         increase: float = 0.05,
         cooldown: float = 1.0,
         lone_decrease: float = 0.9,
-        knee_share: float = 0.9,
+        drain_share: float = 0.7,
+        hold_share: float = 0.95,
+        hold: float = 30.0,
         probe_increase: float = 0.02,
         drain_timeout: float = 5.0,
         probe_timeout: float = 2.0,
@@ -100,7 +105,10 @@ class Pacer:
         self.paused_seconds = 0.0
         self._streak = 0
         self._lone_decrease = lone_decrease
-        self._knee_share = knee_share
+        self._drain_share = drain_share
+        self._hold_share = hold_share
+        self._hold = hold
+        self._slow_at = -math.inf
         self._probe_increase = probe_increase
         self._drain_timeout = drain_timeout
         self._probe_timeout = probe_timeout
@@ -219,9 +227,10 @@ class Pacer:
             self.ceiling = self.current = max(self._floor, served)
         if served:
             self.knee = served
-        target = self._knee_share * self.knee if self.knee else 0.0
-        # already below the knee's share and still slow: the knee was misjudged
-        self._lower(now, target if 0 < target < self.current else self.current * self._knee_share)
+        target = self._drain_share * self.knee if self.knee else 0.0
+        # already below the drain rate and still slow: the knee was misjudged
+        self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
+        self._slow_at = now
         self.delay_decreases += 1
         self._draining_since = now
         self.delays.forget_recent()
@@ -231,10 +240,17 @@ class Pacer:
         since = max(self._last_raise, self.paused_until)
         if now > since:
             step = self._increase * self.ceiling * (now - since)
-            if self.knee is not None and self.current >= 0.95 * self.knee:
-                # near the rate where GWS started delaying: probe slowly
-                step = min(step, self._probe_increase * self.current * (now - since))
-            self.current = min(self.ceiling, self.current + step)
+            ceiling = self.ceiling
+            if self.knee is not None:
+                hold_at = self._hold_share * self.knee
+                if self.current < hold_at:
+                    ceiling = min(ceiling, hold_at)  # recover quickly, up to just under the knee
+                elif now - self._slow_at < self._hold:
+                    step = 0.0  # hold just under the rate where GWS started delaying
+                else:
+                    # long calm: GWS may serve more now; probe slowly
+                    step = min(step, self._probe_increase * self.current * (now - since))
+            self.current = min(ceiling, self.current + step)
             self._last_raise = now
 
     def observed_rate(self, now: float | None = None) -> float:
