@@ -102,12 +102,23 @@ def test_gws_gone_past_max_outage(tmp_path: Path) -> None:
 def test_cometd_outage_past_max_outage(tmp_path: Path) -> None:
     sim = make_sim(long_poll_timeout=0.5)
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(30)])
-    timer = threading.Timer(0.8, sim.pause_cometd, args=(30.0,))
-    timer.start()
+    done = threading.Event()
+
+    def pause_once_sending() -> None:
+        # the outage must begin after the subscription (a POST proves it), not at a fixed
+        # time that a loaded machine may reach before the run has even subscribed
+        while not done.is_set() and not sim.ledger.entries:
+            time.sleep(0.02)
+        if not done.is_set():
+            sim.pause_cometd(30.0)
+
+    pauser = threading.Thread(target=pause_once_sending, daemon=True)
+    pauser.start()
     try:
         result = run_cli(job_args(sim.base_url, tmp_path, src, rate=10, concurrency=2, max_outage=1), ENV)
     finally:
-        timer.cancel()
+        done.set()
+        pauser.join(5)
         sim.stop()
     assert result.exit_code == 3, result.stderr
     assert "CometD" in _agrees(3, result.stdout)["error"]
