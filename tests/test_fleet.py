@@ -141,10 +141,11 @@ def test_three_workers_drain_one_job_once_each_within_the_jobs_rate(
     assert set(refs) == {r["reference_id"] for r in rows}
     assert max(refs.values()) == 1, [r for r, n in refs.items() if n > 1][:5]
     # The job's rate, not each worker's (three workers at the full rate would make 3x).
-    # Each pacer may run 1% (+1) ahead; over 5 s that is the whole allowance. In 1 s
-    # windows three processes on two loaded cores bunch requests by tens of ms: the
-    # same +10% that the single-process rate test allows (rate + concurrency).
-    assert sim.ledger.peak_rate(5.0) <= 5 * FLEET_RATE * 1.01 + 3, sim.ledger.peak_rate(5.0)
+    # The server times arrivals, and three processes on two loaded cores bunch requests
+    # by tens of ms: up to a tenth of a second's requests can land in a window they were
+    # not paced in. That is the same absolute allowance in a 5 s window as in a 1 s one
+    # (the +10% that the single-process rate test allows), not 10% of five seconds.
+    assert sim.ledger.peak_rate(5.0) <= 5 * FLEET_RATE + 0.1 * FLEET_RATE, sim.ledger.peak_rate(5.0)
     assert sim.ledger.peak_rate(1.0) <= FLEET_RATE * 1.1, sim.ledger.peak_rate(1.0)
 
 
