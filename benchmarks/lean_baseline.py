@@ -1,15 +1,19 @@
 """The least a CancelRecord sender can do, as a yardstick for batch-cancel's own speed.
 
     python -m benchmarks.lean_baseline NUMBERS.csv --base-url URL --username U \\
-        [--concurrency 64] [--http aiohttp|httpx]        (password from env GWS_PASSWORD)
+        [--concurrency 64] [--http aiohttp|httpx] [--internal]   (password from env GWS_PASSWORD)
 
 Log in, subscribe to ``/v2/me/outbound`` over a hand-rolled Bayeux long poll, POST
 every number with ``concurrency`` requests in flight, and count the acknowledgements
 whose referenceId it sent. No journal, no retries, no report, no rate limit: only what
-any client must do. ``--http aiohttp`` is the HTTP stack batch-cancel uses (so the
-difference is the tool's own work); ``--http httpx`` is stock httpx, what a first
-script would likely use. The last stdout line is JSON: records, acked, errors,
-seconds (first POST to last ack).
+any client must do. ``--internal`` also subscribes to ``/me/internal``, where GWS
+relays OCS's errors without a referenceId (the protocol notes since the second
+round: "subscribe to it"), and fails the record in flight whose number an event
+with ``GSW_ERROR`` names; the acknowledgements' companions are read and dropped.
+``--http aiohttp`` is the HTTP stack batch-cancel uses (so the difference is the
+tool's own work); ``--http httpx`` is stock httpx, what a first script would likely
+use. The last stdout line is JSON: records, acked, errors, seconds (first POST to last
+ack).
 """
 
 from __future__ import annotations
@@ -84,23 +88,24 @@ class Bayeux:
             raise RuntimeError(f"Bayeux answered HTTP {status}")
         return list(replies)
 
-    async def open(self, channel: str) -> None:
+    async def open(self, *channels: str) -> None:
         shake = await self._send({"channel": "/meta/handshake", "version": "1.0",
                                   "supportedConnectionTypes": ["long-polling"]})  # fmt: skip
         self.client_id = shake[0]["clientId"]
         # advice timeout 0: the first poll answers at once instead of being held
         await self._send({"channel": "/meta/connect", "connectionType": "long-polling",
                           "advice": {"timeout": 0}})  # fmt: skip
-        replies = await self._send({"channel": "/meta/subscribe", "subscription": channel})
-        if not any(r.get("channel") == "/meta/subscribe" and r.get("successful") for r in replies):
-            raise RuntimeError(f"subscribe refused: {replies}")
+        for channel in channels:
+            replies = await self._send({"channel": "/meta/subscribe", "subscription": channel})
+            if not any(r.get("channel") == "/meta/subscribe" and r.get("successful") for r in replies):
+                raise RuntimeError(f"subscribe refused: {replies}")
 
     async def poll(self) -> list[dict[str, Any]]:
         return await self._send({"channel": "/meta/connect", "connectionType": "long-polling"})
 
 
 async def run(numbers: list[str], *, base_url: str, username: str, password: str,
-              concurrency: int, http: str = "aiohttp",
+              concurrency: int, http: str = "aiohttp", internal: bool = False,
               ack_timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
     import base64
 
@@ -114,14 +119,16 @@ async def run(numbers: list[str], *, base_url: str, username: str, password: str
         csrf = {lower["x-csrf-header"]: lower["x-csrf-token"]} if "x-csrf-header" in lower else {}
         _, _, answer = await fetch("GET", "/api/v2/me/devices", {}, None)
         device = f"/devices/{answer['devices'][0]['id']}"
-        return await _send_all(numbers, fetch, csrf, device, concurrency, ack_timeout)
+        return await _send_all(numbers, fetch, csrf, device, concurrency, ack_timeout, internal)
     finally:
         await close()
 
 
 async def _send_all(numbers: list[str], fetch: Fetch, csrf: dict[str, str], device: str,
-                    concurrency: int, ack_timeout: float) -> dict[str, Any]:  # fmt: skip
+                    concurrency: int, ack_timeout: float, internal: bool) -> dict[str, Any]:  # fmt: skip
     waiting: set[str] = set()
+    by_number: dict[str, str] = {}  # number in flight -> its referenceId (--internal)
+    numbers_of: dict[str, str] = {}  # referenceId -> number (--internal)
     acked = errors = 0
     done = asyncio.Event()
     sent_all = False
@@ -134,8 +141,14 @@ async def _send_all(numbers: list[str], fetch: Fetch, csrf: dict[str, str], devi
             if not isinstance(data, dict):
                 continue
             ref = data.get("referenceId")
+            if ref is None and internal:
+                user_data = data.get("userData")
+                if isinstance(user_data, dict) and "GSW_ERROR" in user_data:
+                    ref = by_number.get(str(user_data.get("GSW_PHONE")))
             if ref in waiting:
                 waiting.discard(ref)
+                if internal:
+                    by_number.pop(numbers_of.pop(ref, ""), None)
                 if data.get("notificationType") == SUCCESS:
                     acked += 1
                     last_ack = time.monotonic()
@@ -143,7 +156,7 @@ async def _send_all(numbers: list[str], fetch: Fetch, csrf: dict[str, str], devi
             done.set()
 
     bayeux = Bayeux(fetch, csrf)
-    await bayeux.open("/v2/me/outbound")
+    await bayeux.open("/v2/me/outbound", *(["/me/internal"] if internal else []))
 
     async def listen() -> None:
         while True:
@@ -157,6 +170,9 @@ async def _send_all(numbers: list[str], fetch: Fetch, csrf: dict[str, str], devi
         for number in todo:
             ref = uuid.uuid4().hex
             waiting.add(ref)
+            if internal:
+                by_number[number] = ref
+                numbers_of[ref] = number
             body = {"operationName": "CancelRecord", "applicationId": 134,
                     "campaignName": "Campaign1", "callingList": "CallingList1",
                     "phoneNumber": number, "devicePath": device, "referenceId": ref}  # fmt: skip
@@ -190,10 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--username", required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--http", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--internal", action="store_true",
+                        help="also subscribe to /me/internal and fail records its errors name")
     args = parser.parse_args(argv)
     result = asyncio.run(run(read_numbers(args.numbers), base_url=args.base_url, username=args.username,
                              password=os.environ["GWS_PASSWORD"], concurrency=args.concurrency,
-                             http=args.http))  # fmt: skip
+                             http=args.http, internal=args.internal))  # fmt: skip
     print(json.dumps(result))
 
 

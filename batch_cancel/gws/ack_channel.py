@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from aiocometd_noloop import ConnectionType
 
 from batch_cancel.exceptions import NotificationChannelLost
+from batch_cancel.gws import json_codec
 from batch_cancel.gws.cometd_client import CometdClient, Message, SessionExtension
 from batch_cancel.gws.network import Route, host_port
 from batch_cancel.gws.responses import certificate_problem
@@ -75,6 +76,7 @@ class AckChannel:
             max_pending_count=0,  # unbounded: we drain in batches, never block the poll
             route=self._route,
             connection_timeout=0,
+            json_loads=json_codec.loads,  # a long poll's batch of messages: the hot decode
         )
 
     # -- lifecycle -----------------------------------------------------------

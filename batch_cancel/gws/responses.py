@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import ssl
 import time
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from batch_cancel.exceptions import (
     TlsCertificateError,
     TransientError,
 )
+from batch_cancel.gws import json_codec
 
 __all__ = [
     "TRANSPORT_ERRORS",
@@ -70,7 +70,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def body_json(reply: Reply) -> dict[str, Any]:
     try:
-        data = json.loads(reply.content) if reply.content else {}
+        data = json_codec.loads(reply.content) if reply.content else {}
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -124,7 +124,7 @@ def not_the_gws_api(reply: Reply, base_url: str) -> GwsMisconfigured | Transient
 
 def _json_or_none(reply: Reply) -> Any:
     try:
-        return json.loads(reply.content)
+        return json_codec.loads(reply.content)
     except ValueError:
         return None
 

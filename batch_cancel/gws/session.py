@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +30,8 @@ from batch_cancel.exceptions import (
     RequestError,
     TransientError,
 )
+from batch_cancel.gws import json_codec
+from batch_cancel.gws.cookies import CookieStore
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
 from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
@@ -77,6 +78,9 @@ class GwsSession:
         self._client: aiohttp.ClientSession | None = None
         self._csrf_header: str | None = None
         self._csrf_token: str | None = None
+        self._cookies = CookieStore()
+        # per-request headers, rebuilt only when the CSRF token or a cookie changes
+        self._get_headers: dict[str, str] = {}
         self._post_headers: dict[str, str] = {"Content-Type": "application/json"}
         self._login_lock = asyncio.Lock()
         self.generation = 0  # bumped by every successful login
@@ -92,8 +96,9 @@ class GwsSession:
                     limit=self._max_connections, limit_per_host=0, ssl=self.route.ssl,
                 ),
                 proxy=self.route.proxy,
-                # keeps cookies set by an IP-address host (the default jar drops them)
-                cookie_jar=aiohttp.CookieJar(unsafe=True),
+                # cookies are kept by CookieStore (one origin): aiohttp's jar filtered
+                # itself on every request, and dropped cookies set by an IP-address host
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=self._timeout,
                 # Basic on every request, not only the login: a GWS that authenticates
                 # per request (no session kept) works too, and one that keeps sessions
@@ -119,12 +124,22 @@ class GwsSession:
         """One request, read in full; transport failures raise aiohttp's errors."""
         async with self._http().request(method, self._base + path, headers=headers, data=data) as resp:
             content = await resp.read()
+            for hop in (*resp.history, resp):
+                if "Set-Cookie" in hop.headers and self._cookies.take(hop.headers.getall("Set-Cookie")):
+                    self._rebuild_headers()
             return Reply(resp.status, resp.reason or "", resp.headers, content)
+
+    def _rebuild_headers(self) -> None:
+        cookie = {"Cookie": self._cookies.header} if self._cookies.header else {}
+        csrf = {self._csrf_header: self._csrf_token} if self._csrf_header and self._csrf_token else {}
+        self._get_headers = cookie
+        self._post_headers = {"Content-Type": "application/json", **csrf, **cookie}
 
     # -- session -----------------------------------------------------------
     async def login(self) -> dict[str, Any]:
         """GET /api/v2/me with Basic auth: new session cookie and CSRF token."""
-        self._http().cookie_jar.clear()
+        self._cookies.clear()
+        self._rebuild_headers()
         try:
             reply = await self._request("GET", "/api/v2/me", headers={"Authorization": self._basic})
         except TRANSPORT_ERRORS as exc:
@@ -194,7 +209,7 @@ class GwsSession:
     async def check(self) -> bool:
         """True when the current session is still valid (a GET also refreshes the token)."""
         try:
-            reply = await self._request("GET", "/api/v2/me")
+            reply = await self._request("GET", "/api/v2/me", headers=self._get_headers)
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
         # a proxy's page answering 200 is no live session (and no GWS): say so, don't trust it
@@ -209,9 +224,9 @@ class GwsSession:
     def _take_csrf(self, reply: Reply) -> None:
         header = reply.headers.get("X-CSRF-HEADER")
         token = reply.headers.get("X-CSRF-TOKEN")
-        if header and token:
+        if header and token and (header, token) != (self._csrf_header, self._csrf_token):
             self._csrf_header, self._csrf_token = header, token
-            self._post_headers = {"Content-Type": "application/json", header: token}
+            self._rebuild_headers()
 
     async def _start_cc_session(self) -> None:
         body = {"operationName": "StartContactCenterSession", "channels": ["voice"]}
@@ -236,23 +251,20 @@ class GwsSession:
 
     # -- what other layers need --------------------------------------------
     def cookies(self) -> dict[str, str]:
-        if self._client is None:
-            return {}
-        return {morsel.key: morsel.value for morsel in self._client.cookie_jar}
+        return self._cookies.as_dict()
 
     def auth_headers(self) -> dict[str, str]:
         """Headers the CometD transport sends so it rides on the same HTTP session."""
         headers = {"Authorization": self._basic}
-        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies().items())
-        if cookie:
-            headers["Cookie"] = cookie
+        if self._cookies.header:
+            headers["Cookie"] = self._cookies.header
         if self._csrf_header and self._csrf_token:
             headers[self._csrf_header] = self._csrf_token
         return headers
 
     async def devices(self) -> list[dict[str, Any]]:
         try:
-            reply = await self._request("GET", "/api/v2/me/devices")
+            reply = await self._request("GET", "/api/v2/me/devices", headers=self._get_headers)
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
         error = error_for_response(reply)
@@ -267,7 +279,7 @@ class GwsSession:
         return await self._post("/api/v2/me/outbound-records", body)
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Answer:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = json_codec.dumps(body)
         try:
             reply = await self._request("POST", path, headers=self._post_headers, data=payload)
         except TRANSPORT_ERRORS as exc:

@@ -43,7 +43,17 @@ PLAN_COLUMNS = (
     "row", "source", "phone_number", "phone_e164", "phone_sent", "application_id",
     "campaign", "calling_list", "chain_attribute", "device_path", "error", "warnings",
 )  # fmt: skip
+# A status is bound as its text. Without an adapter the sqlite3 module asks each
+# StrEnum member for ``__conform__`` (an AttributeError raised and caught per value)
+# before binding it as the str it is: a third of the journal writer's CPU per record
+# (three statuses bound per record; measured 34 -> 24 us per record, /tmp bench).
+sqlite3.register_adapter(Status, str.__str__)
 _ROWS_PER_INSERT = 50  # a fifth faster than one row per statement; more gains nothing
+# Events go in _ROWS_PER_INSERT to a statement too: each statement executed also
+# hands the interpreter lock back to the event loop and takes it again.
+_ADD_EVENTS = _ADD_EVENT + "".join(
+    f", ({', '.join('?' * len(RowEvent._fields))})" for _ in range(_ROWS_PER_INSERT - 1)
+)
 # How long a statement waits for another connection's lock before it fails (the
 # sqlite3 module's default, made explicit): the writer retries a failed commit.
 BUSY_TIMEOUT = 5.0
@@ -340,8 +350,13 @@ class Journal:
             self._drop_snapshot()
             if states:
                 self._db.executemany(_SAVE_STATE, states)
-            if events:
-                self._db.executemany(_ADD_EVENT, events)
+            full = len(events) - len(events) % _ROWS_PER_INSERT
+            if full:
+                flat = itertools.chain.from_iterable(events[:full])
+                width = len(RowEvent._fields) * _ROWS_PER_INSERT
+                self._db.executemany(_ADD_EVENTS, zip(*[flat] * width, strict=True))
+            if full < len(events):
+                self._db.executemany(_ADD_EVENT, events[full:])
 
     # -- reading -------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

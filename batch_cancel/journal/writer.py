@@ -111,7 +111,10 @@ class Recorder:
         self._interval = interval
         self._stall_limit = stall_limit
         self._high_water = high_water
-        self._states: dict[int, RowState] = {}
+        # the records touched since the last commit, by row: their state is read when
+        # the batch is committed (the latest one is all a commit writes), not on every
+        # event, which would build a row four times per record and keep three of them
+        self._states: dict[int, Record] = {}
         self._events: list[RowEvent] = []
         self._room = asyncio.Event()
         self._room.set()
@@ -124,7 +127,7 @@ class Recorder:
 
     # -- what the matcher and the sender report ---------------------------------------
     def event(self, rec: Record, event: str, detail: str | None = None) -> None:
-        self._states[rec.row] = rec.state()
+        self._states[rec.row] = rec
         if rec.final and event == rec.status:
             self.outcomes[rec.status] += 1
         if self._writer is not None:
@@ -149,6 +152,11 @@ class Recorder:
         """Records whose latest state is not committed yet."""
         return len(self._states)
 
+    @property
+    def has_room(self) -> bool:
+        """False while too much is uncommitted (then :meth:`room` waits)."""
+        return self._room.is_set()
+
     async def room(self) -> None:
         """Wait while too much is uncommitted (the disk is slower than the senders)."""
         await self._room.wait()
@@ -163,7 +171,7 @@ class Recorder:
         committed = self._writer is None
         try:
             if self._writer is not None:
-                batch = list(states.values())
+                batch = [rec.state() for rec in states.values()]
 
                 def save(store: SendStore) -> None:
                     store.save_states(batch, events)
@@ -239,4 +247,4 @@ class Recorder:
 
     def pending_states(self) -> Sequence[RowState]:
         """What is buffered, not yet committed (for tests and diagnostics)."""
-        return list(self._states.values())
+        return [rec.state() for rec in self._states.values()]

@@ -32,16 +32,21 @@ class FailureCluster:
         self._min = min_failures
         self._share = share
         self._max_age = max_age
-        self._answers: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._answers: deque[tuple[float, bool]] = deque()
+        self._failures = 0  # failed answers in the window, kept as it changes (asked per answer)
 
     def answered(self, failed: bool) -> bool:
         """Record one answer; True when failures now cluster."""
         now = self._clock()
-        self._answers.append((now, failed))
-        while self._answers and self._answers[0][0] < now - self._max_age:
-            self._answers.popleft()
-        failures = sum(1 for _, f in self._answers if f)
-        return failures >= self._min and failures >= self._share * len(self._answers)
+        answers = self._answers
+        answers.append((now, failed))
+        self._failures += failed
+        oldest = now - self._max_age
+        while answers and (len(answers) > self._window or answers[0][0] < oldest):
+            self._failures -= answers.popleft()[1]
+        failures = self._failures
+        return failures >= self._min and failures >= self._share * len(answers)
 
     def clear(self) -> None:
         self._answers.clear()
+        self._failures = 0

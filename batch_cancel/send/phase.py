@@ -30,6 +30,7 @@ from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
 from batch_cancel.journal.writer import JournalWriter, Recorder
 from batch_cancel.send.breaker import Breaker, FailureKind
+from batch_cancel.send.gc_pauses import fewer_gc_pauses
 from batch_cancel.send.matcher import Matcher
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.send.record import Record
@@ -80,6 +81,11 @@ class Engine:
                   alongside: Mapping[str, Callable[[], Awaitable[None]]] | None = None) -> None:
         """Send every record with no outcome yet. ``alongside``: more background work
         (by name) to run in the send phase's task group while records are sent."""
+        with fewer_gc_pauses():
+            await self._run(journaling, alongside)
+
+    async def _run(self, journaling: bool,
+                   alongside: Mapping[str, Callable[[], Awaitable[None]]] | None) -> None:  # fmt: skip
         cfg = self._config
         # the send phase's journal I/O runs on the writer's thread, over a connection of its own
         path = self._journal.location

@@ -43,6 +43,8 @@ class Record:
     # the POST's own timeout while it is unanswered: an outcome that arrives first
     # brings it forward, so a hung request does not hold its sender any longer
     cut: asyncio.Timeout | None = None
+    # (digits, campaign, list): how /me/internal user events name it (send/user_events.py)
+    event_key: tuple[str, str, str] | None = None
 
     @classmethod
     def from_journal(cls, row: RowToSend, device_path: str | None) -> Record:

@@ -266,8 +266,10 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._channel.up.wait(), 0.5)
         # the journal writer is behind (a slow disk): do not outrun it without bound
-        await self._recorder.room()
-        await self._pacer.acquire()
+        if not self._recorder.has_room:
+            await self._recorder.room()
+        if not self._pacer.take_free():
+            await self._pacer.acquire()
         # the pause or the rate token may have taken a while: check again
         if not self._channel.up.is_set():
             await self._ready()

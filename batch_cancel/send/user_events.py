@@ -58,7 +58,9 @@ def error_text(user_data: dict[str, Any]) -> str:
 
 
 def _digits(phone: object) -> str:
-    return "".join(c for c in str(phone or "") if c.isdigit())
+    text = str(phone or "")
+    # most numbers are sent as bare digits: nothing to strip
+    return text if text.isdigit() else "".join(filter(str.isdigit, text))
 
 
 def _key(phone: object, campaign: object, calling_list: object) -> _Key:
@@ -74,7 +76,10 @@ class UserEventIndex:
         self._settled_count = 0
 
     def _rec_key(self, rec: Record) -> _Key:
-        return _key(rec.phone_sent, rec.campaign, rec.calling_list)
+        # asked on track, settle and match: the record's fields do not change in flight
+        if rec.event_key is None:
+            rec.event_key = _key(rec.phone_sent, rec.campaign, rec.calling_list)
+        return rec.event_key
 
     def track(self, rec: Record) -> None:
         live = self._live.setdefault(self._rec_key(rec), [])
