@@ -250,6 +250,63 @@ async def test_sender_429_pauses_every_worker_for_retry_after() -> None:
     assert all(r.status == Status.CANCELLED for r in records)
 
 
+class HangingGws:
+    """Processes every POST (its ack is published at once) and never answers it."""
+
+    def __init__(self, on_ack: Callable[[list[dict[str, Any]]], None]) -> None:
+        self.generation = 0
+        self.posts: list[str] = []
+        self.on_ack = on_ack
+
+    async def post_record(self, body: Mapping[str, Any]) -> Answer:
+        self.posts.append(str(body["referenceId"]))
+        asyncio.get_running_loop().call_soon(self.on_ack, [message(str(body["referenceId"]))])
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async def relogin(self, seen_generation: int) -> None:
+        raise AssertionError("no session errors here")
+
+
+def _hanging_sender(n: int) -> tuple[HangingGws, Sender, list[Record]]:
+    recorder = Recorder(None, clock=time.time, monotonic=time.monotonic)
+    matcher = Matcher(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder,
+                      clock=time.monotonic, wall=time.time, resend=lambda r: None,
+                      max_attempts=3)  # fmt: skip
+    gws = HangingGws(matcher.on_messages)
+    sender = Sender(SenderSettings("CancelRecord", n, 3, max_outage=300.0, request_timeout=600.0),
+                    session=gws, channel=UpChannel(), matcher=matcher, recorder=recorder,
+                    pacer=Pacer(0, clock=time.monotonic, sleep=asyncio.sleep), stop=asyncio.Event(),
+                    clock=time.monotonic, wall=time.time)  # fmt: skip
+    return gws, sender, [record(i) for i in range(1, n + 1)]
+
+
+async def _feed(records: list[Record]) -> AsyncIterator[Record]:
+    for rec in records:
+        yield rec
+
+
+async def test_sender_cuts_a_hung_post_short_once_its_outcome_is_known() -> None:
+    # the request timeout is 10 minutes: only the cut (1 s after the ack) ends these POSTs
+    gws, sender, records = _hanging_sender(3)
+    started = time.monotonic()
+    await asyncio.wait_for(sender.run(_feed(records)), 10.0)
+    assert 0.9 < time.monotonic() - started < 5.0
+    assert [r.status for r in records] == [Status.CANCELLED] * 3
+    assert sorted(gws.posts) == ["ref-1", "ref-2", "ref-3"]  # settled: never sent again
+    assert sender.retries == 0 and sender.in_flight == 0
+
+
+async def test_a_cancelled_run_is_not_swallowed_by_a_cut() -> None:
+    _, sender, records = _hanging_sender(2)
+    run = asyncio.create_task(sender.run(_feed(records)))
+    await asyncio.sleep(0.95)  # the cut is due at 1 s: the run is cancelled around it
+    run.cancel()
+    await asyncio.sleep(0.1)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 5.0)
+
+
 # -- Recorder --------------------------------------------------------------------------------
 def _journal_with_rows(path: Path, rows: int) -> Journal:
     journal = Journal.open(path)

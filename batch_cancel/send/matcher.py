@@ -252,9 +252,15 @@ _CUT_AFTER = 1.0
 
 def cut_short(rec: Record) -> None:
     """The row has its outcome: stop waiting for the POST's HTTP answer soon."""
-    cut = rec.cut
-    if cut is not None and cut.when() is None:
-        cut.reschedule(asyncio.get_running_loop().time() + _CUT_AFTER)
+    if rec.poster is not None:
+        asyncio.get_running_loop().call_later(_CUT_AFTER, _cut, rec, rec.poster, rec.attempts)
+
+
+def _cut(rec: Record, poster: asyncio.Task[Any], attempt: int) -> None:
+    # still waiting on that same POST (not an answered one, not a later attempt)
+    if rec.poster is poster and rec.attempts == attempt and not rec.cut_fired:
+        rec.cut_fired = True
+        poster.cancel()
 
 
 def _handle(value: object) -> int | None:

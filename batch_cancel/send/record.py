@@ -40,9 +40,11 @@ class Record:
     gap: bool = False  # accepted while the ack channel was (or went) down
     record_handle: int | None = None  # OCS's record, from the ack's /me/internal companion
     unanswered: int = 0  # attempts whose POST got no HTTP answer within --request-timeout
-    # the POST's own timeout while it is unanswered: an outcome that arrives first
-    # brings it forward, so a hung request does not hold its sender any longer
-    cut: asyncio.Timeout | None = None
+    # the task waiting on the POST's HTTP answer: an outcome that arrives first cuts
+    # that wait short (send/matcher.py cut_short), so a hung request does not hold
+    # its sender any longer
+    poster: asyncio.Task[Any] | None = None
+    cut_fired: bool = False
     # (digits, campaign, list): how /me/internal user events name it (send/user_events.py)
     event_key: tuple[str, str, str] | None = None
 

@@ -291,14 +291,17 @@ class Sender:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         started = self._clock()
+        # no deadline of ours unless the outcome arrives first: then Matcher.cut_short
+        # cancels this task's wait a little later (a Timeout per request cost more)
+        poster = rec.poster = asyncio.current_task()
+        rec.cut_fired = False
         try:
-            # no deadline unless the outcome arrives first (Matcher.cut_short)
-            async with asyncio.timeout(None) as cut:
-                rec.cut = cut
-                answer = await self._session.post_record(rec.body(self._s.operation))
-        except TimeoutError:
-            if rec.settled():
-                return  # settled by its outcome while the POST hung: nothing more to learn
+            answer = await self._session.post_record(rec.body(self._s.operation))
+        except asyncio.CancelledError:
+            # ours alone (no other cancellation pending): the outcome is known, so
+            # nothing more is to be learnt from the HTTP answer; the run's is raised
+            if rec.cut_fired and poster is not None and poster.uncancel() == 0:
+                return
             raise
         except SessionExpired as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
@@ -316,7 +319,7 @@ class Sender:
             self._cluster.answered(False)
             raise
         finally:
-            rec.cut = None
+            rec.poster = None
             self.in_flight -= 1
         self._unreachable_since = None
         latency = self._clock() - started
