@@ -131,9 +131,11 @@ def _tool(extra: Sequence[str]) -> Callable[[str, Path], list[str]]:
     return lambda url, tmp: _tool_args(tmp / "in.csv", url, tmp, *extra)
 
 
-def _lean(http: str) -> Callable[[str, Path], list[str]]:
+def _lean(http: str, *, internal: bool = False) -> Callable[[str, Path], list[str]]:
+    also = ["--internal"] if internal else []
     return lambda url, tmp: _python("-m", "benchmarks.lean_baseline", str(tmp / "in.csv"), "--base-url", url,
-                                    "--username", USER, "--concurrency", "64", "--http", http)  # fmt: skip
+                                    "--username", USER, "--concurrency", "64", "--http", http,
+                                    *also)  # fmt: skip
 
 
 def _sequential(url: str, tmp: Path) -> list[str]:
@@ -181,6 +183,8 @@ def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
         # the pair the issue asks about, back to back in each repeat, same simulator settings
         add("tool", _run(_tool(FAST), sizes.records, read_report=True, sim_args=SERVED))
         add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records, sim_args=SERVED))
+        # the same script listening to /me/internal too, as the protocol notes now ask
+        add("lean-internal", _run(_lean("aiohttp", internal=True), sizes.records, sim_args=SERVED))
         if only_throughput:
             continue
         add("observed", _run(_observed, sizes.records, sim_args=SERVED))
@@ -259,6 +263,7 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
         ("batch-cancel (CLI, journal + report)", "tool", sizes.records),
         ("  + --log-format json --metrics-file (1 s)", "observed", sizes.records),
         ("lean baseline, aiohttp (same HTTP stack)", "lean-aiohttp", sizes.records),
+        ("  + subscribed to /me/internal too", "lean-internal", sizes.records),
         ("lean baseline, stock httpx (0 ms service)", "lean-httpx", sizes.httpx_records),
         ("sequential baseline (1 at a time, 0 ms)", "sequential", sizes.sequential_records),
     ]
@@ -326,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, help="records per throughput run")
     parser.add_argument("--json", type=Path, help="also write the raw medians here")
     parser.add_argument("--only-throughput", action="store_true",
-                        help="only the batch-cancel / lean aiohttp pair and the peak-RSS run")
+                        help="only batch-cancel and the lean aiohttp baselines, and the peak-RSS run")
     parser.add_argument("--rss-records", type=int, default=None,
                         help="rows of the peak-RSS run (default 300000, --quick 5000; 0 skips it)")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ _TRANSIENT_STATUS_CODES = {4, 9}
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per POST)
 class Reply:
     """An HTTP answer, read in full (GWS answers are small JSON bodies)."""
 

@@ -128,7 +128,7 @@ class Recorder:
     # -- what the matcher and the sender report ---------------------------------------
     def event(self, rec: Record, event: str, detail: str | None = None) -> None:
         self._states[rec.row] = rec
-        if rec.final and event == rec.status:
+        if event == rec.status and rec.final:
             self.outcomes[rec.status] += 1
         if self._writer is not None:
             self._events.append(RowEvent(rec.row, self._clock(), event, rec.attempts,

@@ -204,12 +204,12 @@ class Pacer:
 
     def answered(self, latency: float) -> None:
         """A POST was answered after ``latency`` seconds: the delay-throttle watch."""
+        if not self.adaptive:
+            return  # what was served is only asked by the adaptive rate
         now = self._clock()
         self._answers.append(now)
         while self._answers and self._answers[0] <= now - 1.0:
             self._answers.popleft()
-        if not self.adaptive:
-            return
         verdict = self.delays.answered(latency)
         if self._draining_since is not None:
             if verdict is Latency.CALM:

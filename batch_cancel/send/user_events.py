@@ -39,7 +39,7 @@ class UserEventVerdict(StrEnum):
     UNMATCHED = "unmatched"  # names no row of ours (or carries nothing we know)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per event)
 class EventMatch:
     verdict: UserEventVerdict
     record: Record | None = None
@@ -82,8 +82,11 @@ class UserEventIndex:
         return rec.event_key
 
     def track(self, rec: Record) -> None:
-        live = self._live.setdefault(self._rec_key(rec), [])
-        if not any(r is rec for r in live):
+        key = self._rec_key(rec)
+        live = self._live.get(key)
+        if live is None:
+            self._live[key] = [rec]  # the common case: the number is in flight once
+        elif not any(r is rec for r in live):
             live.append(rec)
 
     def settled(self, rec: Record) -> None:
@@ -91,9 +94,12 @@ class UserEventIndex:
         key = self._rec_key(rec)
         live = self._live.get(key)
         if live is not None:
-            live[:] = [r for r in live if r is not rec]
-            if not live:
+            if len(live) == 1 and live[0] is rec:
                 del self._live[key]
+            else:
+                live[:] = [r for r in live if r is not rec]
+                if not live:
+                    del self._live[key]
         if rec.status == Status.CANCELLED and rec.record_handle is None:
             self._settled.setdefault(key, []).append(rec)
             self._settled.move_to_end(key)
