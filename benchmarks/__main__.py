@@ -84,10 +84,15 @@ class Run:
     tool_latency_ms: list[float]
     cpu_s: float = 0.0  # the client process's user + system CPU seconds
     peak_rss_mb: float = 0.0  # the client process's peak resident memory
+    sim_cpu_s: float = 0.0  # the simulator's CPU while this client ran (its start-up excluded)
 
     @property
     def cpu_per_1000(self) -> float:
         return self.cpu_s / self.figures.acked * 1000 if self.figures.acked else 0.0
+
+    @property
+    def sim_cpu_per_1000(self) -> float:
+        return self.sim_cpu_s / self.figures.acked * 1000 if self.figures.acked else 0.0
 
 
 def _measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
@@ -110,13 +115,15 @@ def _run(cmd_for: Callable[[str, Path], list[str]], records: int, *, read_report
         tmp = Path(name)
         write_numbers(tmp / "in.csv", records)
         with SimProcess(*sim_args) as sim:
+            sim_before = sim.cpu_seconds()
             started = time.monotonic()
             out, cpu, rss = _measured(cmd_for(sim.base_url, tmp))
             wall = time.monotonic() - started
+            sim_cpu = sim.cpu_seconds() - sim_before
             data = _last_json(out)
             figures = ledger_figures(sim.ledger())
         latency = _report_latency(tmp / "report.csv") if read_report else []
-    return Run(figures, wall, data, latency, cpu, rss)
+    return Run(figures, wall, data, latency, cpu, rss, sim_cpu)
 
 
 def _report_latency(path: Path) -> list[float]:
@@ -176,7 +183,7 @@ def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
         f = run.figures
         log(f"  {key:<22} acked {f.acked:>6}/{f.requests:<6} {f.throughput:8.1f}/s  rate {f.rate:8.1f}/s  "
             f"peak1s {f.peak_1s:>5}  wall {run.wall:6.2f} s  cpu {run.cpu_s:6.2f} s  "
-            f"rss {run.peak_rss_mb:5.0f} MB")  # fmt: skip
+            f"sim cpu {run.sim_cpu_s:6.2f} s  rss {run.peak_rss_mb:5.0f} MB")  # fmt: skip
 
     for i in range(repeat):
         log(f"repeat {i + 1}/{repeat}")
@@ -257,7 +264,9 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
     out("")
     out(f"1. throughput at 64 in flight, --rate 0, simulator service time {SERVICE_MS:g} ms for batch-cancel"
         " and the lean aiohttp baseline (acks/s, simulator clock: first POST -> last ack); client CPU "
-        "seconds per 1,000 acked records (user + system, the client process alone)")  # fmt: skip
+        "seconds per 1,000 acked records (user + system, the client process alone); the simulator's CPU "
+        "for that client's traffic per 1,000 records, and as a share of one core over the window (near "
+        "100 % the simulator, a single event loop, sets the pace)")  # fmt: skip
     tool = thr("tool")
     lines = [
         ("batch-cancel (CLI, journal + report)", "tool", sizes.records),
@@ -272,10 +281,13 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
             continue
         acked = _med([r.figures.acked for r in runs[key]])
         cpu = _med([r.cpu_per_1000 for r in runs[key]])
+        sim_cpu = _med([r.sim_cpu_per_1000 for r in runs[key]])
+        busy = _med([r.sim_cpu_s / r.figures.send_seconds * 100 for r in runs[key] if r.figures.send_seconds])
         ratio = ""
         if key != "tool" and thr(key):
             ratio = f"tool/this {tool / thr(key):5.2f} (paired by repeat {_paired(runs, key):5.2f})"
-        out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  {ratio}")
+        out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  "
+            f"sim cpu {sim_cpu:5.2f} s/1000 ({busy:3.0f} % of a core)  {ratio}")  # fmt: skip
     wall = _med([r.wall for r in runs["tool"]])
     out(f"   batch-cancel wall time incl. start-up, plan, report: {wall:.2f} s for {sizes.records} records")
     rss_line = "" if rss is None else (

@@ -51,6 +51,16 @@ class SimProcess:
         self.base_url = match.group(1)
         return self
 
+    def cpu_seconds(self) -> float:
+        """The simulator's user + system CPU so far (0.0 where psutil is missing)."""
+        try:
+            import psutil
+        except ImportError:
+            return 0.0
+        assert self._proc is not None
+        times = psutil.Process(self._proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def ledger(self) -> Ledger:
         with urllib.request.urlopen(self.base_url + "/_sim/ledger", timeout=60) as answer:
             return Ledger.from_json(answer.read().decode())
