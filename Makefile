@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.gws_throttles
+	$(BIN)/python -m benchmarks.journal_writes
 
 clean:
 	rm -rf .venv-airflow

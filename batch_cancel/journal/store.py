@@ -45,12 +45,13 @@ PLAN_COLUMNS = (
 )  # fmt: skip
 # A status is bound as its text. Without an adapter the sqlite3 module asks each
 # StrEnum member for ``__conform__`` (an AttributeError raised and caught per value)
-# before binding it as the str it is: a third of the journal writer's CPU per record
-# (three statuses bound per record; measured 34 -> 24 us per record, /tmp bench).
+# before binding it as the str it is: measured 1.9 against 2.6-3.3 us per row of
+# two statuses (executemany of 50,000 rows, medians of 5).
 sqlite3.register_adapter(Status, str.__str__)
 _ROWS_PER_INSERT = 50  # a fifth faster than one row per statement; more gains nothing
-# Events go in _ROWS_PER_INSERT to a statement too: each statement executed also
-# hands the interpreter lock back to the event loop and takes it again.
+# Events go _ROWS_PER_INSERT to a statement too (each statement executed also hands
+# the interpreter lock back to the event loop and takes it again): the writer's CPU
+# per record is 0.66-0.86x of one event per statement (benchmarks/journal_writes.py).
 _ADD_EVENTS = _ADD_EVENT + "".join(
     f", ({', '.join('?' * len(RowEvent._fields))})" for _ in range(_ROWS_PER_INSERT - 1)
 )
