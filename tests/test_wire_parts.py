@@ -95,3 +95,55 @@ def test_the_collector_is_restored_when_the_send_phase_fails() -> None:
     with pytest.raises(RuntimeError), fewer_gc_pauses():
         raise RuntimeError("boom")
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+# -- the session's cookies over real HTTP ----------------------------------------------
+async def test_the_session_sends_back_what_the_server_set_and_follows_a_rotation() -> None:
+    """A GWS (or the load balancer in front of it) may set or rotate cookies on any answer,
+    not only at log-in: every later request, REST and CometD alike, carries the new ones."""
+    from aiohttp import web
+
+    from batch_cancel.config import Credentials, GwsConfig
+    from batch_cancel.gws.session import GwsSession
+
+    seen: list[str] = []
+
+    async def me(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie", ""))
+        csrf = {"X-CSRF-HEADER": "X-CSRF-TOKEN", "X-CSRF-TOKEN": "t1"}
+        response = web.json_response({"statusCode": 0, "user": {"userName": "agent"}}, headers=csrf)
+        if "Authorization" in request.headers and "JSESSIONID" not in request.cookies:
+            response.set_cookie("JSESSIONID", "s1", path="/", httponly=True)
+            response.set_cookie("AWSALB", "lb1", path="/")
+        return response
+
+    async def post(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie", ""))
+        assert request.headers.get("X-CSRF-TOKEN") == "t1"
+        response = web.json_response({"statusCode": 0})
+        if request.cookies.get("JSESSIONID") == "s1":
+            response.set_cookie("JSESSIONID", "s2", path="/")  # rotated on an answer
+            response.del_cookie("AWSALB", path="/")  # and one deleted
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v2/me", me)
+    app.router.add_post("/api/v2/me/outbound-records", post)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    session = GwsSession(GwsConfig(base_url=f"http://127.0.0.1:{port}",
+                                   credentials=Credentials("agent", "secret")))  # fmt: skip
+    try:
+        await session.login()
+        assert session.cookies() == {"JSESSIONID": "s1", "AWSALB": "lb1"}
+        await session.post_record({"referenceId": "r1"})
+        await session.post_record({"referenceId": "r2"})
+        assert await session.check()
+        assert seen == ["", "JSESSIONID=s1; AWSALB=lb1", "JSESSIONID=s2", "JSESSIONID=s2"]
+        assert session.auth_headers()["Cookie"] == "JSESSIONID=s2"  # what CometD sends too
+    finally:
+        await session.aclose()
+        await runner.cleanup()
