@@ -322,8 +322,17 @@ def test_503_on_every_request_for_5_s_is_one_shared_pause_not_a_storm(tmp_path: 
         inside = [e for e in sim.ledger.entries if window["start"] <= e.t_start <= window["end"]]
         refused = [e for e in inside if e.http_status == 503]
         # at 200/s the window would have held 1,000 requests; it holds a handful
-        print(f"requests in the 5 s of 503s: {len(inside)} ({len(refused)} refused)")
-        assert len(inside) <= 15, [(round(e.t_start - window["start"], 3), e.http_status) for e in inside]
+        starts = [round(e.t_start - window["start"], 3) for e in inside]
+        print(f"requests in the 5 s of 503s: {len(inside)} ({len(refused)} refused): {starts}")
+        # Five failures reveal the cluster and everyone pauses; then one probe at a time. A
+        # probe's 503 that comes when the earlier failures have aged out of the cluster's
+        # 2 s window is a lone one, so the 8 senders go once more and cluster again: with
+        # pauses from 0.5 s doubling, at most three such rounds fit in 5 s (a loaded box
+        # stretches the pauses into more of them: 18 requests were seen under CI's load,
+        # 10-13 on a quiet box). A storm would be 1,000 requests.
+        assert len(inside) <= 5 + 3 * 8, starts
+        # and never more than the senders at once: no request waits out a pause to rush
+        assert max(sum(1 for t in starts if s <= t < s + 0.05) for s in starts) <= 8, starts
         stats = result.summary["stats"]
         assert stats["throttle_pauses"] >= 1 and stats["probes"] >= 1
         assert result.summary["cancelled"] == 1400
