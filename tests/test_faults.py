@@ -205,9 +205,19 @@ def test_chaos_all_faults_at_once(faulty: Any, tmp_path: Path) -> None:
     ledger = sim.ledger
     assert ledger.client_drop_count >= 2 and ledger.login_count >= 3
     # sending stops while the ack channel is down: the only requests the server
-    # processed with nobody subscribed are those already in flight when it dropped us
+    # processed with nobody subscribed are those in flight when it dropped us, and those
+    # the senders started before the client heard of it (its held long poll answered
+    # 402): measured 0-47 ms after each drop, about 26 requests each at this speed. A
+    # faster client sends more in that moment, so the bound is on when, not how many.
     blind = [e for e in ledger.entries if e.processed and e.listeners == 0]
-    assert len(blind) <= 32 * ledger.client_drop_count, len(blind)
-    print("chaos: blind", len(blind), "drops", ledger.client_drop_count)
+    drops = ledger.client_drop_times
+    assert len(drops) == ledger.client_drop_count
+    after = sorted(round(e.t_start - max(d for d in drops if d <= e.t_start), 3)
+                   for e in blind if any(d <= e.t_start for d in drops))  # fmt: skip
+    print("chaos: blind", len(blind), "drops", len(drops), "started this long after a drop:", after)
+    far = [e.t_start for e in blind if not any(d - 1.0 <= e.t_start <= d + 0.25 for d in drops)]
+    assert not far, f"requests processed with nobody subscribed, away from any drop: {far}"
+    # and never a stream: at most the senders' worth twice over per drop
+    assert len(blind) <= 2 * 32 * len(drops), len(blind)
     print("chaos:", {k: summary[k] for k in ("cancelled", "failed", "timed_out")}, summary["stats"],
           sim.ledger.faults_seen())  # fmt: skip

@@ -67,7 +67,7 @@ class BayeuxHub:
         for client in doomed:
             self._forget(client, "dropped")
         if doomed:
-            self._ledger.count("client_drops")
+            self._ledger.clients_dropped()
         return len(doomed)
 
     def pause(self, seconds: float) -> None:

@@ -85,6 +85,7 @@ class Ledger:
     _entries: list[RequestEntry] = field(default_factory=list)
     _events: list[PublishEvent] = field(default_factory=list)
     _counters: _Counters = field(default_factory=_Counters)
+    _drop_times: list[float] = field(default_factory=list)  # when CometD clients were dropped
     _in_flight: int = 0
     _peak_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -142,6 +143,12 @@ class Ledger:
             for event in events:
                 event.delivered_to += 1
 
+    def clients_dropped(self) -> None:
+        """The CometD clients were dropped (a fault): counted, and when."""
+        with self._lock:
+            self._counters.client_drops += 1
+            self._drop_times.append(time.time())
+
     def count(self, counter: str) -> None:
         with self._lock:
             setattr(self._counters, counter, getattr(self._counters, counter) + 1)
@@ -181,6 +188,11 @@ class Ledger:
     @property
     def client_drop_count(self) -> int:
         return self._counters.client_drops
+
+    @property
+    def client_drop_times(self) -> list[float]:
+        with self._lock:
+            return list(self._drop_times)
 
     @property
     def cc_session_starts(self) -> int:
@@ -258,6 +270,7 @@ class Ledger:
                 "requests": [asdict(e) for e in self._entries],
                 "events": [asdict(e) for e in self._events],
                 "counters": asdict(self._counters),
+                "client_drop_times": list(self._drop_times),
                 "peak_in_flight": self._peak_in_flight,
             }
 
@@ -272,5 +285,6 @@ class Ledger:
         ledger._entries = [RequestEntry(**e) for e in raw["requests"]]
         ledger._events = [PublishEvent(**e) for e in raw["events"]]
         ledger._counters = _Counters(**raw["counters"])
+        ledger._drop_times = list(raw.get("client_drop_times", []))
         ledger._peak_in_flight = raw["peak_in_flight"]
         return ledger
