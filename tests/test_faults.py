@@ -131,7 +131,13 @@ def test_all_cometd_clients_dropped_mid_run(faulty: Any, tmp_path: Path) -> None
 def test_cometd_down_longer_than_a_long_poll(faulty: Any, tmp_path: Path) -> None:
     sim = faulty(long_poll_timeout=0.5)
     src = write_csv(tmp_path / "in.csv", ["phone_number"], [[x] for x in numbers(60)])
-    timer = threading.Timer(1.5, sim.pause_cometd, args=(2.0,))
+    paused: list[float] = []
+
+    def pause() -> None:
+        paused.append(time.time())
+        sim.pause_cometd(2.0)
+
+    timer = threading.Timer(1.5, pause)
     timer.start()
     try:
         result = run_cli(job_args(sim.base_url, tmp_path, src, rate=20, concurrency=2, ack_timeout=3), ENV)
@@ -140,6 +146,12 @@ def test_cometd_down_longer_than_a_long_poll(faulty: Any, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.stderr
     assert "sending paused" in result.stderr
     _assert_matches_ledger(sim, read_report(tmp_path / "report.csv"))
+    # nothing is sent while the channel is down: past the moment the cut poll tells the
+    # client (a few ms; 0.3 s allowed), no request starts until CometD is back
+    assert paused
+    during = [round(e.t_start - paused[0], 3) for e in sim.ledger.entries
+              if paused[0] + 0.3 < e.t_start < paused[0] + 2.0]  # fmt: skip
+    assert not during, during
 
 
 @pytest.mark.slow
