@@ -294,11 +294,15 @@ class Pacer:
         now = self._clock()
         if self.paused_until > now:
             return False
+        self._note_unlimited(now)
+        return True
+
+    def _note_unlimited(self, now: float) -> None:
+        """Without a rate limit, an adaptive pacer remembers when requests went (what it served)."""
         if self._recent is not None:
             self._recent.append(now)
             if len(self._recent) > 4096:  # bounded: old entries are dropped on read anyway
                 self.observed_rate(now)
-        return True
 
     async def acquire(self) -> None:
         """Wait out any pause, then for this request's slot in the schedule."""
@@ -317,10 +321,7 @@ class Pacer:
         rate = self.current
         if math.isinf(rate):
             if self._recent is not None:
-                now = self._clock()
-                self._recent.append(now)
-                if len(self._recent) > 4096:  # bounded: old entries are dropped on read anyway
-                    self.observed_rate(now)
+                self._note_unlimited(self._clock())
             return
         interval = 1.0 / rate
         ahead = (max(1, math.floor(rate * _BURST_SHARE)) - 1) * interval
