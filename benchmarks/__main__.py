@@ -5,7 +5,9 @@
 Every figure is the median of ``--repeat`` runs. The simulator runs in a process of
 its own (a fresh one per run, so ledgers never mix) and batch-cancel runs through
 its real CLI as a subprocess; the clients to compare are run in turn within each
-repeat, so a busy moment on a shared box hits them alike. Throughput is measured on
+repeat, in an order that flips every repeat, so a busy moment or a drift of a shared
+box hits them alike; their paired ratio carries a 95 % bootstrap interval, which
+says whether a difference is more than the box's noise. Throughput is measured on
 the simulator's clock, from the first POST it received to the last ack it
 published, for every client alike (start-up, planning and the report are shown
 separately as the tool's wall time).
@@ -187,11 +189,17 @@ def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
 
     for i in range(repeat):
         log(f"repeat {i + 1}/{repeat}")
-        # the pair the issue asks about, back to back in each repeat, same simulator settings
-        add("tool", _run(_tool(FAST), sizes.records, read_report=True, sim_args=SERVED))
-        add("lean-aiohttp", _run(_lean("aiohttp"), sizes.records, sim_args=SERVED))
-        # the same script listening to /me/internal too, as the protocol notes now ask
-        add("lean-internal", _run(_lean("aiohttp", internal=True), sizes.records, sim_args=SERVED))
+        # the pair the issue asks about, back to back in each repeat, same simulator
+        # settings, and the same script listening to /me/internal too (as the protocol
+        # notes now ask); the order flips every repeat, so a box that speeds up or slows
+        # down over the series (it does, by a third here) favours neither side
+        compared = [
+            ("tool", lambda: _run(_tool(FAST), sizes.records, read_report=True, sim_args=SERVED)),
+            ("lean-aiohttp", lambda: _run(_lean("aiohttp"), sizes.records, sim_args=SERVED)),
+            ("lean-internal", lambda: _run(_lean("aiohttp", internal=True), sizes.records, sim_args=SERVED)),
+        ]
+        for key, run in compared if i % 2 == 0 else reversed(compared):
+            add(key, run())
         if only_throughput:
             continue
         add("observed", _run(_observed, sizes.records, sim_args=SERVED))
@@ -245,10 +253,27 @@ def _med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-def _paired(runs: dict[str, list[Run]], key: str) -> float:
-    """Median of the per-repeat ratios: a busy spell on a shared box hits both sides of a pair."""
+def _ratios(runs: dict[str, list[Run]], key: str) -> list[float]:
+    """Per-repeat throughput ratios, tool / ``key``: a busy spell hits both sides of a pair."""
     pairs = zip(runs["tool"], runs[key], strict=False)
-    return _med([t.figures.throughput / b.figures.throughput for t, b in pairs if b.figures.throughput])
+    return [t.figures.throughput / b.figures.throughput for t, b in pairs if b.figures.throughput]
+
+
+def _paired(runs: dict[str, list[Run]], key: str) -> float:
+    return _med(_ratios(runs, key))
+
+
+def interval(values: Sequence[float], *, resamples: int = 4000, seed: int = 11) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval for the median of ``values`` (seeded, so the
+    same runs print the same interval). A ratio whose interval holds 1.0 is parity
+    within this box's noise, whatever its median says."""
+    import random
+
+    if len(values) < 3:
+        return (min(values, default=0.0), max(values, default=0.0))
+    draw = random.Random(seed)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | None, sizes: Sizes,
@@ -285,7 +310,9 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
         busy = _med([r.sim_cpu_s / r.figures.send_seconds * 100 for r in runs[key] if r.figures.send_seconds])
         ratio = ""
         if key != "tool" and thr(key):
-            ratio = f"tool/this {tool / thr(key):5.2f} (paired by repeat {_paired(runs, key):5.2f})"
+            low, high = interval(_ratios(runs, key))
+            ratio = (f"tool/this {tool / thr(key):5.2f} (paired by repeat {_paired(runs, key):5.2f},"
+                     f" 95 % {low:4.2f}-{high:4.2f})")  # fmt: skip
         out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  "
             f"sim cpu {sim_cpu:5.2f} s/1000 ({busy:3.0f} % of a core)  {ratio}")  # fmt: skip
     wall = _med([r.wall for r in runs["tool"]])
