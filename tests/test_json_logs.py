@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from helpers import ENV, PASSWORD, Faults, job_args, make_sim, numbers, run_cli, write_csv
 
 from batch_cancel.simulator import ThreadedSimulator
@@ -70,3 +72,18 @@ def test_preflight_and_validate_job_speak_json_too(sim: ThreadedSimulator, tmp_p
     checked = run_cli(["validate-job", str(job), "--log-format", "json"])
     for line in checked.stderr.splitlines():
         assert json.loads(line)["event"] == "job_note", line
+
+
+def test_a_progress_line_before_any_request_says_its_eta_is_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    from batch_cancel.cli.progress import ProgressView
+    from batch_cancel.log_records import JsonFormatter
+
+    view = ProgressView(100, tty=False, every=0.0)
+    with caplog.at_level(logging.INFO, logger="batch_cancel.progress"):
+        view({})
+        view({"requests": 50, "cancelled": 40})
+    first, later = caplog.records
+    assert first.getMessage().endswith("eta=?"), first.getMessage()  # not "eta=nans"
+    assert json.loads(JsonFormatter().format(first))["eta_s"] is None
+    assert later.getMessage().split("eta=")[1].rstrip("s").isdigit(), later.getMessage()
+    assert isinstance(json.loads(JsonFormatter().format(later))["eta_s"], float)

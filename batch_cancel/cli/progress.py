@@ -52,11 +52,14 @@ class ProgressView:
         if now - self._last_line >= self._every or done >= self.total:
             self._last_line = now
             rate = counts.get("requests", 0) / max(1e-9, now - self._started)
-            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            # no request yet, no estimate: said as "?" and a JSON null (a NaN would make
+            # the JSON log line unreadable to strict parsers)
+            eta = round((self.total - done) / rate, 1) if rate > 0 else None
             figures = {k: counts.get(k, 0) for k in _SHOWN}
-            log.info("progress: %d/%d %s rate=%.1f/s eta=%.0fs", done, self.total, text, rate, eta,
+            log.info("progress: %d/%d %s rate=%.1f/s eta=%s", done, self.total, text, rate,
+                     "?" if eta is None else f"{eta:.0f}s",
                      extra=event("progress", done=done, total=self.total, requests=counts.get("requests", 0),
-                                 rate=round(rate, 2), eta_s=round(eta, 1), **figures))  # fmt: skip
+                                 rate=round(rate, 2), eta_s=eta, **figures))  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:
