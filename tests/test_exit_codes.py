@@ -65,6 +65,38 @@ def test_sigterm_json_says_3_with_the_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.subprocess
+def test_sigterm_gives_hung_requests_the_grace_not_the_request_timeout(tmp_path: Path) -> None:
+    # every POST hangs unanswered: the stop used to wait for them a whole --request-timeout,
+    # long enough for a scheduler to follow its SIGTERM with a SIGKILL
+    sim = make_sim(faults=Faults(hang_before_rate=1.0))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(20)])
+        args = job_args(sim.base_url, tmp_path, src, rate=0, concurrency=4, request_timeout=60, grace=0.5)
+        proc = _spawn(args)
+        _wait_for_requests(sim, 4)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+        took = time.monotonic() - signalled
+        assert proc.returncode == 3, err
+        line = _agrees(3, out)
+        assert line["pending"] == 20 and "signal" in line["error"]
+        assert took < 15, f"the stop took {took:.1f} s"
+        assert "4 request(s) still unanswered after the 0.5 s grace were abandoned" in err, err
+        hung = [e.reference_id for e in sim.ledger.entries]
+        assert len(hung) == 4
+        # the abandoned requests stayed in flight: a resume sends them again, same referenceId
+        sim.set_faults(Faults())
+        resumed = run_cli(args, ENV)
+        assert resumed.exit_code == 0, resumed.stderr
+        refs = [e.reference_id for e in sim.ledger.entries]
+        assert len(refs) == 24 and len(set(refs)) == 20
+        assert all(refs.count(ref) == 2 for ref in hung)
+    finally:
+        sim.stop()
+
+
+@pytest.mark.subprocess
 def test_second_signal_still_prints_the_json_line(tmp_path: Path) -> None:
     # acks that take long keep the grace busy, so only the second signal ends the run
     sim = make_sim(faults=Faults(seed=1, ack_delay=(5.0, 5.0)))

@@ -283,7 +283,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
                    "unwritable, this long.")
 @click.option("--grace", type=bounded("grace"), default=defaults.DEFAULT_GRACE,
               show_default=True, metavar="SECONDS",
-              help="After SIGINT/SIGTERM, wait this long for outstanding acks.")
+              help="After SIGINT/SIGTERM, wait this long for outstanding HTTP answers and acks; "
+                   "requests still unanswered then stay in flight for a resume.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Report path: .csv, .parquet or .jsonl (default reports/<run id>.csv).")
 @click.option("--state", metavar="PATH|URL",

@@ -130,7 +130,7 @@ class Engine:
             self._pacer = pacer
             sender = Sender(
                 SenderSettings(cfg.defaults.operation, cfg.concurrency, cfg.max_attempts,
-                               cfg.max_outage, self._gws.request_timeout),
+                               cfg.max_outage, self._gws.request_timeout, grace=cfg.grace),
                 session=session, channel=channel, matcher=matcher, recorder=recorder,
                 pacer=pacer, stop=self._stop, clock=time.monotonic, wall=time.time,
             )  # fmt: skip
@@ -217,7 +217,7 @@ class Engine:
                     background("fleet heartbeat", fleet.heartbeat(self._pacer)), name="fleet-heartbeat"))
             await sender.run(fleet.records(device) if fleet is not None else self._records(writer, device))
             if self._stop.is_set() and self._matcher is not None:
-                await self._grace(self._matcher)
+                await self._grace(self._matcher, since=sender.stopped_at)
             for task in helpers:
                 task.cancel()
 
@@ -263,8 +263,10 @@ class Engine:
                 if not await session.check():
                     await session.relogin(generation)
 
-    async def _grace(self, matcher: Matcher) -> None:
-        deadline = time.monotonic() + self._config.grace
+    async def _grace(self, matcher: Matcher, since: float | None) -> None:
+        # one grace from the moment the senders saw the stop, shared by the requests
+        # still unanswered then (Sender) and the acks still awaited (here)
+        deadline = (since if since is not None else time.monotonic()) + self._config.grace
         while matcher.awaiting() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         left = matcher.awaiting()

@@ -70,6 +70,11 @@ class SenderSettings:
     max_attempts: int
     max_outage: float
     request_timeout: float = 15.0
+    # after a stop (a signal), how long requests already sent may still take to be
+    # answered; past it they are abandoned and stay in flight, for a resume to send
+    # again with the same referenceId (a hung POST must not hold a stop for a whole
+    # --request-timeout: a scheduler's kill would follow)
+    grace: float = 2.0
 
 
 class Sender:
@@ -115,6 +120,8 @@ class Sender:
         self.lone_failures = 0
         self._cluster = FailureCluster(clock)
         self.post_latency_ms = LatencyHistogram()  # POST -> its HTTP answer, answered ones
+        self.stopped_at: float | None = None  # when the senders saw the stop (self._clock)
+        self.abandoned = 0  # requests still unanswered when the grace after a stop ran out
 
     def resend(self, rec: Record) -> None:
         self._retry.put_nowait(rec)
@@ -132,10 +139,42 @@ class Sender:
             ticker = group.create_task(self._tick(), name="sender-tick")
             workers = [group.create_task(self._worker(), name=f"sender-{i}")
                        for i in range(self._s.concurrency)]  # fmt: skip
-            await asyncio.wait(workers)
+            busy = await self._until_done_or_stopped(workers)
+            if busy:
+                await self._abandon_after_grace(busy)
             # after a stop the feeder may be blocked on a full queue nobody drains
             feeder.cancel()
             ticker.cancel()
+
+    async def _until_done_or_stopped(self, workers: list[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Wait for every worker, or for the stop: answer the workers still busy then."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        busy: set[asyncio.Task[None]] = set(workers)
+        try:
+            while busy and not stopping.done():
+                await asyncio.wait({*busy, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                busy = {task for task in busy if not task.done()}
+        finally:
+            stopping.cancel()
+        if busy:
+            self.stopped_at = self._clock()
+        return busy
+
+    async def _abandon_after_grace(self, busy: set[asyncio.Task[None]]) -> None:
+        """After a stop no request starts; those already sent get the grace to be
+        answered. A cancelled one stays SENT in the journal: GWS may have processed
+        it, so a resume sends it again with the same referenceId, as after a crash."""
+        _, late = await asyncio.wait(busy, timeout=self._s.grace)
+        if not late:
+            return
+        self.abandoned = self.in_flight
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late)
+        if self.abandoned:
+            log.warning("stopping: %d request(s) still unanswered after the %.1f s grace were abandoned; "
+                        "they stay in flight, and a resume sends them again with the same referenceId",
+                        self.abandoned, self._s.grace)  # fmt: skip
 
     async def _feed(self, records: AsyncIterable[Record]) -> None:
         try:
