@@ -20,7 +20,7 @@ US = "+12125550134"
         "1-212-555-0134", "12125550134", "+1 212 555 0134", "+12125550134", "+1 (212) 555-0134",
         "0012125550134", "00 1 212 555 0134", "011 1 212 555 0134", "2125550134.0",
         "2125550134.00", "\ufeff2125550134", "ï»¿2125550134", "  2125550134\t", "212\xa0555\xa00134",
-        "212/555-0134", "[212] 555-0134", "tel: 212-555-0134",
+        "212/555-0134", "[212] 555-0134", "tel: 212-555-0134", "2125550134,0", "2125550134,00",
     ],
 )
 def test_quirky_spellings_of_one_number(raw: str) -> None:
@@ -46,6 +46,8 @@ def test_extension_is_dropped_with_a_warning(raw: str, extension: str) -> None:
         ("12", "too short"), ("12345", "too short"), ("2125550134999999999", "too long"),
         ("5550134", "local number without area code"), ("+999 123 4567", "unknown country code"),
         ("2.12555E+09", "written in scientific notation (a spreadsheet dropped digits)"),
+        ("2,12555E+09", "written in scientific notation (a spreadsheet dropped digits)"),
+        ("4,42079E+11", "written in scientific notation (a spreadsheet dropped digits)"),
     ],
 )
 def test_unusable_values_are_errors(raw: str | None, reason: str) -> None:

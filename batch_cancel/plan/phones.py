@@ -66,7 +66,8 @@ _UNICODE_SPACES = str.maketrans(
     {"\xa0": " ", "\u2007": " ", "\u202f": " ", "\u200b": None, "\u200c": None,
      "\u200d": None, "\u2060": None, "\ufeff": None}
 )
-_FLOAT_ARTIFACT = re.compile(r"(\+?\d+)\.0+")
+# "2125550134.0" from a numeric column; "2125550134,0" from a European spreadsheet
+_FLOAT_ARTIFACT = re.compile(r"(\+?\d+)[.,]0+")
 # A spreadsheet's number format with thousands separators: one number, not four.
 _THOUSANDS = re.compile(r"\+?\d{1,3}(?:,\d{3})+(?:\.0+)?")
 # Several numbers in one cell: these always separate; "/" only after a whole number
@@ -80,7 +81,8 @@ _LABELLED = re.compile(r"(?P<number>[^A-Za-z]*\d[^A-Za-z]*?)[\s,;:-]*[(\[]?\s*"
 _LEADING_NUMBER = re.compile(r"[\s+(\[]*\d[\d\s().\-/\[\]]*")
 SEVERAL_NUMBERS = "several numbers in one cell"
 TEXT_AFTER = "text after the number"
-_SCIENTIFIC = re.compile(r"\+?\d+(?:\.\d+)?[eE]\+?\d+")
+# "2.12556E+09", or "2,12556E+09" with a European decimal comma
+_SCIENTIFIC = re.compile(r"\+?\d+(?:[.,]\d+)?[eE]\+?\d+")
 _NANPA_FIRST = frozenset("23456789")
 # Module constants: attribute access on an enum class costs ~0.2 µs a time.
 _NATIONAL, _E164, _DIGITS = PhoneFormat.NATIONAL, PhoneFormat.E164, PhoneFormat.DIGITS
@@ -242,7 +244,7 @@ def _preclean(raw: str, idd: re.Pattern[str] | None) -> str:
         text = text.translate(_UNICODE_SPACES).strip()
     if "," in text and _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
-    if "." in text and (m := _FLOAT_ARTIFACT.fullmatch(text)):
+    if ("." in text or "," in text) and (m := _FLOAT_ARTIFACT.fullmatch(text)):
         text = m.group(1)
     # "00" means international in most of the world but not in NANPA (011);
     # where the region's own prefix matches, parse handles it itself.
