@@ -10,7 +10,10 @@ before login, each output is resolved (symlinks followed) and must be
 * in a folder that exists or can be created, under no regular file;
 * writable, proven by creating (and removing) a temporary file beside it;
 * for the journal: an existing file must be a journal of ours, else it is named
-  and left untouched (an empty file counts as new: it holds nothing to lose).
+  and left untouched (an empty file counts as new: it holds nothing to lose);
+* for the others: an existing file must be one this tool writes (a report of
+  any run, an evidence page, a metrics file), so ``--report notes.csv`` typed
+  for ``--report notes-out.csv`` refuses instead of replacing the notes.
 
 No click here: ``run``, ``merge`` and ``validate-job`` and library callers share it.
 """
@@ -75,6 +78,8 @@ def check_outputs(
                 raise ConfigError(f"input {source} is a file of the journal {given[journal]}")
     for name, path, real in seen:
         _check_folder(name, path, real, create_folders)
+        if name != journal:
+            _check_not_foreign(name, path)
     if journal is not None and journal in given:
         journal_run_id(given[journal], name=journal)
         _check_existing_writable(journal, given[journal])
@@ -138,6 +143,57 @@ def _read_identity(path: Path, *, immutable: bool) -> str | None:
         return str(json.loads(row[0])) if row else ""
     finally:
         db.close()
+
+
+# What marks a file as one of ours, by what the output is: every report (of any
+# version, any run, CSV, JSONL or Parquet) has these columns; the evidence page
+# names its generator; every metric of ours starts with the prefix.
+_REPORT_COLUMNS = frozenset({"row", "phone_number", "status"})
+_HTML_MARK = b'<meta name="generator" content="batch-cancel'
+_METRICS_MARK = b"batch_cancel_"
+_HEAD_BYTES = 16_384
+
+
+def _check_not_foreign(name: str, path: Path) -> None:
+    """An existing, non-empty output that this tool did not write is never replaced."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with path.open("rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ConfigError(f"{name} {path} cannot be read: {exc.strerror}") from None
+    if "html" in name:
+        ours, what = _HTML_MARK in head, "a batch-cancel evidence page"
+    elif "metrics" in name:
+        ours, what = _METRICS_MARK in head, "a batch-cancel metrics file"
+    else:
+        ours, what = _is_report(path, head), "a batch-cancel report"
+    if not ours:
+        raise ConfigError(f"{name} {path} exists and is not {what}; it was left untouched: "
+                          "give another path, or remove the file first")  # fmt: skip
+
+
+def _is_report(path: Path, head: bytes) -> bool:
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names) >= _REPORT_COLUMNS
+        except Exception:  # not Parquet at all: not ours either
+            return False
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").removeprefix("\ufeff")
+    if suffix == ".jsonl":
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and row.keys() >= _REPORT_COLUMNS
+    return set(next(csv.reader([first]), [])) >= _REPORT_COLUMNS
 
 
 def _resolved(path: Path) -> Path:

@@ -159,3 +159,49 @@ def test_status_on_a_file_that_is_not_a_journal(tmp_path: Path, src: Path) -> No
     result = run_cli(["status", "--state", str(src)])
     assert result.exit_code == 2 and "not a batch-cancel journal" in result.stderr
     assert _digests(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "content"),
+    [("--report", "notes.csv", b"customer,phone\nACME,2125550100\n"),
+     ("--report", "notes.jsonl", b'{"customer": "ACME"}\n'),
+     ("--report", "notes.parquet", b"PAR1 not really"),
+     ("--report", "notes.csv", b"\xff\xfe binary"),
+     ("--html", "notes.html", b"<html><body>our wiki page</body></html>"),
+     ("--metrics-file", "node.prom", b"# HELP node_load1 1m load average.\nnode_load1 0.4\n")],
+)  # fmt: skip
+def test_an_existing_file_we_did_not_write_is_never_replaced(sim: ThreadedSimulator, tmp_path: Path,
+                                                             src: Path, flag: str, name: str,
+                                                             content: bytes) -> None:  # fmt: skip
+    # a typo (--report notes.csv for --report notes-out.csv) once replaced the user's file
+    (tmp_path / name).write_bytes(content)
+    for dry_run in (True, False):
+        _refused(sim, tmp_path, [*_args(sim, tmp_path, src, dry_run=dry_run), flag, str(tmp_path / name)],
+                 f"{flag} {tmp_path / name} exists and is not a batch-cancel")  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_report_of_ours_of_any_run_is_replaced(sim: ThreadedSimulator, tmp_path: Path, src: Path,
+                                                 suffix: str) -> None:  # fmt: skip
+    report, html, metrics = tmp_path / f"r{suffix}", tmp_path / "e.html", tmp_path / "m.prom"
+    outputs = ["--report", str(report), "--html", str(html), "--metrics-file", str(metrics)]
+    first = run_cli([*_args(sim, tmp_path, src, state=tmp_path / "one.sqlite"), *outputs], ENV)
+    assert first.exit_code == 0, first.stderr
+    # a resume, and a new run with another journal, both write over what a run of ours wrote
+    for state in ("one.sqlite", "two.sqlite"):
+        again = run_cli([*_args(sim, tmp_path, src, state=tmp_path / state), *outputs], ENV)
+        assert again.exit_code == 0, again.stderr
+    (tmp_path / "empty.csv").write_bytes(b"")  # an empty file holds nothing to lose
+    result = run_cli([*_args(sim, tmp_path, src, state=tmp_path / "three.sqlite"),
+                      "--report", str(tmp_path / "empty.csv")], ENV)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def test_merge_does_not_replace_a_file_that_is_not_a_report(tmp_path: Path, src: Path,
+                                                            sim: ThreadedSimulator) -> None:  # fmt: skip
+    assert run_cli(_args(sim, tmp_path, src, dry_run=True), ENV).exit_code == 0
+    (tmp_path / "notes.csv").write_text("my notes\n")
+    before = _digests(tmp_path)
+    result = run_cli(["merge", str(tmp_path / "report.csv"), "--out", str(tmp_path / "notes.csv")])
+    assert result.exit_code == 2 and "exists and is not a batch-cancel report" in result.stderr
+    assert _digests(tmp_path) == before

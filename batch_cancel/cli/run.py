@@ -70,7 +70,8 @@ the process's, and "error" says why whenever it is not 0 or 1):
   1  finished; some rows failed, timed out or were rejected (see the report)
   2  no retry can fix it, found before sending: a bad option (NaN, infinity,
      out of range; flag, env or job file), an unreadable input, an output that
-     is an input or another output, under a file or not writable, a --state
+     is an input or another output, an existing file batch-cancel did not
+     write (left untouched), under a file or not writable, a --state
      that is not our journal (left untouched) or is damaged, the journal in use
      by another run (host, pid, since; --wait-lock waits), credentials in the
      URL, a TLS certificate refused, a login answered by a page that is not the
