@@ -205,3 +205,20 @@ def test_merge_does_not_replace_a_file_that_is_not_a_report(tmp_path: Path, src:
     result = run_cli(["merge", str(tmp_path / "report.csv"), "--out", str(tmp_path / "notes.csv")])
     assert result.exit_code == 2 and "exists and is not a batch-cancel report" in result.stderr
     assert _digests(tmp_path) == before
+
+
+def test_report_command_outputs_are_checked(tmp_path: Path, src: Path, sim: ThreadedSimulator) -> None:
+    assert run_cli(_args(sim, tmp_path, src, dry_run=True), ENV).exit_code == 0
+    state, notes = tmp_path / "state.sqlite", tmp_path / "notes.csv"
+    notes.write_text("my notes\n")
+    for extra, expected in ((["--out", str(notes)], "exists and is not a batch-cancel report"),
+                            (["--out", str(tmp_path / "r.csv"), "--html", str(state)], "is the input file"),
+                            (["--out", str(tmp_path / "r.csv"), "--html", str(tmp_path / "r.csv")],
+                             "are the same file")):  # fmt: skip
+        before = _digests(tmp_path)
+        result = run_cli(["report", "--state", str(state), *extra])
+        assert result.exit_code == 2 and expected in result.stderr, (extra, result.stderr)
+        assert _digests(tmp_path) == before
+    # the dry run's own report is ours: written again (exit 3: a dry run leaves its rows pending)
+    ok = run_cli(["report", "--state", str(state), "--out", str(tmp_path / "report.csv")])
+    assert ok.exit_code == 3 and ok.summary["pending"] == 3, ok.stderr

@@ -43,11 +43,14 @@ def report(state: str, state_password_file: Path | None, run_id: str | None, out
     """
     from batch_cancel.config import RunConfig
     from batch_cancel.journal.opening import open_existing
+    from batch_cancel.output_paths import check_outputs
     from batch_cancel.report.writers import check_report_path, write_report
     from batch_cancel.summary import summarise
 
     check_report_path(out)
     path, db = split_state(state, state_password_file)
+    # the journal is read here: neither output may be it, each other, or a file not ours
+    check_outputs([path] if path is not None else [], {"--out": out, "--html": html})
     journal = open_existing(path, db, run_id)
     try:
         job_id = str(journal.get_meta("run_id"))
