@@ -372,6 +372,8 @@ def _as_text(arr: pa.Array) -> pa.Array:
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if pa.types.is_floating(arr.type):
+        # NaN is how pandas writes a missing value into a float column: empty, not "nan"
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
         whole = pc.and_(pc.equal(pc.floor(arr), arr), pc.less(pc.abs(arr), 1e18))
         ints = pc.cast(pc.if_else(whole, arr, 0), pa.int64()).cast(pa.string())
         arr = pc.if_else(whole, ints, arr.cast(pa.string()))
