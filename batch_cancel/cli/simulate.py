@@ -259,6 +259,9 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
                    "in front of GWS does (502 while GWS is down, 200 for an SSO page).")
 @click.option("--login-page-for", type=FiniteFloat(min=0.0, min_open=True), metavar="S",
               help="... for the first S seconds only (default: as long as the simulator runs).")
+@click.option("--login-page-everywhere", is_flag=True,
+              help="... on every /api/v2 request, POSTs and CometD included, as an SSO gateway "
+                   "that no longer knows the client does (GWS never sees them).")
 @click.option("--tls-cert", metavar="PEM", help="Serve https with this certificate chain.")
 @click.option("--tls-key", metavar="PEM", help="Key of --tls-cert (when not in the same file).")
 @click.option("--tls-client-ca", metavar="PEM",
@@ -290,7 +293,8 @@ def simulate(**options: Any) -> None:
 
     config = _config(options)
     page = options["login_page"]
-    login_page = (page, options["login_page_for"] or float("inf")) if page else None
+    login_page = ((page, options["login_page_for"] or float("inf"), options["login_page_everywhere"])
+                  if page else None)  # fmt: skip
     try:
         asyncio.run(_serve(config, login_page))
     except OSError as error:
@@ -347,7 +351,7 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
         raise _StartError(str(error)) from None
 
 
-async def _serve(config: SimulatorConfig, login_page: tuple[int, float] | None = None) -> None:
+async def _serve(config: SimulatorConfig, login_page: tuple[int, float, bool] | None = None) -> None:
     import asyncio
     import signal
 
@@ -360,7 +364,8 @@ async def _serve(config: SimulatorConfig, login_page: tuple[int, float] | None =
     try:
         async with GwsSimulator(config) as sim:
             if login_page is not None:
-                sim.serve_login_page(*login_page)
+                status, seconds, everywhere = login_page
+                sim.serve_login_page(status, seconds, everywhere=everywhere)
             click.echo(f"GWS simulator listening on {sim.base_url}  (Ctrl-C to stop)")
             await stop.wait()
             click.echo("GWS simulator stopped")

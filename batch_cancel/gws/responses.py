@@ -87,6 +87,13 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     status_code = raw_code if isinstance(raw_code, int) else None
     http = reply.status
     if http < 300 and status_code in (0, None):
+        if _is_html(reply):
+            # a proxy or an SSO gateway in front of GWS answered (its login page, often
+            # HTTP 200, after a redirect): GWS never saw the request, so it is no
+            # acceptance. As a lost session: the re-login tells whether GWS is back
+            # (the request then goes again, same referenceId) or still hidden (exit 2).
+            return SessionExpired(f"HTTP {http}: an HTML page answered, not the GWS API",
+                                  http_status=http)  # fmt: skip
         return None
     message = str(body.get("statusMessage") or reply.reason or "")
     kwargs: dict[str, Any] = {"http_status": http, "status_code": status_code}
@@ -103,6 +110,10 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     return RequestRejected(text, **kwargs)
 
 
+def _is_html(reply: Reply) -> bool:
+    return reply.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/html"
+
+
 def not_the_gws_api(reply: Reply, base_url: str) -> GwsMisconfigured | TransientError | None:
     """A log-in answer that is not GWS speaking, or None.
 
@@ -113,7 +124,7 @@ def not_the_gws_api(reply: Reply, base_url: str) -> GwsMisconfigured | Transient
     a login would fail later as a puzzling "HTTP 401".
     """
     kind = reply.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if kind != "text/html" and (reply.status >= 300 or isinstance(_json_or_none(reply), dict)):
+    if not _is_html(reply) and (reply.status >= 300 or isinstance(_json_or_none(reply), dict)):
         return None
     message = (f"the server at {base_url} answered {kind or 'no content type'}, not the GWS API "
                f"(status {reply.status})")  # fmt: skip

@@ -23,6 +23,7 @@ __all__ = [
     "gws_error",
     "gws_ok",
     "json_object",
+    "login_page",
     "session_of",
 ]
 
@@ -43,6 +44,13 @@ def gws_error(http_status: int, status_code: int, message: str, **headers: str) 
         status=http_status,
         headers=headers or None,
     )
+
+
+def login_page(status: int) -> web.Response:
+    """Not GWS: the HTML page a reverse proxy or an SSO gateway answers in front of it."""
+    html = (f"<!DOCTYPE html><html><head><title>{status}</title></head>"
+            f"<body><h1>{status}</h1><p>The proxy says no.</p></body></html>")  # fmt: skip
+    return web.Response(status=status, content_type="text/html", text=html)
 
 
 def session_of(state: SimState, request: web.Request) -> HttpSession | None:

@@ -15,6 +15,7 @@ from batch_cancel.simulator.httputil import (
     gws_error,
     gws_ok,
     json_object,
+    login_page,
     session_of,
 )
 from batch_cancel.simulator.sessions import SESSION_COOKIE, HttpSession
@@ -38,9 +39,7 @@ class UserResources:
         if page is not None:
             # not GWS: the HTML page a reverse proxy or an SSO gateway answers in front of it
             state.ledger.count("login_pages")
-            html = (f"<!DOCTYPE html><html><head><title>{page}</title></head>"
-                    f"<body><h1>{page}</h1><p>The proxy says no.</p></body></html>")
-            return web.Response(status=page, content_type="text/html", text=html)
+            return login_page(page)
         session = session_of(state, request)
         credentials = basic_credentials(request)
         new_session = False

@@ -18,6 +18,7 @@ from batch_cancel.simulator.httputil import (
     NOT_AUTHENTICATED,
     csrf_ok,
     gws_error,
+    login_page,
     session_of,
 )
 from batch_cancel.simulator.ledger import Ledger
@@ -47,7 +48,7 @@ class GwsSimulator:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[_json_errors])
+        app = web.Application(middlewares=[self._gateway, _json_errors])
         UserResources(self._state).add_routes(app)
         OutboundRecords(self._state).add_routes(app)
         app.router.add_post(NOTIFICATIONS_PATH, self._notifications)
@@ -151,13 +152,26 @@ class GwsSimulator:
         """Answer 503 on the CometD endpoint for ``seconds``, held polls included."""
         self._state.hub.pause(seconds)
 
-    def serve_login_page(self, status: int, seconds: float = float("inf")) -> None:
+    def serve_login_page(self, status: int, seconds: float = float("inf"), *,
+                         everywhere: bool = False) -> None:  # fmt: skip
         """Answer log-ins (``GET /api/v2/me``) with an HTML page of ``status`` for ``seconds``,
         as a reverse proxy does while GWS behind it is down (502/503) or in front of it asks
-        for its own login (200); other requests are served as usual."""
+        for its own login (200); other requests are served as usual. ``everywhere``: every
+        ``/api/v2`` request gets the page (POSTs and CometD included), as an SSO gateway
+        does once it no longer knows the client; GWS never sees them (no ledger entry)."""
         import time
 
-        self._state.login_page = (status, time.monotonic() + seconds)
+        self._state.login_page = (status, time.monotonic() + seconds, everywhere)
+
+    @web.middleware
+    async def _gateway(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        page = self._state.login_page_status(login=False)
+        if page is None or not request.path.startswith("/api/v2") or request.path == "/api/v2/me":
+            return await handler(request)  # the log-in page itself is UserResources.get_me's
+        await request.read()
+        return login_page(page)
 
     def expire_all_sessions(self) -> int:
         """End every HTTP session: the next request of each gets 401 statusCode 20."""

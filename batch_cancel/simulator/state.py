@@ -48,9 +48,10 @@ class SimState:
         # outbound-record requests that got past authentication: the clock of *_every faults
         self.authenticated_requests = 0
         self.timers: set[asyncio.TimerHandle] = set()
-        # what a proxy in front of GWS answers on /api/v2/me instead of GWS: an HTML
-        # page with this status, until the monotonic time given (see serve_login_page)
-        self.login_page: tuple[int, float] | None = None
+        # what a proxy in front of GWS answers on /api/v2/me (or, everywhere=True, on
+        # every /api/v2 request) instead of GWS: an HTML page with this status, until
+        # the monotonic time given (see serve_login_page)
+        self.login_page: tuple[int, float, bool] | None = None
         self.dos_filter = DosFilter()
         # Set when the server stops, so hung requests let go of their connections.
         self.stopping = asyncio.Event()
@@ -61,12 +62,13 @@ class SimState:
         if faults.seed is not None:
             self.rng = random.Random(faults.seed)
 
-    def login_page_status(self) -> int | None:
-        """The status of the HTML page that answers log-ins now, or None (GWS answers)."""
+    def login_page_status(self, *, login: bool = True) -> int | None:
+        """The status of the HTML page that answers log-ins (``login``) or any other API
+        request now, or None (GWS answers)."""
         import time
 
         page = self.login_page
-        if page is None or time.monotonic() >= page[1]:
+        if page is None or time.monotonic() >= page[1] or not (login or page[2]):
             return None
         return page[0]
 

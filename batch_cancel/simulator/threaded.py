@@ -76,8 +76,9 @@ class ThreadedSimulator:
     def pause_cometd(self, seconds: float) -> None:
         self._on_loop(lambda: self._sim.pause_cometd(seconds))
 
-    def serve_login_page(self, status: int, seconds: float = float("inf")) -> None:
-        self._on_loop(lambda: self._sim.serve_login_page(status, seconds))
+    def serve_login_page(self, status: int, seconds: float = float("inf"), *,
+                         everywhere: bool = False) -> None:  # fmt: skip
+        self._on_loop(lambda: self._sim.serve_login_page(status, seconds, everywhere=everywhere))
 
     def expire_all_sessions(self) -> int:
         return self._on_loop(self._sim.expire_all_sessions)
