@@ -21,6 +21,7 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── JournalUnavailable         the PostgreSQL journal could not be reached
     │   ├── LeaseLost                  a fleet worker was silent past its lease; it stops
     │   ├── SystematicFailure          the last --breaker outcomes all failed alike
+    │   ├── ReportUnwritable           the report or evidence page could not be written (a full disk)
     │   └── Interrupted                SIGINT / SIGTERM
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
@@ -47,6 +48,7 @@ __all__ = [
     "JournalUnwritable",
     "LeaseLost",
     "NotificationChannelLost",
+    "ReportUnwritable",
     "RequestError",
     "RequestRejected",
     "SessionExpired",
@@ -143,6 +145,11 @@ class BackgroundTaskFailed(AbortedError):
 
 class SystematicFailure(AbortedError):
     """Every recent request failed the same way (``--breaker``): sending stopped."""
+
+
+class ReportUnwritable(AbortedError):
+    """The report or the evidence page could not be written; every outcome is in the
+    journal, so running again with it (nothing is sent again) writes them."""
 
 
 class Interrupted(AbortedError):

@@ -30,6 +30,7 @@ from batch_cancel.exceptions import (
     JournalLocked,
     JournalMismatch,
     JournalUnusable,
+    ReportUnwritable,
     RequestError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
@@ -351,13 +352,17 @@ def _finish(
         last = fleet.leave(state)
     elif shared and config.state_db is not None:
         last = not _other_workers_running(journal)
+    unwritten: ReportUnwritable | None = None
     if last:
         with contextlib.suppress(Exception):
             journal.set_meta(finished_at=time.time(), last_stats=stats)
-        write_report(journal, report)
+        try:
+            write_report(journal, report)
+        except ReportUnwritable as exc:
+            unwritten = exc
     else:
         log.info("other workers are still running job %s: the last to finish writes the report", run_id)
-    summary = summarise(journal, run_id, report if last else None, config, stats,
+    summary = summarise(journal, run_id, report if last and unwritten is None else None, config, stats,
                         time.monotonic() - started)  # fmt: skip
     if metrics is not None:
         metrics.final(summary)
@@ -365,5 +370,19 @@ def _finish(
     if config.html is not None and last:
         from batch_cancel.report.evidence import write_html
 
-        write_html(journal, summary, config.html)
+        try:
+            write_html(journal, summary, config.html)
+        except ReportUnwritable as exc:
+            unwritten = unwritten or exc
+    if unwritten is not None:
+        # the outcomes are all in the journal: the summary says them, and a run again
+        # (nothing left to send) or `batch-cancel report` writes the files
+        message = (f"{unwritten}; every outcome is in the journal: run again with the same --state "
+                   "to write it (nothing is sent again), or use batch-cancel report")  # fmt: skip
+        if state != "done":
+            log.error("%s", message)  # the run's own error says why it stopped
+            return summary
+        error = ReportUnwritable(message)
+        error.summary = summary  # type: ignore[attr-defined]
+        raise error
     return summary

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import ENV, job_args, numbers, run_cli, write_csv
+from helpers import ENV, job_args, numbers, read_report, run_cli, write_csv
 
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -222,3 +222,20 @@ def test_report_command_outputs_are_checked(tmp_path: Path, src: Path, sim: Thre
     # the dry run's own report is ours: written again (exit 3: a dry run leaves its rows pending)
     ok = run_cli(["report", "--state", str(state), "--out", str(tmp_path / "report.csv")])
     assert ok.exit_code == 3 and ok.summary["pending"] == 3, ok.stderr
+
+
+def test_a_report_that_cannot_be_written_exits_3_with_the_true_counts(sim: ThreadedSimulator, tmp_path: Path,
+                                                                     src: Path) -> None:  # fmt: skip
+    # the disk fills up after the sending: the report's temporary file writes to /dev/full
+    report, tmp = tmp_path / "report.csv", tmp_path / ".report.csv.tmp"
+    tmp.symlink_to("/dev/full")
+    result = run_cli(_args(sim, tmp_path, src), ENV)
+    assert result.exit_code == 3, result.stderr
+    summary = result.summary  # what was done, not zeros
+    assert summary["exit_code"] == 3 and summary["total"] == summary["cancelled"] == 3
+    assert "could not write" in summary["error"] and "No space left on device" in summary["error"]
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert not report.exists() and not tmp.exists()  # no half file, no temporary one left
+    again = run_cli(_args(sim, tmp_path, src), ENV)  # run again: the report, nothing sent again
+    assert again.exit_code == 0, again.stderr
+    assert len(read_report(report)) == 3 and len(sim.ledger.entries) == 3

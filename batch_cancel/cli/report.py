@@ -22,7 +22,8 @@ Examples:
 Exit codes: 0 every row cancelled (or a duplicate of a cancelled row); 1 the job
 is complete and some rows failed, timed out or were rejected; 2 no such journal or
 job, nothing written; 3 rows are still pending (the job runs, or was stopped: run
-it again to finish). The last stdout line is the JSON summary.
+it again to finish), or a file could not be written (a full disk: run this again).
+The last stdout line is the JSON summary.
 """)  # fmt: skip
 @click.option("--state", required=True, metavar="PATH|URL",
               help="The journal: a SQLite path or a postgresql:// URL.")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ from batch_cancel.journal.store import Journal
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
+from batch_cancel.report.writers import write_aside
 from batch_cancel.summary import Summary
 
 __all__ = ["ATTENTION", "STATUSES", "write_html"]
@@ -105,12 +105,8 @@ def write_html(journal: Journal | PgJournal, summary: Summary, path: Path, *, li
     """
     scan = _scan(journal, limit)
     page = "\n".join(_page(journal, summary, scan, limit))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # written aside and renamed, like the report: a reader never sees half a page
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_aside(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 # -- formatting -----------------------------------------------------------------------------

@@ -21,11 +21,12 @@ text is made column-wise (report_csv.py) in exactly ``csv.writer``'s format.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch_cancel.exceptions import ConfigError
+from batch_cancel.exceptions import ConfigError, ReportUnwritable
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.journal.store import Journal
@@ -46,6 +47,7 @@ from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SC
 __all__ = [
     "REPORT_COLUMNS",
     "report_rows",
+    "write_aside",
     "write_csv_rows",
     "write_parquet_rows",
     "write_report",
@@ -98,10 +100,22 @@ def check_report_path(path: Path) -> None:
 
 def write_report(journal: Journal | PgJournal, path: Path) -> Path:
     check_report_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_aside(path, lambda tmp: _write(report_batches(journal), tmp, path.suffix.lower()))
+
+
+def write_aside(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through a temporary file beside it, renamed into place: a reader
+    never sees half a file, and a failure (a full disk) leaves no half file, no
+    temporary one, and the previous version as it was. Raises ReportUnwritable."""
     tmp = path.with_name(f".{path.name}.tmp")
-    _write(report_batches(journal), tmp, path.suffix.lower())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ReportUnwritable(f"could not write {path}: {exc.strerror or exc}") from exc
     return path
 
 
