@@ -30,6 +30,7 @@ from batch_cancel.exceptions import (
     JournalLocked,
     JournalMismatch,
     JournalUnusable,
+    JournalUnwritable,
     ReportUnwritable,
     RequestError,
 )
@@ -227,8 +228,11 @@ async def run_job(
         # the workers of a fleet share the journal by design: rows are theirs by lease
         return await _run_locked(config, gws, stop, progress, journaling)
     assert config.state is not None
-    lock = await asyncio.to_thread(JournalLock.acquire, config.state, wait=config.wait_lock,
-                                   should_stop=stop.is_set)  # fmt: skip
+    try:
+        lock = await asyncio.to_thread(JournalLock.acquire, config.state, wait=config.wait_lock,
+                                       should_stop=stop.is_set)  # fmt: skip
+    except sqlite3.DatabaseError as exc:
+        raise _journal_error(exc, config.state) from None
     loop = asyncio.get_running_loop()
 
     def lost() -> None:  # called from the lock's heartbeat thread
@@ -248,6 +252,23 @@ async def run_job(
         lock.release()
 
 
+def _journal_error(exc: sqlite3.DatabaseError, state: Path | None) -> BaseException:
+    """What SQLite's refusal to open, lock or plan the journal means to the user."""
+    name = exc.sqlite_errorname or ""
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        # a journal damaged past the pages the path check reads (a disk fault): a retry
+        # reads the same bytes, so this is exit 2, not an "internal error" (exit 3)
+        return JournalUnusable(f"journal {state} is damaged ({exc}); restore it from a copy "
+                               "or give another --state")  # fmt: skip
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        # before anything is sent: once there is room (or the disk is back), a run again
+        # with the same --state goes on from what was committed
+        return JournalUnwritable(f"journal {state} cannot be written ({exc}); nothing was sent: "
+                                 "make room (or repair the disk) and run again with the same --state",
+                                 location=str(state))  # fmt: skip
+    return exc
+
+
 async def _run_locked(
     config: RunConfig,
     gws: GwsConfig | None,
@@ -259,12 +280,7 @@ async def _run_locked(
     try:
         journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
     except sqlite3.DatabaseError as exc:
-        if exc.sqlite_errorname not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-            raise
-        # a journal damaged past the pages the path check reads (a disk fault): a retry
-        # reads the same bytes, so this is exit 2, not an "internal error" (exit 3)
-        raise JournalUnusable(f"journal {config.state} is damaged ({exc}); restore it from a copy "
-                              "or give another --state") from None  # fmt: skip
+        raise _journal_error(exc, config.state) from None
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
     report = config.report or Path("reports") / f"{run_id}.csv"
     metrics: RunMetrics | None = None

@@ -32,8 +32,9 @@ from batch_cancel.journal.lock import LOCK_TABLE
 __all__ = ["check_outputs", "journal_run_id"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-# tables every journal of ours has had since the first version
+# tables every journal of ours has had since the first version, and all it may have
 _JOURNAL_TABLES = frozenset({"meta", "records"})
+_OUR_TABLES = frozenset({LOCK_TABLE, "meta", "records", "plan_snapshot", "events", "unmatched"})
 _JOURNAL_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
@@ -108,9 +109,10 @@ def journal_run_id(path: Path, *, name: str = "--state") -> str | None:
         raise JournalUnusable(f"{name} {path} is not a batch-cancel journal (not an SQLite file); "
                               "it was left untouched: give another --state")  # fmt: skip
     try:
-        # a journal being made, or one whose run was killed before a checkpoint, may have
-        # its pages (even the first) only in the WAL file
-        found = _read_identity(path, immutable=True) if header else None
+        # a journal being made, or one whose run was killed (or met a full disk) before a
+        # checkpoint, may have its pages (even the first) only in the WAL file: the main
+        # file alone then reads as malformed, so with a WAL the WAL is read too
+        found = _read_identity(path, immutable=not has_wal) if header else None
         if found is None and has_wal:
             found = _read_identity(path, immutable=False)
     except sqlite3.DatabaseError as exc:
@@ -133,9 +135,10 @@ def _read_identity(path: Path, *, immutable: bool) -> str | None:
     db = sqlite3.connect(uri, uri=True)
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables or (LOCK_TABLE in tables and not tables & _JOURNAL_TABLES):
+        if not tables or (LOCK_TABLE in tables and tables <= _OUR_TABLES and not tables >= _JOURNAL_TABLES):
             # no tables: a run is creating this journal this very moment (or an empty database,
-            # which holds nothing to lose); only the lock table: a run took it and stopped
+            # which holds nothing to lose); the lock table and some of ours: a run took it and
+            # stopped before its tables were all made (a full disk, with older versions)
             return ""
         if not tables >= _JOURNAL_TABLES:
             return None

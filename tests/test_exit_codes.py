@@ -205,3 +205,31 @@ def test_the_exit_code_table_is_in_run_help_and_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     for row in ("| `0` |", "| `1` |", "| `2` |", "| `3` |"):
         assert row in readme, row
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("limit", [16_384, 65_536])  # full when taking the lock; when planning
+def test_a_journal_on_a_full_disk_exits_3_and_a_run_again_finishes(tmp_path: Path, limit: int) -> None:
+    import resource
+
+    def small_files_only() -> None:  # the disk "fills up" at this size (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    sim = make_sim()
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(200)])
+        args = job_args(sim.base_url, tmp_path, src, rate=0)
+        full = subprocess.run([sys.executable, "-m", "batch_cancel", *args],
+                              env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60,
+                              preexec_fn=small_files_only)  # fmt: skip
+        assert full.returncode == 3, full.stderr
+        line = _agrees(3, full.stdout)
+        assert "cannot be written" in line["error"] and "nothing was sent" in line["error"]
+        assert "internal error" not in full.stderr and "Traceback" not in full.stderr
+        assert sim.ledger.entries == []
+        # room again: the same --state is a journal of ours, and the run goes to the end
+        again = run_cli(args, ENV)
+        assert again.exit_code == 0, again.stderr
+        assert again.summary["cancelled"] == 200 and len(sim.ledger.entries) == 200
+    finally:
+        sim.stop()

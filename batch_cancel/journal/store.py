@@ -101,7 +101,9 @@ class Journal:
         # NORMAL in WAL mode survives a process crash (what Airflow's SIGKILL is);
         # only a power cut could lose the last commit.
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        # all the tables or none: a disk that fills up half-way must not leave a journal
+        # that the next run cannot tell from another program's database
+        db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
         for table, column, kind in _ADDED_COLUMNS:
             have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
