@@ -137,6 +137,7 @@ def test_bad_files(tmp_path: Path, name: str, data: bytes, problem: str) -> None
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert error_of([tmp_path / "nope.csv"]) == f"{tmp_path / 'nope.csv'}: no such file"
     assert error_of([tmp_path]) == f"{tmp_path}: is a directory, not a file"
+    assert error_of([Path("-")]) == "-: standard input is not read: save the list to a file and give its path"
 
 
 def test_no_phone_column_lists_the_columns(tmp_path: Path) -> None:

@@ -332,6 +332,10 @@ def inspect_inputs(paths: Sequence[Path], *, phone_column: str | None = None,
     _codec(encoding)  # an unknown encoding is a configuration error, whatever the files
     out: list[InputFile] = []
     for path in map(Path, paths):
+        if str(path) == "-" and not path.exists():
+            # a run reads its input twice (a digest, then the plan) and a resume checks it
+            # again: a pipe cannot be read back
+            _fail(path, "standard input is not read: save the list to a file and give its path")
         if not path.exists():
             _fail(path, "no such file")
         if path.is_dir():
