@@ -87,11 +87,12 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     status_code = raw_code if isinstance(raw_code, int) else None
     http = reply.status
     if http < 300 and status_code in (0, None):
-        if _is_html(reply):
+        if not body and _is_html(reply):
             # a proxy or an SSO gateway in front of GWS answered (its login page, often
             # HTTP 200, after a redirect): GWS never saw the request, so it is no
             # acceptance. As a lost session: the re-login tells whether GWS is back
             # (the request then goes again, same referenceId) or still hidden (exit 2).
+            # A JSON object under a wrong content type is still GWS speaking.
             return SessionExpired(f"HTTP {http}: an HTML page answered, not the GWS API",
                                   http_status=http)  # fmt: skip
         return None
