@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,20 +88,30 @@ def test_preflight_names_the_html_page_and_exits_2(sim: ThreadedSimulator, tmp_p
     assert sim.ledger.entries == []
 
 
+def _after_requests(sim: ThreadedSimulator, count: int, act: Callable[[], object]) -> threading.Thread:
+    """A thread that does ``act`` once the simulator has seen ``count`` requests (or 20 s passed)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while len(sim.ledger.entries) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        act()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
 def test_a_relogin_met_by_an_html_page_mid_run_stops_with_2_and_a_true_summary(tmp_path: Path) -> None:
     sim = make_sim()
     try:
         src = _input(tmp_path, 30)
 
         def proxy_takes_over() -> None:
-            deadline = time.monotonic() + 20
-            while len(sim.ledger.entries) < 8 and time.monotonic() < deadline:
-                time.sleep(0.01)
             sim.serve_login_page(200)
             sim.expire_all_sessions()
 
-        watcher = threading.Thread(target=proxy_takes_over)
-        watcher.start()
+        watcher = _after_requests(sim, 8, proxy_takes_over)
         result = run_cli(job_args(sim.base_url, tmp_path, src, rate=15, concurrency=2), ENV)
         watcher.join()
     finally:
@@ -122,14 +133,7 @@ def test_posts_answered_by_a_gateways_html_page_are_not_taken_as_accepted(tmp_pa
     try:
         src = _input(tmp_path, 30)
 
-        def gateway_takes_over() -> None:
-            deadline = time.monotonic() + 20
-            while len(sim.ledger.entries) < 8 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            sim.serve_login_page(200, everywhere=True)
-
-        watcher = threading.Thread(target=gateway_takes_over)
-        watcher.start()
+        watcher = _after_requests(sim, 8, lambda: sim.serve_login_page(200, everywhere=True))
         result = run_cli(job_args(sim.base_url, tmp_path, src, rate=15, concurrency=2, ack_timeout=3), ENV)
         watcher.join()
     finally:
