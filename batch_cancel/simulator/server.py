@@ -168,7 +168,8 @@ class GwsSimulator:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         page = self._state.login_page_status(login=False)
-        if page is None or not request.path.startswith("/api/v2") or request.path == "/api/v2/me":
+        login = request.method == "GET" and request.path == "/api/v2/me"
+        if page is None or not request.path.startswith("/api/v2") or login:
             return await handler(request)  # the log-in page itself is UserResources.get_me's
         await request.read()
         return login_page(page)

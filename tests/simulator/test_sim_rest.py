@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from simhelpers import GwsTestClient, MakeClient, StartSim
+from simhelpers import NOTIFICATIONS, GwsTestClient, MakeClient, StartSim
 
 from batch_cancel.simulator import GwsSimulator
 
@@ -160,3 +160,22 @@ async def test_unknown_resource_answers_gws_json(sim: GwsSimulator, make_client:
     wrong_method = await client.http.delete("/api/v2/me/devices")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["statusCode"] == 10
+
+
+async def test_a_gateway_everywhere_answers_every_api_request_and_gws_sees_none(
+    sim: GwsSimulator, make_client: MakeClient
+) -> None:
+    client = await make_client(sim)
+    sim.serve_login_page(200, everywhere=True)
+    answers = [
+        await client.post_record(client.record(referenceId="r-gw")),
+        await client.http.post("/api/v2/me", json={"operationName": "StartContactCenterSession"}),
+        await client.http.post(NOTIFICATIONS, json=[{"channel": "/meta/connect"}]),
+        await client.http.get("/api/v2/me/devices"),
+        await client.http.get("/api/v2/me", auth=("agent", "secret")),  # the log-in itself too
+    ]
+    for answer in answers:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    assert sim.ledger.requests_for("r-gw") == [] and sim.ledger.login_page_count == 1
+    ledger = await client.http.get("/_sim/ledger")  # the simulator's own endpoint is not behind it
+    assert ledger.headers["content-type"].startswith("application/json")
