@@ -10,9 +10,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_cancel.exceptions import ConfigError, GwsMisconfigured
+
+if TYPE_CHECKING:
+    from batch_cancel.object_store import Location
 
 __all__ = [
     "BOUNDS",
@@ -175,18 +178,19 @@ class JobDefaults:
 class RunConfig:
     """Everything that decides what a run sends and how fast."""
 
-    inputs: tuple[Path, ...]
+    inputs: tuple[Location, ...]  # local paths or object URLs (object_store.py)
     defaults: JobDefaults = JobDefaults()
     phone_column: str | None = None
     encoding: str = "utf-8"
     delimiter: str | None = None  # CSV inputs; None: sniffed from each file's header line
+    sheet: str | None = None  # workbook inputs: a sheet's name or 0-based index; None: the first
     rate: float = DEFAULT_RATE
     concurrency: int = DEFAULT_CONCURRENCY
     ack_timeout: float = DEFAULT_ACK_TIMEOUT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_outage: float = DEFAULT_MAX_OUTAGE
     grace: float = DEFAULT_GRACE
-    report: Path | None = None
+    report: Location | None = None
     state: Path | None = None
     dry_run: bool = False
     force: bool = False
@@ -196,7 +200,7 @@ class RunConfig:
     run_id: str | None = None
     shard: tuple[int, int] | None = None  # (index, count), index in 0..count-1
     adaptive_rate: bool = False
-    html: Path | None = None
+    html: Location | None = None
     # seconds to wait for another run's lock on the journal (0: exit 2 at once)
     wait_lock: float = 0.0
     # Prometheus textfile (node_exporter), rewritten every metrics_interval seconds
@@ -219,6 +223,8 @@ class RunConfig:
         d["phone_column"] = self.phone_column
         d["encoding"] = self.encoding
         d["delimiter"] = self.delimiter
+        if self.sheet is not None:  # absent from journals made before workbooks were read
+            d["sheet"] = self.sheet
         d["shard"] = list(self.shard) if self.shard else None
         return d
 

@@ -40,6 +40,7 @@ from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
 from batch_cancel.log_records import RUN_ID
 from batch_cancel.metrics import RunMetrics
+from batch_cancel.object_store import Location
 from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.plan.planner import build_plan
 from batch_cancel.report.writers import check_report_path, write_report
@@ -62,7 +63,7 @@ def new_run_id() -> str:
 
 
 def _identity(files: list[InputFile]) -> list[dict[str, object]]:
-    return [{"path": str(f.path), "size": f.size, "sha256": f.sha256} for f in files]
+    return [f.identity() for f in files]
 
 
 def decide_outputs(config: RunConfig) -> RunConfig:
@@ -110,7 +111,7 @@ def prepare(
     if config.report is not None:
         check_report_path(config.report)
     files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding,
-                           delimiter=config.delimiter)
+                           delimiter=config.delimiter, sheet=config.sheet)
     if config.state_db is not None:
         return _prepare_shared(config, files, stop), str(config.run_id), files
     run_id = config.run_id or new_run_id()
@@ -197,6 +198,15 @@ def _check_resume(journal: Journal | PgJournal, files: list[InputFile], config: 
             f"journal {journal.location} belongs to other input files "
             f"({len(before)} file(s) with other contents); use --force to resume anyway"
         )
+    # the same bytes under a new version (an object replaced by an upload of the same list)
+    # is another input too: the store says so where it keeps versions or ETags
+    for old, f in zip(journal.get_meta("inputs") or [], files, strict=True):
+        for key, label in (("version_id", "version"), ("etag", "ETag")):
+            if old.get(key) and getattr(f, key) and old[key] != getattr(f, key):
+                raise JournalMismatch(
+                    f"journal {journal.location}: input {f.path} was replaced since the run began "
+                    f"({label} {old[key]}, now {getattr(f, key)}); use --force to resume anyway"
+                )
     old = journal.get_meta("fingerprint") or {}
     new = config.fingerprint()
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -351,7 +361,7 @@ async def _run_locked(
 def _finish(
     journal: Journal | PgJournal,
     run_id: str,
-    report: Path,
+    report: Location,
     config: RunConfig,
     stats: dict[str, float],
     started: float,

@@ -15,6 +15,13 @@ before login, each output is resolved (symlinks followed) and must be
   any run, an evidence page, a metrics file), so ``--report notes.csv`` typed
   for ``--report notes-out.csv`` refuses instead of replacing the notes.
 
+An output in object storage (``s3://``…) gets the same checks where they mean
+something: no input and no other output (by URL), writable (a small object is
+written beside it and removed: the credentials decide, not the URL), and an
+existing object is replaced only if its content says batch-cancel wrote it, the
+same test as for a file (objects are also tagged ``generator: batch-cancel`` when
+written, for people; a report copied there by hand is still recognised).
+
 No click here: ``run``, ``merge`` and ``validate-job`` and library callers share it.
 """
 
@@ -25,9 +32,18 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from batch_cancel.exceptions import ConfigError, JournalUnusable
 from batch_cancel.journal.lock import LOCK_TABLE
+from batch_cancel.object_store import (
+    Location,
+    ObjectUrl,
+    canonical,
+    object_info,
+    open_object,
+    prove_writable,
+)
 
 __all__ = ["check_outputs", "journal_run_id"]
 
@@ -39,8 +55,8 @@ _JOURNAL_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def check_outputs(
-    inputs: Iterable[Path],
-    outputs: Mapping[str, Path | None],
+    inputs: Iterable[Location],
+    outputs: Mapping[str, Location | None],
     *,
     journal: str | None = None,
     create_folders: bool = True,
@@ -54,10 +70,10 @@ def check_outputs(
     """
     given = {name: path for name, path in outputs.items() if path is not None}
     sources = [(p, _resolved(p)) for p in inputs if str(p) != "-"]
-    seen: list[tuple[str, Path, Path]] = []
+    seen: list[tuple[str, Location, Location]] = []
     for name, path in given.items():
         real = _resolved(path)
-        if real.is_dir():
+        if isinstance(real, Path) and real.is_dir():
             raise ConfigError(f"{name} {path} is a folder; give a file path")
         for source, source_real in sources:
             if _same(real, source_real):
@@ -69,6 +85,9 @@ def check_outputs(
                                   "give each its own path")  # fmt: skip
         seen.append((name, path, real))
     if journal is not None and journal in given:
+        if isinstance(given[journal], ObjectUrl):
+            raise ConfigError(f"{journal} {given[journal]}: the journal is a local SQLite file or "
+                              "PostgreSQL, not an object: it is locked and updated in place")  # fmt: skip
         state_real = _resolved(given[journal])
         for name, path, real in seen:
             if name != journal and any(real == Path(f"{state_real}{s}") for s in _JOURNAL_COMPANIONS):
@@ -78,12 +97,18 @@ def check_outputs(
             if any(source_real == Path(f"{state_real}{s}") for s in _JOURNAL_COMPANIONS):
                 raise ConfigError(f"input {source} is a file of the journal {given[journal]}")
     for name, path, real in seen:
-        _check_folder(name, path, real, create_folders)
+        if isinstance(path, ObjectUrl):
+            prove_writable(name, path)
+        else:
+            assert isinstance(real, Path)
+            _check_folder(name, path, real, create_folders)
         if name != journal:
             _check_not_foreign(name, path)
     if journal is not None and journal in given:
-        journal_run_id(given[journal], name=journal)
-        _check_existing_writable(journal, given[journal])
+        state = given[journal]
+        assert isinstance(state, Path)
+        journal_run_id(state, name=journal)
+        _check_existing_writable(journal, state)
 
 
 def journal_run_id(path: Path, *, name: str = "--state") -> str | None:
@@ -157,27 +182,47 @@ _METRICS_MARK = b"batch_cancel_"
 _HEAD_BYTES = 16_384
 
 
-def _check_not_foreign(name: str, path: Path) -> None:
-    """An existing, non-empty output that this tool did not write is never replaced."""
+def _open_existing(name: str, path: Location) -> BinaryIO | None:
+    """An existing, non-empty output opened for reading; None when there is nothing to lose."""
+    if isinstance(path, ObjectUrl):
+        try:
+            info = object_info(path)
+        except Exception as exc:  # InputError: the same words, for an output
+            raise ConfigError(f"{name} {exc}") from None
+        return None if info is None or info.size == 0 else open_object(path, info.version_id)
     try:
         if not path.is_file() or path.stat().st_size == 0:
-            return
-        with path.open("rb") as f:
-            head = f.read(_HEAD_BYTES)
+            return None
+        return path.open("rb")
     except OSError as exc:
         raise ConfigError(f"{name} {path} cannot be read: {exc.strerror}") from None
+
+
+def _check_not_foreign(name: str, path: Location) -> None:
+    """An existing, non-empty output that this tool did not write is never replaced."""
+    stream = _open_existing(name, path)
+    if stream is None:
+        return
+    try:
+        with stream:
+            head = stream.read(_HEAD_BYTES)
+            is_report = "html" not in name and "metrics" not in name and _is_report(path, head, stream)
+    except OSError as exc:
+        raise ConfigError(f"{name} {path} cannot be read: {exc.strerror or exc}") from None
+    except Exception as exc:  # an object that could not be read (InputError)
+        raise ConfigError(f"{name} {exc}") from None
     if "html" in name:
         ours, what = _HTML_MARK in head, "a batch-cancel evidence page"
     elif "metrics" in name:
         ours, what = _METRICS_MARK in head, "a batch-cancel metrics file"
     else:
-        ours, what = _is_report(path, head), "a batch-cancel report"
+        ours, what = is_report, "a batch-cancel report"
     if not ours:
         raise ConfigError(f"{name} {path} exists and is not {what}; it was left untouched: "
                           "give another path, or remove the file first")  # fmt: skip
 
 
-def _is_report(path: Path, head: bytes) -> bool:
+def _is_report(path: Location, head: bytes, stream: BinaryIO) -> bool:
     import csv
     import json
 
@@ -186,7 +231,7 @@ def _is_report(path: Path, head: bytes) -> bool:
         try:
             import pyarrow.parquet as pq
 
-            return set(pq.read_schema(path).names) >= _REPORT_COLUMNS
+            return set(pq.read_schema(stream).names) >= _REPORT_COLUMNS
         except Exception:  # not Parquet at all: not ours either
             return False
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").removeprefix("\ufeff")
@@ -199,13 +244,17 @@ def _is_report(path: Path, head: bytes) -> bool:
     return set(next(csv.reader([first]), [])) >= _REPORT_COLUMNS
 
 
-def _resolved(path: Path) -> Path:
+def _resolved(path: Location) -> Location:
+    if isinstance(path, ObjectUrl):  # s3a:// and s3:// (gs/gcs, az/abfs) name the same object
+        return canonical(path)
     return Path(os.path.realpath(path.expanduser()))
 
 
-def _same(a: Path, b: Path) -> bool:
+def _same(a: Location, b: Location) -> bool:
     if a == b:
         return True
+    if not (isinstance(a, Path) and isinstance(b, Path)):
+        return False
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
     except OSError:

@@ -12,7 +12,6 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from batch_cancel.config import GwsConfig, JobDefaults
@@ -20,6 +19,7 @@ from batch_cancel.exceptions import BatchCancelError
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.object_store import Location
 from batch_cancel.send.matcher import SUCCESS, describe_failure
 from batch_cancel.send.user_events import error_text
 
@@ -52,7 +52,7 @@ async def preflight(
     defaults: JobDefaults,
     *,
     canary: str | None = None,
-    inputs: Sequence[Path] = (),
+    inputs: Sequence[Location] = (),
     rate: float = 10.0,
     ack_timeout: float = 30.0,
 ) -> list[Step]:
@@ -182,7 +182,7 @@ def _error_event_for(data: dict[str, Any], number: str) -> bool:
     return digits(user_data.get("GSW_PHONE")) == digits(number)
 
 
-def _estimate(out: _Steps, inputs: Sequence[Path], rate: float) -> bool:
+def _estimate(out: _Steps, inputs: Sequence[Location], rate: float) -> bool:
     from batch_cancel.input.files import inspect_inputs, read_batches
 
     t = time.monotonic()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_cancel.config import RunConfig
@@ -12,6 +11,7 @@ from batch_cancel.journal.store import Journal
 
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.object_store import Location
 
 __all__ = ["Summary", "summarise"]
 
@@ -52,7 +52,7 @@ class Summary:
 def summarise(
     journal: Journal | PgJournal,
     run_id: str,
-    report: Path | None,
+    report: Location | None,
     config: RunConfig,
     stats: dict[str, float],
     elapsed: float,

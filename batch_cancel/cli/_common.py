@@ -147,6 +147,14 @@ def split_state(value: str | None, password_file: Path | None) -> tuple[Path | N
         if password_file is not None:
             raise ConfigError("--state-password-file is for --state postgresql://… only")
         return None, None
+    if value.split("://", 1)[0].lower() in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https"):
+        raise ConfigError(f"--state {value}: the journal is a local SQLite file or a postgresql:// "
+                          "URL, not an object: it is locked and updated in place, which object "
+                          "storage cannot do (inputs and reports may be s3://, gs://, az://)")  # fmt: skip
+    if value.startswith("file://"):
+        from batch_cancel.object_store import location
+
+        value = str(location(value))
     if value.startswith(("postgresql://", "postgres://")):  # psycopg is imported only then
         from batch_cancel.journal.postgres import parse_state_url
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from batch_cancel.cli._common import guarded, log_options
+from batch_cancel.cli.param_types import LOCATION
 from batch_cancel.cli.run import parse_run_id
+from batch_cancel.object_store import Location
 
 __all__ = ["merge"]
 
@@ -28,15 +30,16 @@ cannot be read, nothing written; 3 some rows are still pending: resume their
 shard, then merge again. The last stdout line is the JSON summary.
 """)  # fmt: skip
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Merged report: .csv, .parquet or .jsonl (any mix of formats may go in).")
+@click.option("--out", required=True, type=LOCATION, metavar="PATH|URL",
+              help="Merged report, a path or an object URL (s3://, gs://, az://): .csv, .parquet "
+                   "or .jsonl (any mix of formats may go in).")
 @click.option("--run-id", metavar="ID", callback=lambda c, p, v: parse_run_id(v),
               help="Refuse reports whose reference ids carry another run id.")
 @click.option("--allow-gaps", is_flag=True,
               help="Merge even when some row numbers are in no report (a partial merge).")
 @log_options
 @guarded
-def merge(reports: tuple[Path, ...], out: Path, run_id: str | None, allow_gaps: bool) -> None:
+def merge(reports: tuple[Path, ...], out: Location, run_id: str | None, allow_gaps: bool) -> None:
     """Merge the reports of the shards of one run (REPORT...) into one, ordered by row.
 
     The merged report has the same columns as each shard's, and the JSON summary

@@ -17,7 +17,7 @@ import click
 
 from batch_cancel.config import BOUNDS
 
-__all__ = ["FiniteFloat", "bounded"]
+__all__ = ["LOCATION", "FiniteFloat", "Where", "bounded"]
 
 
 class FiniteFloat(click.types.FloatParamType):
@@ -62,3 +62,21 @@ def bounded(name: str) -> click.ParamType[Any]:
     if isinstance(low, int):
         return click.IntRange(int(low), int(high))
     return FiniteFloat(low, high, min_open=low_open)
+
+
+class Where(click.ParamType):  # type: ignore[type-arg]
+    """A local path, ``file://`` URL or object URL (``s3://``, ``gs://``, ``az://``)."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from batch_cancel.exceptions import ConfigError
+        from batch_cancel.object_store import location
+
+        try:
+            return location(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+LOCATION = Where()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from batch_cancel.cli._common import guarded, hide_secrets, log_options, read_password, tell
-from batch_cancel.cli.param_types import bounded
+from batch_cancel.cli.param_types import LOCATION, bounded
 from batch_cancel.cli.run import build_gws, gws_options, network_options
 
 __all__ = ["preflight"]
@@ -28,7 +27,7 @@ Exit codes: 0 every step passed; 2 usage error, or a step failed in a way no
 retry fixes (a certificate refused, a page that is not the GWS API); 3 a step
 failed (it is named).
 """)  # fmt: skip
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=LOCATION)
 @click.option("--canary-number", metavar="NUMBER",
               help="Send one CancelRecord for this number and wait for its acknowledgement.")
 @click.option("--application-id", type=int)
@@ -43,7 +42,7 @@ failed (it is named).
 @gws_options
 @log_options(quiet_by_default=True)
 @guarded
-def preflight(inputs: tuple[Path, ...], **opts: Any) -> None:
+def preflight(inputs: tuple[Any, ...], **opts: Any) -> None:
     """Log in, check CSRF and devices, subscribe to CometD, estimate the run.
 
     Nothing is cancelled unless --canary-number is given.

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from batch_cancel.cli._common import guarded, split_state
+from batch_cancel.cli.param_types import LOCATION
+from batch_cancel.object_store import Location
 
 __all__ = ["report"]
 
@@ -18,6 +20,8 @@ Examples:
   PGPASSWORD=... batch-cancel report --state postgresql://batch@db:5432/ops \\
       --run-id dnc-2026-11-26 --out reports/dnc.csv --html reports/dnc.html
   batch-cancel report --state state/dnc.sqlite --out reports/dnc.parquet
+  batch-cancel report --state state/dnc.sqlite --out s3://dnc-reports/dnc.csv \\
+      --html s3://dnc-reports/dnc.html
 \b
 Exit codes: 0 every row cancelled (or a duplicate of a cancelled row); 1 the job
 is complete and some rows failed, timed out or were rejected; 2 no such journal or
@@ -30,13 +34,13 @@ The last stdout line is the JSON summary.
 @click.option("--state-password-file", type=click.Path(path_type=Path, dir_okay=False),
               help="File holding the PostgreSQL journal's password (else PGPASSWORD or ~/.pgpass).")
 @click.option("--run-id", metavar="ID", help="The job, in a PostgreSQL journal (required there).")
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Report path: .csv, .parquet or .jsonl.")
-@click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write the self-contained HTML evidence page here.")
+@click.option("--out", required=True, type=LOCATION, metavar="PATH|URL",
+              help="Report path or object URL (s3://, gs://, az://): .csv, .parquet or .jsonl.")
+@click.option("--html", type=LOCATION, metavar="PATH|URL",
+              help="Also write the self-contained HTML evidence page here (a path or an object URL).")
 @guarded
-def report(state: str, state_password_file: Path | None, run_id: str | None, out: Path,
-           html: Path | None) -> None:  # fmt: skip
+def report(state: str, state_password_file: Path | None, run_id: str | None, out: Location,
+           html: Location | None) -> None:  # fmt: skip
     """Write a job's reconciliation report (and evidence page) from its journal.
 
     Any worker of a fleet, or anyone who can read the journal, can run it at any

@@ -27,7 +27,7 @@ from batch_cancel.cli._common import (
 )
 from batch_cancel.cli.help_sections import SectionedCommand
 from batch_cancel.cli.jobfile import check_env, job_option, job_password
-from batch_cancel.cli.param_types import bounded
+from batch_cancel.cli.param_types import LOCATION, bounded
 
 __all__ = ["gws_options", "run"]
 
@@ -49,6 +49,13 @@ Examples:
 \b
   # Excel's European CSV (";") is sniffed; force a separator, send foreign numbers whole:
   batch-cancel run export.csv --delimiter ';' --foreign-format e164 ...
+\b
+  # from object storage, report and evidence page back there (pip install 'batch-cancel[s3]'):
+  batch-cancel run s3://dnc-exports/2026-12-06.parquet ... --state state/dnc.sqlite \\
+      --report s3://dnc-reports/2026-12-06.csv --html s3://dnc-reports/2026-12-06.html
+\b
+  # a workbook's second sheet:
+  batch-cancel run legal_request.xlsx --sheet Numbers --dry-run ...
 \b
   # resume after a crash or a kill (same input, same journal):
   batch-cancel run dnc_2026-11-26.csv ... --state state/dnc.sqlite
@@ -212,6 +219,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
     # (tests/test_cli_env_help.py fails for an option that has none)
     SECTIONS: ClassVar[dict[str, str]] = {
         "job": "Input", "phone_column": "Input", "encoding": "Input", "delimiter": "Input",
+        "sheet": "Input",
         "shard": "Input",
         "dry_run": "Input",
         "base_url": "GWS connection", "username": "GWS connection",
@@ -243,7 +251,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 
 @click.command(cls=RunCommand, epilog=EPILOG,
                context_settings={"auto_envvar_prefix": "BATCH_CANCEL"})  # fmt: skip
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=LOCATION)
 @job_option
 @click.option("--phone-column", metavar="NAME",
               help="Column holding the numbers (default: phone_number, phoneNumber or phone).")
@@ -252,6 +260,9 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 @click.option("--delimiter", metavar="CHAR", callback=lambda c, p, v: parse_delimiter(v),
               help="Column separator of CSV inputs: one character, or 'tab' "
                    "(default: sniffed from each file's header line among , ; tab |).")
+@click.option("--sheet", metavar="NAME|INDEX",
+              help="Workbook inputs (.xlsx, .xls, .ods): the sheet to read, by name or 0-based "
+                   "index (default: the first).")
 @click.option("--application-id", type=int, help="OCS application id for rows without one.")
 @click.option("--campaign", help="Campaign name for rows without one.")
 @click.option("--calling-list", help="Calling list for rows without one.")
@@ -288,8 +299,9 @@ class RunCommand(SectionedCommand, JsonLineCommand):
               show_default=True, metavar="SECONDS",
               help="After SIGINT/SIGTERM, wait this long for outstanding HTTP answers and acks; "
                    "requests still unanswered then stay in flight for a resume.")
-@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
-              help="Report path: .csv, .parquet or .jsonl (default reports/<run id>.csv).")
+@click.option("--report", type=LOCATION, metavar="PATH|URL",
+              help="Report path or object URL (s3://, gs://, az://): .csv, .parquet or .jsonl "
+                   "(default reports/<run id>.csv).")
 @click.option("--state", metavar="PATH|URL",
               help="Journal: a SQLite path (an existing journal is resumed; default "
                    "state/<run id>.sqlite), or postgresql://USER@HOST:PORT/DB[?schema=S&lease=SECONDS] "
@@ -325,8 +337,8 @@ class RunCommand(SectionedCommand, JsonLineCommand):
                    "replaced atomically every --metrics-interval seconds and at the end.")
 @click.option("--metrics-interval", type=bounded("metrics_interval"), default=5.0, show_default=True,
               metavar="SECONDS", help="How often --metrics-file is rewritten.")
-@click.option("--html", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write a self-contained HTML evidence report here.")
+@click.option("--html", type=LOCATION, metavar="PATH|URL",
+              help="Also write a self-contained HTML evidence report here (a path or an object URL).")
 @click.option("--wait-lock", type=bounded("wait_lock"), default=0.0, metavar="SECONDS",
               help="When another run holds the journal, wait up to this long for it, then "
                    "resume (default: exit 2 at once, naming the holder).")
@@ -335,11 +347,14 @@ class RunCommand(SectionedCommand, JsonLineCommand):
 @gws_options
 @log_options
 @guarded(json_line=True)
-def run(inputs: tuple[Path, ...], **opts: Any) -> None:
+def run(inputs: tuple[Any, ...], **opts: Any) -> None:
     """Cancel the outbound records of the phone numbers in INPUT files.
 
-    INPUT files are .csv, .csv.gz or .parquet. Every input row ends in the
-    report as cancelled, failed, timed_out, rejected, duplicate or pending.
+    INPUT files are .csv, .csv.gz, .parquet or workbooks (.xlsx, .xls, .ods),
+    local paths or object URLs (s3://, gs://, az://; credentials as each cloud's
+    SDK finds them, an S3-compatible endpoint from AWS_ENDPOINT_URL). Every input
+    row ends in the report as cancelled, failed, timed_out, rejected, duplicate or
+    pending.
     """
     from batch_cancel.config import JobDefaults, RunConfig
     from batch_cancel.exceptions import ConfigError
@@ -362,7 +377,7 @@ def run(inputs: tuple[Path, ...], **opts: Any) -> None:
     state, state_db = split_state(opts["state"], opts["state_password_file"])
     cfg = RunConfig(
         inputs=tuple(inputs), defaults=job, phone_column=opts["phone_column"],
-        encoding=opts["encoding"], delimiter=opts["delimiter"], rate=opts["rate"],
+        encoding=opts["encoding"], delimiter=opts["delimiter"], sheet=opts["sheet"], rate=opts["rate"],
         concurrency=opts["concurrency"],
         ack_timeout=opts["ack_timeout"], max_attempts=opts["max_attempts"],
         max_outage=opts["max_outage"], grace=opts["grace"], report=opts["report"],

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from batch_cancel.cli._common import guarded, log_options, tell
+from batch_cancel.cli.param_types import LOCATION
 
 __all__ = ["validate_job"]
 
@@ -29,12 +30,12 @@ not errors); 2 it is not, with the reason on one line. The last stdout line is
 a JSON summary.
 """)  # fmt: skip
 @click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=LOCATION)
 @click.option("--require-env", is_flag=True,
               help="Also fail when an environment variable the job file names is not set.")
 @log_options
 @guarded
-def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) -> None:
+def validate_job(job_file: Path, inputs: tuple[Any, ...], require_env: bool) -> None:
     """Check JOB_FILE: keys, value types, and that its inputs exist and parse.
 
     The inputs (the file's `inputs`, or INPUT files given here instead) are
@@ -44,16 +45,17 @@ def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) ->
     from batch_cancel.cli.jobfile import load_job
     from batch_cancel.cli.run import run
     from batch_cancel.exceptions import ConfigError
+    from batch_cancel.object_store import location
     from batch_cancel.output_paths import check_outputs
     from batch_cancel.report.writers import check_report_path
 
     job = load_job(job_file, run)
     if job.values.get("report"):  # the dry run below writes its own report, so check the file's here
-        check_report_path(Path(job.values["report"]))
+        check_report_path(location(job.values["report"]))
     # the file's outputs as `run` would check them (its inputs, or those given here), creating nothing
-    named = {f"{key} (in the job file)": Path(job.values[key]) if job.values.get(key) else None
+    named = {f"{key} (in the job file)": location(job.values[key]) if job.values.get(key) else None
              for key in ("report", "html", "state")}  # fmt: skip
-    sources = inputs or tuple(Path(p) for p in job.values.get("inputs") or ())
+    sources = inputs or tuple(location(p) for p in job.values.get("inputs") or ())
     check_outputs(sources, named, journal="state (in the job file)", create_folders=False)
     unset = job.unset_env()
     if unset and require_env:
@@ -69,7 +71,7 @@ def validate_job(job_file: Path, inputs: tuple[Path, ...], require_env: bool) ->
     click.echo(json.dumps(result))
 
 
-def _dry_run(job_file: Path, inputs: tuple[Path, ...], html: bool) -> dict[str, Any]:
+def _dry_run(job_file: Path, inputs: tuple[Any, ...], html: bool) -> dict[str, Any]:
     """Run the real `run` command in dry-run mode, its journal and report in a temporary folder."""
     from batch_cancel.cli.run import run
     from batch_cancel.exceptions import ConfigError

@@ -12,23 +12,28 @@ pyarrow fails without saying where, the file is re-scanned record by record with
 take the rest of a small file as one value, silently: an odd number of quote
 characters (counted while hashing) has the file scanned for it before anything
 is sent.
+
+Where: a local path, or an object URL (``s3://``, ``gs://``, ``az://``; see
+object_store.py), read the same way, in ranged reads: nothing is downloaded
+first. An object's ETag and version are part of its identity, and a versioned
+object is read at the version that was hashed. Workbooks (``.xlsx``, ``.xls``,
+``.ods``): workbooks.py.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import functools
 import gzip
 import hashlib
-import io
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +41,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batch_cancel.exceptions import ConfigError, InputError
+from batch_cancel.input import workbooks
+from batch_cancel.object_store import Location, ObjectUrl, location, object_info, open_object
 
 __all__ = ["ALIASES", "CANONICAL", "DELIMITERS", "InputFile", "RowBatch", "inspect_inputs",
            "read_batches", "resolve_columns"]
@@ -53,7 +60,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "device_path": ("device_path", "devicePath"),
     "region": ("country", "region"),
 }
-_FORMATS = ((".csv.gz", "csv.gz"), (".csv", "csv"), (".parquet", "parquet"))
+_FORMATS = ((".csv.gz", "csv.gz"), (".csv", "csv"), (".parquet", "parquet"),
+            *((suffix, "workbook") for suffix in workbooks.SUFFIXES))
+_CSV = ("csv", "csv.gz")
 # pyarrow's streaming CSV reader reads up to 32 blocks ahead of its consumer,
 # so the block size is what bounds memory (measured: a 90 MB file grows RSS by
 # 84 MiB with 2 MiB blocks, 17 MiB with 256 KiB; throughput is the same). A
@@ -71,19 +80,30 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
 
 @dataclass(frozen=True)
 class InputFile:
-    path: Path
+    path: Location  # a local path or an object URL
     size: int
     sha256: str
-    format: str  # "csv" | "csv.gz" | "parquet"
+    format: str  # "csv" | "csv.gz" | "parquet" | "workbook"
     columns: tuple[str, ...] = ()  # header as found; empty: read it again
     rows: int | None = None  # Parquet only: from the footer
     encoding: str = ""  # CSV: the codec read with ("" until inspected: the caller's)
     delimiter: str = ","  # CSV
+    etag: str = ""  # an object's, where the store has one
+    version_id: str = ""  # an object's version, in a bucket that keeps versions
+    sheet: str = ""  # a workbook's sheet, by name
+    header_line: int = 1  # the line (CSV) or sheet row (workbook) of the header
+
+    def identity(self) -> dict[str, object]:
+        """What the journal keeps of this input, and what a resume compares."""
+        out: dict[str, object] = {"path": str(self.path), "size": self.size, "sha256": self.sha256}
+        out.update({k: v for k, v in (("etag", self.etag), ("version_id", self.version_id),
+                                      ("sheet", self.sheet)) if v})  # fmt: skip
+        return out
 
 
 @dataclass(frozen=True)
 class RowBatch:
-    source: Path
+    source: Location
     first_row: int  # 1-based across all inputs, in input order
     # CSV: record number + 1 (the header is line 1; the physical line unless the
     # file has blank lines or values spanning lines). Parquet: 1-based record number.
@@ -101,7 +121,7 @@ class RowBatch:
         return {name: arr.to_pylist() for name, arr in self.arrays.items()}
 
 
-def _fail(path: Path, problem: str) -> NoReturn:
+def _fail(path: Location, problem: str) -> NoReturn:
     raise InputError(f"{path}: {problem}")
 
 
@@ -110,7 +130,7 @@ def _fold(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.replace("\ufeff", "")).casefold()
 
 
-def resolve_columns(path: Path, names: Sequence[str], phone_column: str | None,
+def resolve_columns(path: Location, names: Sequence[str], phone_column: str | None,
                     delimiter: str | None = None) -> dict[str, str]:
     """Canonical name -> column name in this file; InputError if no phone column."""
     by_fold: dict[str, list[str]] = {}
@@ -151,8 +171,24 @@ def _pyarrow_encoding(encoding: str) -> str:
     return "utf8" if name in ("utf-8", "utf-8-sig") else name
 
 
-def _raw(f: InputFile) -> io.BufferedIOBase:
-    return gzip.open(f.path) if f.format == "csv.gz" else open(f.path, "rb")
+def _open_bytes(f: InputFile) -> BinaryIO:
+    if isinstance(f.path, ObjectUrl):
+        return open_object(f.path, f.version_id)
+    return open(f.path, "rb")
+
+
+@contextlib.contextmanager
+def _raw(f: InputFile) -> Iterator[BinaryIO]:
+    with _open_bytes(f) as stream:
+        if f.format == "csv.gz":
+            with gzip.GzipFile(fileobj=stream) as gz:
+                yield gz  # type: ignore[misc]
+        else:
+            yield stream
+
+
+def _parquet(f: InputFile) -> pq.ParquetFile:
+    return pq.ParquetFile(_open_bytes(f) if isinstance(f.path, ObjectUrl) else f.path)
 
 
 def _sniff(f: InputFile, encoding: str, delimiter: str | None) -> tuple[str, str]:
@@ -181,7 +217,8 @@ def _sniff(f: InputFile, encoding: str, delimiter: str | None) -> tuple[str, str
 
 def _open_csv(f: InputFile, types: dict[str, pa.DataType] | None, include: list[str] | None,
               block: int = _BLOCK_BYTES) -> pacsv.CSVStreamingReader:
-    source = pa.input_stream(str(f.path), compression="gzip" if f.format == "csv.gz" else None)
+    where = open_object(f.path, f.version_id) if isinstance(f.path, ObjectUrl) else str(f.path)
+    source = pa.input_stream(where, compression="gzip" if f.format == "csv.gz" else None)
     return pacsv.open_csv(
         source,
         read_options=pacsv.ReadOptions(encoding=_pyarrow_encoding(f.encoding), block_size=block),
@@ -307,14 +344,14 @@ def _csv_header(f: InputFile, max_chars: int) -> tuple[list[str], bool]:
 def _digest(f: InputFile) -> tuple[str, int]:
     """SHA-256 of the file's bytes, and the number of quote characters in its text."""
     sha, quotes = hashlib.sha256(), 0
-    with open(f.path, "rb") as fh:
+    with _open_bytes(f) as fh:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
             if f.format == "csv":
                 quotes += chunk.count(b'"')  # a memchr: ~1 ms per MB
     if f.format == "csv.gz":
         try:
-            with gzip.open(f.path) as gz:
+            with _raw(f) as gz:
                 while chunk := gz.read(1 << 20):
                     quotes += chunk.count(b'"')
         except (OSError, EOFError) as exc:
@@ -322,44 +359,61 @@ def _digest(f: InputFile) -> tuple[str, int]:
     return sha.hexdigest(), quotes
 
 
-def inspect_inputs(paths: Sequence[Path], *, phone_column: str | None = None,
+def _stat(path: Location) -> tuple[int, str, str]:
+    """Size, ETag and version of an input; InputError when there is none."""
+    if isinstance(path, ObjectUrl):
+        info = object_info(path)
+        if info is None:
+            _fail(path, "no such object")
+        return info.size, info.etag, info.version_id
+    if str(path) == "-" and not path.exists():
+        # a run reads its input twice (a digest, then the plan) and a resume checks it
+        # again: a pipe cannot be read back
+        _fail(path, "standard input is not read: save the list to a file and give its path")
+    if not path.exists():
+        _fail(path, "no such file")
+    if path.is_dir():
+        _fail(path, "is a directory, not a file")
+    return path.stat().st_size, "", ""
+
+
+def inspect_inputs(paths: Sequence[Location | str], *, phone_column: str | None = None,
                    encoding: str = "utf-8", delimiter: str | None = None,
-                   max_field_chars: int = 1024) -> list[InputFile]:
+                   max_field_chars: int = 1024, sheet: str | None = None) -> list[InputFile]:
     """Check every file cheaply before anything is sent; hash each one for the journal.
 
-    ``delimiter`` forces the CSV column separator (else sniffed per file).
+    ``delimiter`` forces the CSV column separator (else sniffed per file); ``sheet``
+    names a workbook's sheet, by name or 0-based index (else its first).
     """
     _codec(encoding)  # an unknown encoding is a configuration error, whatever the files
     out: list[InputFile] = []
-    for path in map(Path, paths):
-        if str(path) == "-" and not path.exists():
-            # a run reads its input twice (a digest, then the plan) and a resume checks it
-            # again: a pipe cannot be read back
-            _fail(path, "standard input is not read: save the list to a file and give its path")
-        if not path.exists():
-            _fail(path, "no such file")
-        if path.is_dir():
-            _fail(path, "is a directory, not a file")
+    for path in map(location, paths):
         fmt = next((f for suffix, f in _FORMATS if path.name.lower().endswith(suffix)), None)
+        size, etag, version = _stat(path)
         if fmt is None:
-            _fail(path, "unknown file type (expected .csv, .csv.gz or .parquet)")
-        size = path.stat().st_size
+            _fail(path, "unknown file type (expected .csv, .csv.gz, .parquet, "
+                        f"{', '.join(workbooks.SUFFIXES)})")  # fmt: skip
         if size == 0:
             _fail(path, "empty file (0 bytes)")
         rows: int | None = None
-        f = InputFile(path, size, "", fmt)
+        f = InputFile(path, size, "", fmt, etag=etag, version_id=version)
         if fmt == "parquet":
             try:
-                meta = pq.ParquetFile(path)
+                meta = _parquet(f)
             except (pa.ArrowException, OSError) as exc:
                 _fail(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})")
             names, rows = list(meta.schema_arrow.names), meta.metadata.num_rows
             has_rows = bool(rows)
+        elif fmt == "workbook":
+            with _open_bytes(f) as stream:
+                book = workbooks.Sheet.open(path, stream, sheet)
+                f = dataclasses.replace(f, sheet=book.name, header_line=book.header_line)
+                names, has_rows = book.names, book.has_rows()
         else:
             file_encoding, file_delimiter = _sniff(f, encoding, delimiter)
             f = InputFile(path, size, "", fmt, encoding=file_encoding, delimiter=file_delimiter)
             names, has_rows = _csv_header(f, max_field_chars)
-        resolve_columns(path, names, phone_column, f.delimiter if fmt != "parquet" else None)
+        resolve_columns(path, names, phone_column, f.delimiter if fmt in _CSV else None)
         if not has_rows:
             _fail(path, "has a header but no rows")
         digest, quotes = _digest(f)
@@ -367,7 +421,7 @@ def inspect_inputs(paths: Sequence[Path], *, phone_column: str | None = None,
             where = _locate(f, max_field_chars, [])
             if where is not None:
                 _fail(path, where)
-        out.append(InputFile(path, size, digest, fmt, tuple(names), rows, f.encoding, f.delimiter))
+        out.append(dataclasses.replace(f, sha256=digest, columns=tuple(names), rows=rows))
     return out
 
 
@@ -416,8 +470,13 @@ def _csv_batches(f: InputFile, names: list[str], sources: list[str], max_chars: 
 
 def _arrow_batches(f: InputFile, names: list[str], sources: list[str], batch_rows: int,
                    max_chars: int) -> Iterator[pa.RecordBatch]:
+    if f.format == "workbook":
+        with _open_bytes(f) as stream:
+            book = workbooks.Sheet.open(f.path, stream, f.sheet)
+        yield from book.batches(sources, batch_rows)
+        return
     if f.format == "parquet":
-        reader = pq.ParquetFile(f.path)
+        reader = _parquet(f)
         # One iterator per row group: one over the whole file keeps what it has read
         # allocated until it ends (apache/arrow#39808; measured: +100 MB per 4M rows).
         for group in range(reader.num_row_groups):
@@ -427,14 +486,24 @@ def _arrow_batches(f: InputFile, names: list[str], sources: list[str], batch_row
     yield from _csv_batches(f, names, sources, max_chars, [names.index(n) for n in sources])
 
 
+def _names(f: InputFile, max_chars: int) -> list[str]:
+    """The column names of a file described by hand (not inspected)."""
+    if f.format == "parquet":
+        return list(_parquet(f).schema_arrow.names)
+    if f.format == "workbook":
+        with _open_bytes(f) as stream:
+            return workbooks.Sheet.open(f.path, stream, f.sheet or None).names
+    return _csv_header(f, max_chars)[0]
+
+
 def _file_batches(f: InputFile, phone_column: str | None, batch_rows: int,
                   max_chars: int, first_row: int) -> Iterator[RowBatch]:
-    names = list(f.columns) or (list(pq.ParquetFile(f.path).schema_arrow.names)
-                                if f.format == "parquet" else _csv_header(f, max_chars)[0])
+    names = list(f.columns) or _names(f, max_chars)
     mapping = resolve_columns(f.path, names, phone_column)
     sources = sorted(set(mapping.values()))
     used = [names.index(n) for n in sources]
-    line_offset = 0 if f.format == "parquet" else 1  # the CSV header is line 1
+    # Parquet: the record number; CSV: the header is line 1; a workbook: its sheet's row
+    line_offset = 0 if f.format == "parquet" else f.header_line
     pending: list[pa.RecordBatch] = []
     pending_rows = done = 0  # rows waiting to be emitted; rows read from the file
 
@@ -454,14 +523,14 @@ def _file_batches(f: InputFile, phone_column: str | None, batch_rows: int,
                 break
             arrays = [_as_text(raw.column(mapping[c])) for c in mapping]
         except (pa.ArrowException, UnicodeDecodeError, OSError, EOFError) as exc:
-            if f.format != "parquet":
+            if f.format in _CSV:
                 _csv_failure(f, exc, max_chars, used, done)
             _fail(f.path, f"unreadable after record {done}: {str(exc).splitlines()[0]}")
         for canon, arr in zip(mapping, arrays, strict=True):
             too_long = pc.greater(pc.utf8_length(arr), max_chars)
             if pc.any(too_long).as_py():
                 record = done + pc.index(too_long, True).as_py() + 1
-                where = _locate(f, max_chars, used) if f.format != "parquet" else None
+                where = _locate(f, max_chars, used) if f.format in _CSV else None
                 _fail(f.path, where or f"record {record}: {canon} value longer than "
                                        f"{max_chars} characters")
         pending.append(pa.RecordBatch.from_arrays(arrays, names=list(mapping)))
@@ -486,7 +555,7 @@ def read_batches(files: Sequence[InputFile], *, phone_column: str | None = None,
     """
     next_row = 1
     for f in files:
-        if f.format != "parquet" and not f.encoding:
+        if f.format in _CSV and not f.encoding:
             f = dataclasses.replace(f, encoding=encoding)
         for batch in _file_batches(f, phone_column, batch_rows, max_field_chars, next_row):
             next_row += len(batch)

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_cancel import __version__
@@ -30,6 +29,7 @@ from batch_cancel.journal.store import Journal
 
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal
+from batch_cancel.object_store import Location
 from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
 from batch_cancel.report.writers import write_aside
 from batch_cancel.summary import Summary
@@ -97,7 +97,8 @@ def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
     return scan
 
 
-def write_html(journal: Journal | PgJournal, summary: Summary, path: Path, *, limit: int = 200) -> Path:
+def write_html(journal: Journal | PgJournal, summary: Summary, path: Location, *,
+               limit: int = 200) -> Location:
     """Write the evidence page for the journal's run; answer its path.
 
     ``limit`` bounds the rows listed per problem status; the page says how many
@@ -106,7 +107,7 @@ def write_html(journal: Journal | PgJournal, summary: Summary, path: Path, *, li
     scan = _scan(journal, limit)
     page = "\n".join(_page(journal, summary, scan, limit))
     # written aside and renamed, like the report: a reader never sees half a page
-    return write_aside(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return write_aside(path, lambda f: f.write(page.encode("utf-8")))
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -227,20 +228,27 @@ def _run_section(journal: Journal | PgJournal, summary: Summary, scan: _Scan) ->
     yield "</section>"
 
 
+_STORED = (("version_id", "version"), ("etag", "ETag"), ("sheet", "sheet"))
+
+
 def _inputs_section(journal: Journal | PgJournal, scan: _Scan) -> Iterator[str]:
     files = list(journal.get_meta("inputs") or [])
     known = {str(f.get("path")) for f in files}
     # rows from a source the identity does not list would be a bug; show them rather than hide them
     files += [{"path": s} for s in scan.per_source if s not in known]
     yield "<section><h2>Input files</h2>"
-    yield ('<table id="inputs"><thead><tr><th>File</th><th class="num">Bytes</th>'
-           '<th>SHA-256</th><th class="num">Rows</th></tr></thead><tbody>')  # fmt: skip
+    # an object is named by its URL, and by the version (or ETag) its store gave the bytes hashed
+    yield ('<table id="inputs"><thead><tr><th>File or URL</th><th class="num">Bytes</th>'
+           '<th>SHA-256</th><th>Version / ETag</th><th class="num">Rows</th></tr></thead>'
+           "<tbody>")  # fmt: skip
     for f in files:
         p = f.get("path")
         size = f.get("size")
+        stored = "; ".join(f"{label} {f[key]}" for key, label in _STORED if f.get(key))
         yield (f'<tr><td class="mono">{_e(p)}</td>'
                f'<td class="num">{"—" if size is None else f"{int(size):,}"}</td>'
                f'<td class="mono sha">{_e(f.get("sha256"))}</td>'
+               f'<td class="mono version">{_e(stored or "—")}</td>'
                f'<td class="num" data-rows="{scan.per_source.get(p, 0)}">{scan.per_source.get(p, 0):,}</td>'
                "</tr>")  # fmt: skip
     yield "</tbody></table></section>"

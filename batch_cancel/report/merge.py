@@ -20,16 +20,16 @@ from __future__ import annotations
 import csv
 import heapq
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from batch_cancel.exceptions import ConfigError, InputError
 from batch_cancel.journal.rows import REPORTED
+from batch_cancel.object_store import Location
 
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
@@ -37,6 +37,7 @@ from batch_cancel.report.csv_text import unescape
 from batch_cancel.report.writers import (
     REPORT_COLUMNS,
     check_report_path,
+    write_aside,
     write_csv_rows,
     write_parquet_rows,
 )
@@ -53,7 +54,7 @@ _FLOATS = frozenset({"latency_ms"})
 @dataclass
 class MergeResult:
     run_id: str | None
-    out: Path
+    out: Location
     sources: list[Path]
     counts: Counter[str] = field(default_factory=Counter)
     duplicates_of_unsuccessful: int = 0
@@ -248,32 +249,25 @@ class _Merger:
             self.duplicates_of_unsuccessful += 1
 
 
-def _write_rows(rows: Iterable[dict[str, Any]], path: Path, suffix: str) -> None:
+def _write_rows(rows: Iterable[dict[str, Any]], f: BinaryIO, suffix: str) -> None:
     if suffix == ".csv":
-        write_csv_rows(rows, path)
+        write_csv_rows(rows, f)
     elif suffix == ".parquet":
-        write_parquet_rows(rows, path)
+        write_parquet_rows(rows, f)
     else:
-        with path.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def merge_reports(
-    paths: Sequence[Path], out: Path, *, run_id: str | None = None, allow_gaps: bool = False
+    paths: Sequence[Path], out: Location, *, run_id: str | None = None, allow_gaps: bool = False
 ) -> MergeResult:
     """Merge ``paths`` into ``out`` (format by extension); raise on reports that do not fit."""
     check_report_path(out)
     if not paths:
         raise ConfigError("no reports to merge")
     merger = _Merger(run_id, allow_gaps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.merge.tmp")
-    try:
-        _write_rows(merger.rows(paths), tmp, out.suffix.lower())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_aside(out, lambda f: _write_rows(merger.rows(paths), f, out.suffix.lower()))
     result = MergeResult(run_id=merger.run_id, out=out, sources=list(paths), counts=merger.counts,
                          duplicates_of_unsuccessful=merger.duplicates_of_unsuccessful)  # fmt: skip
     return result

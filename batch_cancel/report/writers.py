@@ -2,7 +2,8 @@
 
 Formats by extension: ``.csv`` (safe to open in a spreadsheet), ``.parquet``,
 ``.jsonl``. The report is written to a temporary file and renamed, so a reader
-never sees half a report.
+never sees half a report; to object storage (``s3://``…) as one upload completed
+only at the end (object_store.py), so there too it is whole or absent.
 
 Spreadsheet safety: a CSV cell a spreadsheet would execute (``=…``, ``@…``, tab,
 carriage return, ``+`` or ``-`` followed by more than digits, spaces and phone
@@ -28,8 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +38,7 @@ from batch_cancel.exceptions import ConfigError, ReportUnwritable
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.journal.store import Journal
+from batch_cancel.object_store import Location, ObjectUrl, write_object
 
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal
@@ -93,24 +94,29 @@ def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch]:
     return fast if fast is not None else _as_batches(report_rows(journal))
 
 
-def check_report_path(path: Path) -> None:
+def check_report_path(path: Location) -> None:
     if path.suffix.lower() not in FORMATS:
         raise ConfigError(f"report {path}: unknown format {path.suffix!r} (use .csv, .parquet or .jsonl)")
 
 
-def write_report(journal: Journal | PgJournal, path: Path) -> Path:
+def write_report(journal: Journal | PgJournal, path: Location) -> Location:
     check_report_path(path)
-    return write_aside(path, lambda tmp: _write(report_batches(journal), tmp, path.suffix.lower()))
+    return write_aside(path, lambda f: _write(report_batches(journal), f, path.suffix.lower()))
 
 
-def write_aside(path: Path, write: Callable[[Path], object]) -> Path:
+def write_aside(path: Location, write: Callable[[BinaryIO], object]) -> Location:
     """Write ``path`` through a temporary file beside it, renamed into place: a reader
     never sees half a file, and a failure (a full disk) leaves no half file, no
-    temporary one, and the previous version as it was. Raises ReportUnwritable."""
+    temporary one, and the previous version as it was. An object is uploaded and
+    completed only at the end (the same promise). Raises ReportUnwritable."""
+    if isinstance(path, ObjectUrl):
+        write_object(path, write, ReportUnwritable)
+        return path
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
+        with tmp.open("wb") as f:
+            write(f)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -119,22 +125,20 @@ def write_aside(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def _write(batches: Iterable[pa.RecordBatch], path: Path, suffix: str) -> None:
+def _write(batches: Iterable[pa.RecordBatch], f: BinaryIO, suffix: str) -> None:
     if suffix == ".csv":
-        with path.open("wb") as f:
-            header = io.StringIO()
-            csv.writer(header).writerow(REPORT_COLUMNS)
-            f.write(header.getvalue().encode("utf-8"))
-            for batch in batches:
-                write_csv_batch(f, batch)
-                pa.default_memory_pool().release_unused()  # see plan.py
+        header = io.StringIO()
+        csv.writer(header).writerow(REPORT_COLUMNS)
+        f.write(header.getvalue().encode("utf-8"))
+        for batch in batches:
+            write_csv_batch(f, batch)
+            pa.default_memory_pool().release_unused()  # see plan.py
     elif suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as f:
-            for batch in batches:
-                for row in batch.to_pylist():
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for batch in batches:
+            f.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                            for row in batch.to_pylist()).encode("utf-8"))
     else:
-        with pq.ParquetWriter(path, PARQUET_SCHEMA) as writer:
+        with pq.ParquetWriter(f, PARQUET_SCHEMA) as writer:
             wrote = False
             for batch in batches:
                 writer.write_batch(_typed(batch))
@@ -151,9 +155,9 @@ def _typed(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 # merge.py writes merged reports with these, so its output is a single run's format.
-def write_csv_rows(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    _write(_as_batches(rows), path, ".csv")
+def write_csv_rows(rows: Iterable[dict[str, Any]], f: BinaryIO) -> None:
+    _write(_as_batches(rows), f, ".csv")
 
 
-def write_parquet_rows(rows: Iterable[dict[str, Any]], path: Path, batch: int = _BATCH) -> None:
-    _write(_as_batches(rows, batch), path, ".parquet")
+def write_parquet_rows(rows: Iterable[dict[str, Any]], f: BinaryIO, batch: int = _BATCH) -> None:
+    _write(_as_batches(rows, batch), f, ".parquet")
