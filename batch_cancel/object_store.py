@@ -21,7 +21,9 @@ hashed. Third-party exceptions become ours here, and only here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,8 +115,20 @@ class ObjectInfo:
     version_id: str  # "" unless the bucket keeps versions
 
 
+_CREDENTIAL_VARS = ("AWS_", "GOOGLE_", "GCE_", "AZURE_")
+_INSTANCES: dict[tuple[str, str], Any] = {}
+
+
 def _filesystem(url: ObjectUrl) -> Any:
+    """One filesystem per protocol and per environment: fsspec's own instance cache ignores
+    the environment, so a process whose AWS_ENDPOINT_URL or keys changed (a library caller,
+    the tests) would go on talking to the old endpoint with the old keys."""
     protocol, package, extra = _SCHEMES[url.scheme]
+    setting = hashlib.sha256(repr(sorted((k, v) for k, v in os.environ.items()
+                                         if k.startswith(_CREDENTIAL_VARS))).encode()).hexdigest()  # fmt: skip
+    known = _INSTANCES.get((protocol, setting))
+    if known is not None:
+        return known
     try:
         import fsspec
     except ImportError:
@@ -123,10 +137,12 @@ def _filesystem(url: ObjectUrl) -> Any:
     try:
         # version_aware: the VersionId of what was hashed is the version read afterwards
         options = {"version_aware": True} if protocol == "s3" else {}
-        return fsspec.filesystem(protocol, **options)
+        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
     except ImportError:
         raise ConfigError(f"{url}: {url.scheme}:// needs {package}: "
                           f"pip install 'batch-cancel[{extra}]'") from None  # fmt: skip
+    _INSTANCES[(protocol, setting)] = fs
+    return fs
 
 
 def _problem(exc: BaseException) -> str:

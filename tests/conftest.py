@@ -8,6 +8,8 @@ import pytest
 from helpers import make_sim
 from pg_server import PgServer
 from pg_server import start as pg_start
+from s3_server import S3Server
+from s3_server import start as s3_start
 
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -53,3 +55,23 @@ def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
     """A journal URL with a schema of its own for this test (no password in it)."""
     schema = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     return pg_server.url("postgres", schema=schema + "_" + secrets.token_hex(3))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One real S3-compatible server (moto's, tests/s3_server.py) for the session."""
+    server = s3_start()
+    if isinstance(server, str):
+        pytest.skip(f"S3 TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server, its endpoint and keys in this test's environment (as the SDK reads them)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

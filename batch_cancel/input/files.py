@@ -411,7 +411,7 @@ def inspect_inputs(paths: Sequence[Location | str], *, phone_column: str | None 
                 names, has_rows = book.names, book.has_rows()
         else:
             file_encoding, file_delimiter = _sniff(f, encoding, delimiter)
-            f = InputFile(path, size, "", fmt, encoding=file_encoding, delimiter=file_delimiter)
+            f = dataclasses.replace(f, encoding=file_encoding, delimiter=file_delimiter)
             names, has_rows = _csv_header(f, max_field_chars)
         resolve_columns(path, names, phone_column, f.delimiter if fmt in _CSV else None)
         if not has_rows:
