@@ -124,8 +124,8 @@ def _filesystem(url: ObjectUrl) -> Any:
     the environment, so a process whose AWS_ENDPOINT_URL or keys changed (a library caller,
     the tests) would go on talking to the old endpoint with the old keys."""
     protocol, package, extra = _SCHEMES[url.scheme]
-    setting = hashlib.sha256(repr(sorted((k, v) for k, v in os.environ.items()
-                                         if k.startswith(_CREDENTIAL_VARS))).encode()).hexdigest()  # fmt: skip
+    ambient = sorted((k, v) for k, v in os.environ.items() if k.startswith(_CREDENTIAL_VARS))
+    setting = hashlib.sha256(repr(ambient).encode()).hexdigest()
     known = _INSTANCES.get((protocol, setting))
     if known is not None:
         return known

@@ -105,11 +105,13 @@ class Sheet:
             data = book.get_sheet_by_name(chosen)
         except Exception as exc:
             _fail(path, f"sheet {chosen!r} cannot be read ({str(exc).splitlines()[0]})")
-        start_row = data.start[0] if data.start else 0
+        # iter_rows begins with the sheet's first row (rows above the used range come
+        # empty), so a row's index is its row number - 1 (tests/test_workbooks.py holds
+        # calamine to that; pinned in pyproject.toml)
         for index, row in enumerate(data.iter_rows()):
             if not _empty(row):
                 header = [cell_text(c).strip() for c in row]
-                return cls(path, chosen, start_row + index + 1, header, data, index)
+                return cls(path, chosen, index + 1, header, data, index)
         _fail(path, f"sheet {chosen!r} is empty (no header)")
 
     @staticmethod
