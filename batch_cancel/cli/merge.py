@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -29,7 +28,7 @@ duplicate of a cancelled row); 1 some rows failed, timed out or were rejected;
 cannot be read, nothing written; 3 some rows are still pending: resume their
 shard, then merge again. The last stdout line is the JSON summary.
 """)  # fmt: skip
-@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("reports", nargs=-1, required=True, type=LOCATION, metavar="REPORT...")
 @click.option("--out", required=True, type=LOCATION, metavar="PATH|URL",
               help="Merged report, a path or an object URL (s3://, gs://, az://): .csv, .parquet "
                    "or .jsonl (any mix of formats may go in).")
@@ -39,8 +38,8 @@ shard, then merge again. The last stdout line is the JSON summary.
               help="Merge even when some row numbers are in no report (a partial merge).")
 @log_options
 @guarded
-def merge(reports: tuple[Path, ...], out: Location, run_id: str | None, allow_gaps: bool) -> None:
-    """Merge the reports of the shards of one run (REPORT...) into one, ordered by row.
+def merge(reports: tuple[Location, ...], out: Location, run_id: str | None, allow_gaps: bool) -> None:
+    """Merge the reports of the shards of one run (REPORT...: paths or object URLs) into one, ordered by row.
 
     The merged report has the same columns as each shard's, and the JSON summary
     counts are those of the merged rows. Reports of different runs, or whose

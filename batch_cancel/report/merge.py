@@ -17,19 +17,20 @@ rows cannot be attributed; the row numbers still have to fit.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from batch_cancel.exceptions import ConfigError, InputError
 from batch_cancel.journal.rows import REPORTED
-from batch_cancel.object_store import Location
+from batch_cancel.object_store import Location, ObjectUrl, object_info, open_object
 
 # The writers are report.py's own, so a merged report is byte-for-byte the
 # format (and the CSV escaping) of a single run's.
@@ -55,7 +56,7 @@ _FLOATS = frozenset({"latency_ms"})
 class MergeResult:
     run_id: str | None
     out: Location
-    sources: list[Path]
+    sources: list[Location]
     counts: Counter[str] = field(default_factory=Counter)
     duplicates_of_unsuccessful: int = 0
 
@@ -86,10 +87,10 @@ class MergeResult:
 # --- reading: three formats, one typed row shape ---
 
 
-def read_report_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """The rows of one report, typed as the journal holds them, in file order."""
+def read_report_rows(path: Location) -> Iterator[dict[str, Any]]:
+    """The rows of one report (a file or an object), typed as the journal holds them, in file order."""
     suffix = path.suffix.lower()
-    if not path.is_file():
+    if not (object_info(path) is not None if isinstance(path, ObjectUrl) else path.is_file()):
         raise InputError(f"report {path} does not exist")
     if suffix == ".csv":
         return _read_csv(path)
@@ -100,7 +101,7 @@ def read_report_rows(path: Path) -> Iterator[dict[str, Any]]:
     raise InputError(f"report {path}: unknown format {path.suffix!r} (.csv, .parquet or .jsonl)")
 
 
-def _check_columns(path: Path, columns: Iterable[str]) -> None:
+def _check_columns(path: Location, columns: Iterable[str]) -> None:
     have = set(columns)
     missing = [c for c in REPORT_COLUMNS if c not in have]
     extra = sorted(have - set(REPORT_COLUMNS))
@@ -115,7 +116,7 @@ def _unescape(value: str) -> str | None:
     return unescape(value) if value else None
 
 
-def _typed(path: Path, where: str, row: dict[str, Any]) -> dict[str, Any]:
+def _typed(path: Location, where: str, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in REPORT_COLUMNS:
         v = row.get(c)
@@ -132,8 +133,19 @@ def _typed(path: Path, where: str, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as f:
+@contextlib.contextmanager
+def _opened(path: Location, text: bool) -> Iterator[IO[Any]]:
+    """A report's bytes (an object streamed by ranged reads), as text or binary."""
+    if not isinstance(path, ObjectUrl):
+        with path.open(newline="", encoding="utf-8") if text else path.open("rb") as f:
+            yield f
+        return
+    with open_object(path) as raw:
+        yield io.TextIOWrapper(raw, encoding="utf-8", newline="") if text else raw
+
+
+def _read_csv(path: Location) -> Iterator[dict[str, Any]]:
+    with _opened(path, text=True) as f:
         reader = csv.DictReader(f)
         _check_columns(path, reader.fieldnames or [])
         for raw in reader:
@@ -141,8 +153,8 @@ def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
             yield _typed(path, f"line {reader.line_num}", cells)
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+def _read_jsonl(path: Location) -> Iterator[dict[str, Any]]:
+    with _opened(path, text=True) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -156,13 +168,20 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield _typed(path, f"line {number}", raw)
 
 
-def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
+def _read_parquet(path: Location) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    try:
-        source = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"{path}: not a Parquet file ({exc})") from None
+    with _opened(path, text=False) as f:
+        try:
+            source = pq.ParquetFile(f)
+        except InputError:
+            raise
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise InputError(f"{path}: not a Parquet file ({exc})") from None
+        yield from _parquet_rows(path, source)
+
+
+def _parquet_rows(path: Location, source: Any) -> Iterator[dict[str, Any]]:
     with source:
         _check_columns(path, source.schema_arrow.names)
         number = 0
@@ -175,7 +194,7 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
 # --- checking while merging ---
 
 
-def _run_id_of(path: Path, row: dict[str, Any]) -> str | None:
+def _run_id_of(path: Location, row: dict[str, Any]) -> str | None:
     ref = row["reference_id"]
     if ref is None:
         return None
@@ -186,7 +205,7 @@ def _run_id_of(path: Path, row: dict[str, Any]) -> str | None:
     return str(ref)[3 : -len(tail)]
 
 
-def _checked(path: Path) -> Iterator[tuple[int, dict[str, Any], Path]]:
+def _checked(path: Location) -> Iterator[tuple[int, dict[str, Any], Location]]:
     previous = 0
     for row in read_report_rows(path):
         number = row["row"]
@@ -205,13 +224,13 @@ class _Merger:
 
     def __init__(self, expect_run_id: str | None, allow_gaps: bool) -> None:
         self.run_id = expect_run_id
-        self.run_id_from: Path | str | None = "--run-id" if expect_run_id else None
+        self.run_id_from: Location | str | None = "--run-id" if expect_run_id else None
         self.allow_gaps = allow_gaps
         self.counts: Counter[str] = Counter()
         self.not_cancelled: set[int] = set()
         self.duplicates_of_unsuccessful = 0
 
-    def rows(self, paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
+    def rows(self, paths: Sequence[Location]) -> Iterator[dict[str, Any]]:
         previous, previous_path = 0, None
         for number, row, path in heapq.merge(*(_checked(p) for p in paths), key=lambda t: t[0]):
             if number == previous:
@@ -226,7 +245,7 @@ class _Merger:
             previous, previous_path = number, path
             yield row
 
-    def _check_run(self, path: Path, row: dict[str, Any]) -> None:
+    def _check_run(self, path: Location, row: dict[str, Any]) -> None:
         run_id = _run_id_of(path, row)
         if run_id is None:
             return
@@ -260,7 +279,7 @@ def _write_rows(rows: Iterable[dict[str, Any]], f: BinaryIO, suffix: str) -> Non
 
 
 def merge_reports(
-    paths: Sequence[Path], out: Location, *, run_id: str | None = None, allow_gaps: bool = False
+    paths: Sequence[Location], out: Location, *, run_id: str | None = None, allow_gaps: bool = False
 ) -> MergeResult:
     """Merge ``paths`` into ``out`` (format by extension); raise on reports that do not fit."""
     check_report_path(out)

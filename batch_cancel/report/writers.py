@@ -118,10 +118,13 @@ def write_aside(path: Location, write: Callable[[BinaryIO], object]) -> Location
         with tmp.open("wb") as f:
             write(f)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
+        # a failed write (a full disk) or rows refused half way (merge): no temporary file left
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ReportUnwritable(f"could not write {path}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise ReportUnwritable(f"could not write {path}: {exc.strerror or exc}") from exc
+        raise
     return path
 
 
