@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,17 +43,27 @@ class Measurement:
     exit_code: int
 
 
+# Linux carries the parent's peak RSS over to a child at exec (exec_mmap keeps the old
+# mm's high-water mark, and Popen's vfork shares the parent's), so a child started by a
+# big parent (pyarrow, boto3 loaded: 230 MB) reports at least that. A small launcher
+# starts the measured child, so its floor is the launcher's ~10 MB, and reports both.
+_LAUNCH = """
+import os, subprocess, sys, time
+started = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(argv: list[str], cwd: Path | None = None) -> Measurement:
-    """Run one child to the end; its wall time and its own peak RSS."""
-    started = time.perf_counter()
-    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    elapsed = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if child.returncode not in (0, 1):  # 1: some rows rejected, as generated inputs have
-        raise SystemExit(f"{' '.join(argv)} exited {child.returncode}:\n{stderr}")
-    return Measurement(elapsed, usage.ru_maxrss / 1024, child.returncode)
+    """Run one child to the end; its wall time and its own peak RSS (not its parent's)."""
+    launched = subprocess.run([sys.executable, "-c", _LAUNCH, *argv], cwd=cwd, capture_output=True)
+    seconds, maxrss_kb, code = launched.stdout.split()
+    if int(code) not in (0, 1):  # 1: some rows rejected, as generated inputs have
+        stderr = launched.stderr.decode(errors="replace")
+        raise SystemExit(f"{' '.join(argv)} exited {int(code)}:\n{stderr}")
+    return Measurement(float(seconds), int(maxrss_kb) / 1024, int(code))
 
 
 def _label(rows: int) -> str:
