@@ -66,8 +66,8 @@ AF_VENV := .venv-airflow
 $(AF_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(AF_VENV)
 	$(AF_VENV)/bin/python -m pip install -q --upgrade pip
-	$(AF_VENV)/bin/python -m pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e . \
-		pytest pytest-timeout pytest-asyncio
+	$(AF_VENV)/bin/python -m pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e '.[s3]' \
+		pytest pytest-timeout pytest-asyncio 'moto[server]>=5,<6'
 	touch $@
 
 airflow-test: $(AF_VENV)/.installed
