@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Measurement", "main", "measure"]
+__all__ = ["Measurement", "dry_run_argv", "main", "measure"]
 
 TARGET_SECONDS_PER_MILLION = 20.0
 TARGET_RSS_MB = 300.0
@@ -82,7 +82,8 @@ def inputs(rows: int, data: Path, formats: list[str]) -> dict[str, Path]:
     return paths
 
 
-def dry_run_argv(path: Path, work: Path) -> list[str]:
+def dry_run_argv(path: Path | str, work: Path) -> list[str]:
+    """``run --dry-run`` on ``path`` (a file or an object URL), journal and report in ``work``."""
     return [sys.executable, "-m", "batch_cancel", "run", str(path), "--application-id", "1",
             "--campaign", "C", "--calling-list", "L", "--dry-run", "--state",
             str(work / "state.sqlite"), "--report", str(work / "report.csv"), "-q"]

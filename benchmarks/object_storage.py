@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.dry_run import Measurement, inputs, measure
+from benchmarks.dry_run import Measurement, dry_run_argv, inputs, measure
 
 __all__ = ["main"]
 
@@ -65,12 +65,6 @@ def _s3_server() -> Any:
     return server
 
 
-def _dry_run(where: str, work: Path) -> list[str]:
-    return [sys.executable, "-m", "batch_cancel", "run", where, "--application-id", "1",
-            "--campaign", "C", "--calling-list", "L", "--dry-run", "--state",
-            str(work / "state.sqlite"), "--report", str(work / "report.csv"), "-q"]  # fmt: skip
-
-
 def _median(runs: list[Measurement]) -> tuple[float, float]:
     return statistics.median(r.seconds for r in runs), statistics.median(r.peak_mb for r in runs)
 
@@ -97,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             order = ["local", "s3"] if i % 2 == 0 else ["s3", "local"]
             for where in order:
                 with tempfile.TemporaryDirectory(prefix="bc-s3-bench-") as tmp:
-                    runs[where].append(measure(_dry_run(str(local) if where == "local" else url, Path(tmp))))
+                    source = local if where == "local" else url
+                    runs[where].append(measure(dry_run_argv(source, Path(tmp))))
             for name, layer, source in (("local file", "file", str(local)), ("fsspec/s3fs", "fsspec", url),
                                         ("pyarrow.fs", "pyarrow", url)):  # fmt: skip
                 reads[name].append(measure([sys.executable, "-c", _READ, layer, source]))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.dry_run import Measurement, measure
+from benchmarks.dry_run import Measurement, dry_run_argv, measure
 
 __all__ = ["main"]
 
@@ -72,12 +72,6 @@ def inputs(rows: int, data: Path) -> tuple[Path, Path]:
     return book, text
 
 
-def _dry_run(path: Path, work: Path) -> list[str]:
-    return [sys.executable, "-m", "batch_cancel", "run", str(path), "--application-id", "1",
-            "--campaign", "C", "--calling-list", "L", "--dry-run", "--state",
-            str(work / "state.sqlite"), "--report", str(work / "report.csv"), "-q"]  # fmt: skip
-
-
 def _median(runs: list[Measurement]) -> tuple[float, float]:
     return statistics.median(r.seconds for r in runs), statistics.median(r.peak_mb for r in runs)
 
@@ -98,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         for kind in ("xlsx", "csv") if i % 2 == 0 else ("csv", "xlsx"):
             with tempfile.TemporaryDirectory(prefix="bc-xlsx-bench-") as tmp:
-                runs[kind].append(measure(_dry_run(book if kind == "xlsx" else text, Path(tmp))))
+                runs[kind].append(measure(dry_run_argv(book if kind == "xlsx" else text, Path(tmp))))
         for reader in ("calamine", "openpyxl") if i % 2 == 0 else ("openpyxl", "calamine"):
             reads[reader].append(measure([sys.executable, "-c", _READ, reader, str(book)]))
     base, _ = _median(runs["csv"])
