@@ -158,7 +158,8 @@ def _undecodable(p: Path) -> None:
 BAD: list[tuple[str, Callable[[Path], Any], str]] = [
     ("missing.csv", lambda p: None, "no such file"),
     ("adir.csv", lambda p: p.mkdir(), "is a directory, not a file"),
-    ("in.xlsx", lambda p: p.write_bytes(b"phone\n1\n"), "unknown file type"),
+    ("in.txt", lambda p: p.write_bytes(b"phone\n1\n"), "unknown file type"),
+    ("in.xlsx", lambda p: p.write_bytes(b"phone\n1\n"), "not a readable workbook"),
     ("empty.csv", lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
     ("empty.csv.gz", lambda p: p.write_bytes(gzip.compress(b"")), "empty file (no header)"),
     ("header.csv", lambda p: p.write_bytes(b"phone_number,campaign\r\n"), "has a header but no rows"),

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
+from batch_cancel.cli.param_types import Where
 from batch_cancel.exceptions import ConfigError
 
 __all__ = ["ENV_KEYS", "JobFile", "JobFileError", "check_env", "current_job", "job_option",
@@ -172,8 +173,9 @@ def _convert(path: Path, key: str, value: Any, param: click.Parameter, base: Pat
         if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
             shown = "a list of " + what.removeprefix("a ") + "s" if many else what
             raise ConfigError(f"job file {path}: {key} must be {shown}, not {_toml_type(item)}")
-    # --state is a path or a postgresql:// URL (which stays as it is)
-    if isinstance(param.type, click.Path) or param.name == "state":
+    # --state is a path or a postgresql:// URL, inputs and reports paths or object URLs (URLs
+    # stay as they are)
+    if isinstance(param.type, (click.Path, Where)) or param.name == "state":
         items = [_resolve(base, str(item)) for item in items]
     result: Any = items if many else items[0]
     try:
@@ -192,7 +194,7 @@ def _toml_type(value: Any) -> str:
 
 
 def _resolve(base: Path, value: str) -> str:
-    if value == "-" or value.startswith(("postgresql://", "postgres://")):
+    if value == "-" or "://" in value:  # postgresql://, s3://, file:///abs...
         return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else base / p)
