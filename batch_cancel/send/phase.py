@@ -1,4 +1,4 @@
-"""Wires the moving parts of a sending run: session, ack channel, matcher, sender.
+"""Wires the moving parts of a sending run: session, ack channel, outcomes, sender.
 
 Order matters: log in, subscribe to the ack channel, and only then send; stop
 sending while the channel is down; after a signal, wait a short grace for
@@ -31,9 +31,8 @@ from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
 from batch_cancel.journal.writer import JournalWriter, Recorder
 from batch_cancel.send.breaker import Breaker, FailureKind
 from batch_cancel.send.gc_pauses import fewer_gc_pauses
-from batch_cancel.send.matcher import Matcher
+from batch_cancel.send.outcomes import Outcomes, Record
 from batch_cancel.send.pacer import Pacer
-from batch_cancel.send.record import Record
 from batch_cancel.send.sender import Sender, SenderSettings
 from batch_cancel.send.supervision import background, one_error
 
@@ -70,7 +69,7 @@ class Engine:
         self._fleet = fleet  # a worker of a PostgreSQL job (send/fleet.py), or None
         self.interrupted = False
         self._sender: Sender | None = None
-        self._matcher: Matcher | None = None
+        self._outcomes: Outcomes | None = None
         self._channel: AckChannel | None = None
         self._pacer: Pacer | None = None
         self._session: GwsSession | None = None
@@ -106,19 +105,19 @@ class Engine:
             device = await self._device_path(session, writer)
             run_id = await writer.call(lambda s: s.get_meta("run_id"))
             sender_ref: list[Sender] = []
-            matcher = Matcher(
+            outcomes = Outcomes(
                 operation=cfg.defaults.operation, ack_timeout=cfg.ack_timeout, recorder=recorder,
                 clock=time.monotonic, wall=time.time, resend=lambda r: sender_ref[0].resend(r),
                 max_attempts=cfg.max_attempts, on_latency=self._on_latency,
                 on_outcome=self._on_outcome, on_unmatched=recorder.unmatched,
                 ref_prefix=f"bc-{run_id}-" if run_id else None,
             )  # fmt: skip
-            self._matcher = matcher
+            self._outcomes = outcomes
             channel = AckChannel(
                 self._gws.notifications_url,
                 channels=self._gws.ack_channels,
                 headers=session.auth_headers,
-                on_messages=matcher.on_messages,
+                on_messages=outcomes.on_messages,
                 route=cometd_route,
                 on_state=self._on_channel_state,
             )
@@ -131,7 +130,7 @@ class Engine:
             sender = Sender(
                 SenderSettings(cfg.defaults.operation, cfg.concurrency, cfg.max_attempts,
                                cfg.max_outage, self._gws.request_timeout, grace=cfg.grace),
-                session=session, channel=channel, matcher=matcher, recorder=recorder,
+                session=session, channel=channel, outcomes=outcomes, recorder=recorder,
                 pacer=pacer, stop=self._stop, clock=time.monotonic, wall=time.time,
             )  # fmt: skip
             sender_ref.append(sender)
@@ -148,11 +147,12 @@ class Engine:
                     raise SystematicFailure(self.breaker.describe())
                 self.interrupted = True
         finally:
-            # whatever ended the run, what is buffered goes to the journal (a store
-            # that is failing already gets one more try, not the whole stall limit)
-            drained = await recorder.drain(0.0 if failed else None)
+            # no outcome may arrive once the last commit starts: the ack channel stops
+            # first, then whatever ended the run, everything buffered goes to the journal
+            # (a store that is failing already gets one more try, not the whole stall limit)
             if channel is not None:
                 await channel.close()
+            drained = await recorder.drain(0.0 if failed else None)
             # after success, failure, abort or a signal alike: log the agent out again
             with contextlib.suppress(Exception):
                 await session.end_cc_session()
@@ -216,8 +216,8 @@ class Engine:
                 helpers.append(group.create_task(
                     background("fleet heartbeat", fleet.heartbeat(self._pacer)), name="fleet-heartbeat"))
             await sender.run(fleet.records(device) if fleet is not None else self._records(writer, device))
-            if self._stop.is_set() and self._matcher is not None:
-                await self._grace(self._matcher, since=sender.stopped_at)
+            if self._stop.is_set() and self._outcomes is not None:
+                await self._grace(self._outcomes, since=sender.stopped_at)
             for task in helpers:
                 task.cancel()
 
@@ -245,8 +245,8 @@ class Engine:
         return path
 
     def _on_channel_state(self, up: bool, reason: str) -> None:
-        if self._matcher is not None:
-            self._matcher.channel_changed(up)
+        if self._outcomes is not None:
+            self._outcomes.channel_changed(up)
         if up:
             log.info("CometD subscription active (%s): sending", reason)
         else:
@@ -263,13 +263,13 @@ class Engine:
                 if not await session.check():
                     await session.relogin(generation)
 
-    async def _grace(self, matcher: Matcher, since: float | None) -> None:
+    async def _grace(self, outcomes: Outcomes, since: float | None) -> None:
         # one grace from the moment the senders saw the stop, shared by the requests
         # still unanswered then (Sender) and the acks still awaited (here)
         deadline = (since if since is not None else time.monotonic()) + self._config.grace
-        while matcher.awaiting() and time.monotonic() < deadline:
+        while outcomes.awaiting() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        left = matcher.awaiting()
+        left = outcomes.awaiting()
         if left:
             log.info("interrupted: %d record(s) still awaiting an outcome stay pending", left)
 
@@ -282,7 +282,7 @@ class Engine:
     def counts(self) -> dict[str, int]:
         recorder: Recorder | None = getattr(self, "_recorder", None)  # set when run() starts
         out = dict(recorder.outcomes) if recorder is not None else {}
-        out["awaiting"] = self._matcher.awaiting() if self._matcher else 0
+        out["awaiting"] = self._outcomes.awaiting() if self._outcomes else 0
         out["requests"] = self._sender.requests if self._sender else 0
         return out
 
@@ -291,7 +291,7 @@ class Engine:
         limit = self._pacer.current if self._pacer is not None else self._config.rate
         return {
             "in_flight": float(self._sender.in_flight) if self._sender else 0.0,
-            "awaiting_ack": float(self._matcher.awaiting()) if self._matcher else 0.0,
+            "awaiting_ack": float(self._outcomes.awaiting()) if self._outcomes else 0.0,
             "rate_limit": limit if math.isfinite(limit) else 0.0,
         }
 
@@ -325,12 +325,12 @@ class Engine:
         if self._channel is not None:
             out.update(cometd_handshakes=self._channel.handshakes,
                        cometd_reconnects=self._channel.reconnects)  # fmt: skip
-        if self._matcher is not None:
-            out.update(duplicate_acks=self._matcher.duplicate_acks,
-                       gap_resends=self._matcher.gap_resends,
-                       unmatched_notifications=self._matcher.unmatched,
-                       record_handles=self._matcher.record_handles,
-                       error_events=self._matcher.error_events)  # fmt: skip
+        if self._outcomes is not None:
+            out.update(duplicate_acks=self._outcomes.duplicate_acks,
+                       gap_resends=self._outcomes.gap_resends,
+                       unmatched_notifications=self._outcomes.unmatched,
+                       record_handles=self._outcomes.record_handles,
+                       error_events=self._outcomes.error_events)  # fmt: skip
         if self._session is not None:
             out.update(logins=self._session.logins)
         return out

@@ -1,7 +1,8 @@
 """OCS's desktop-protocol user events, as GWS relays them on ``/me/internal``.
 
 They carry no referenceId: ``userData`` names the record by ``GSW_PHONE``,
-``GSW_CAMPAIGN_NAME`` and ``GSW_CALLING_LIST``. Two kinds matter here:
+``GSW_CAMPAIGN_NAME`` and ``GSW_CALLING_LIST``, and ``GSW_APPLICATION_ID`` when the
+event carries it (the same list and campaign names may exist in two OCS applications). Two kinds matter here:
 
 - an acknowledgement's companion (``GSW_RECORD_HANDLE``, no ``GSW_ERROR``): the OCS
   record that was cancelled, kept with the row as the strongest evidence there is;
@@ -19,12 +20,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_cancel.journal.rows import Status
-from batch_cancel.send.record import Record
 
-__all__ = ["EventMatch", "UserEventIndex", "UserEventVerdict", "error_text"]
+if TYPE_CHECKING:
+    from batch_cancel.send.outcomes import Record
+
+__all__ = ["EventMatch", "UserEventIndex", "UserEventVerdict", "error_text", "whole_number"]
 
 _Key = tuple[str, str, str]
 # Rows cancelled lately whose companion may still be on its way; a companion is
@@ -61,6 +64,18 @@ def _digits(phone: object) -> str:
     text = str(phone or "")
     # most numbers are sent as bare digits: nothing to strip
     return text if text.isdigit() else "".join(filter(str.isdigit, text))
+
+
+def whole_number(value: object) -> int | None:
+    """An id OCS sends as an int (GSW_APPLICATION_ID, GSW_RECORD_HANDLE), which may come as
+    text; None when absent or not a whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def _key(phone: object, campaign: object, calling_list: object) -> _Key:
@@ -117,7 +132,8 @@ class UserEventIndex:
             user_data.get("GSW_CAMPAIGN_NAME"),
             user_data.get("GSW_CALLING_LIST"),
         )
-        live = [r for r in self._live.get(key, ()) if not r.final]
+        app = whole_number(user_data.get("GSW_APPLICATION_ID"))
+        live = [r for r in self._live.get(key, ()) if not r.final and app in (None, r.application_id)]
         if "GSW_ERROR" in user_data:
             number = user_data.get("GSW_ERROR_NUMBER")
             text = error_text(user_data)
@@ -131,7 +147,7 @@ class UserEventIndex:
         handle = user_data.get("GSW_RECORD_HANDLE")
         if handle is None:
             return EventMatch(UserEventVerdict.UNMATCHED, note="user event without record handle")
-        settled = self._settled.get(key, [])
+        settled = [r for r in self._settled.get(key, []) if app in (None, r.application_id)]
         candidates = settled + live
         if len(candidates) == 1:
             rec = candidates[0]
