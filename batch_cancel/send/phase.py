@@ -29,7 +29,7 @@ from batch_cancel.gws.session import GwsSession
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
 from batch_cancel.journal.writer import JournalWriter, Recorder
-from batch_cancel.send.breaker import Breaker, FailureKind
+from batch_cancel.send.breaker import Breaker, FailureKind, Verdict
 from batch_cancel.send.gc_pauses import fewer_gc_pauses
 from batch_cancel.send.outcomes import Outcomes, Record
 from batch_cancel.send.pacer import Pacer
@@ -75,6 +75,12 @@ class Engine:
         self._session: GwsSession | None = None
         self._started = time.monotonic()
         self.breaker = Breaker(config.breaker)
+        # the breaker's probes: how many are wanted, rows sent ahead of their turn, how far
+        # the list is read (None: all of it) and its last row
+        self._probes_wanted = 0
+        self._probed: set[int] = set()
+        self._read_up_to: int | None = 0
+        self._last_row = 0
 
     async def run(self, *, journaling: bool = True,
                   alongside: Mapping[str, Callable[[], Awaitable[None]]] | None = None) -> None:
@@ -183,12 +189,24 @@ class Engine:
     def _on_outcome(self, rec: Record) -> None:
         """Every row's outcome goes past the breaker for systematic failure."""
         if rec.status == Status.CANCELLED:
-            self.breaker.success()
-        elif rec.status == Status.FAILED:
-            kind = FailureKind(rec.status_code if rec.status_code else None, rec.error or "failed")
-            if self.breaker.failure(kind):
-                log.error("breaker: %s", self.breaker.describe())
-                self._stop.set()
+            self.breaker.success(probe=rec.probe)
+            return
+        kind = FailureKind(rec.error_code, rec.error or str(rec.status))
+        verdict = self.breaker.failure(kind, probe=rec.probe)
+        if verdict is Verdict.PROBE:
+            log.warning("breaker: %d rows in a row failed with %r, which may be about those numbers "
+                        "alone: asking %d rows from elsewhere in the list first",
+                        self.breaker.threshold, kind.text, self.breaker.probes)  # fmt: skip
+            if self._read_up_to is None:  # the whole list is read: nothing elsewhere to ask
+                verdict = self.breaker.nothing_to_probe()
+            else:
+                self._probes_wanted = self.breaker.probes
+        if verdict is Verdict.TRIP:
+            self._trip()
+
+    def _trip(self) -> None:
+        log.error("breaker: %s", self.breaker.describe())
+        self._stop.set()
 
     async def _send(self, sender: Sender, recorder: Recorder, session: GwsSession,
                     channel: AckChannel, writer: JournalWriter, device: str | None,
@@ -215,20 +233,58 @@ class Engine:
                 await fleet.join(self._pacer)
                 helpers.append(group.create_task(
                     background("fleet heartbeat", fleet.heartbeat(self._pacer)), name="fleet-heartbeat"))
-            await sender.run(fleet.records(device) if fleet is not None else self._records(writer, device))
+            if fleet is not None:
+                self._read_up_to = None  # a fleet worker sends only the rows it claimed: no probes
+                await sender.run(fleet.records(device))
+            else:
+                if isinstance(self._journal, Journal):
+                    self._last_row = sum(self._journal.counts().values())
+                await sender.run(self._records(writer, device))
             if self._stop.is_set() and self._outcomes is not None:
                 await self._grace(self._outcomes, since=sender.stopped_at)
             for task in helpers:
                 task.cancel()
 
     async def _records(self, writer: JournalWriter, device: str | None) -> AsyncIterator[Record]:
-        """The records with no outcome yet, read in batches on the writer's thread."""
+        """The records with no outcome yet, read in batches on the writer's thread, in
+        row order; rows the breaker asked for ahead of their turn are not sent twice."""
         after = 0
         while batch := await writer.to_send(after_row=after, limit=_READ_BATCH,
                                             retry_timed_out=self._config.retry_timed_out):  # fmt: skip
+            self._read_up_to = batch[-1].row
             for row in batch:
-                yield Record.from_journal(row, device)
+                if self._probes_wanted:
+                    await self._probe(writer, device)
+                if row.row not in self._probed:
+                    yield Record.from_journal(row, device)
             after = batch[-1].row
+        self._read_up_to = None  # everything is read: nothing is left elsewhere
+        if self._probes_wanted:
+            await self._probe(writer, device)
+
+    async def _probe(self, writer: JournalWriter, device: str | None) -> None:
+        """Send rows from elsewhere in the list (spread over what is not read yet) ahead of
+        their turn, for the breaker to tell a bad block of numbers from a wrong list."""
+        wanted, self._probes_wanted = self._probes_wanted, 0
+        start, end = self._read_up_to, self._last_row
+        found: list[Record] = []
+        if start is not None and end > start:
+            step = max(1, (end - start) // (wanted + 1))
+            for i in range(1, wanted + 1):
+                rows = await writer.to_send(after_row=start + i * step, limit=1,
+                                            retry_timed_out=self._config.retry_timed_out)  # fmt: skip
+                if rows and rows[0].row not in self._probed:
+                    self._probed.add(rows[0].row)
+                    found.append(Record.from_journal(rows[0], device))
+        if len(found) < wanted:
+            # too few rows elsewhere to tell: the streak stands for the list
+            if self.breaker.nothing_to_probe() is Verdict.TRIP:
+                self._trip()
+            return
+        assert self._sender is not None
+        for rec in found:
+            rec.probe = True
+            self._sender.resend(rec)
 
     async def _device_path(self, session: GwsSession, writer: JournalWriter) -> str | None:
         if self._config.defaults.device_path:
