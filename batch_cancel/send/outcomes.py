@@ -25,7 +25,9 @@ whenever it arrives, upgrading ``failed`` and ``timed_out``; an earlier round's 
 kept on the row as evidence (an event in the journal).
 
 :data:`TRANSITIONS` is the whole table (the README shows the same); :func:`apply` is
-the only code that changes ``Record.status``. What is not in the table changes nothing.
+the only code that changes ``Record.status``. What is not in the table changes nothing;
+a cancelled row is final (it is forgotten at once: whatever comes for it later is counted
+as a duplicate).
 :class:`Outcomes` feeds it from the sender (attempts) and from CometD (by referenceId,
 and OCS's user events on ``/me/internal``, which name a number instead).
 """
@@ -91,10 +93,8 @@ _TABLE: list[tuple[Status, Event, bool | None, Rule]] = [
     (Status.SENT, Event.DEADLINE, _ANY, Rule(Status.TIMED_OUT, True, "no outcome in time")),
     (Status.TIMED_OUT, Event.ACK, _ANY, Rule(Status.CANCELLED, None, "a late ack upgrades")),
     (Status.FAILED, Event.ACK, _ANY, Rule(Status.CANCELLED, None, "a late ack upgrades")),
-    (Status.CANCELLED, Event.ACK, _ANY, Rule(Status.CANCELLED, None, "a repeat, counted")),
     (Status.TIMED_OUT, Event.FAILURE, _ANY, Rule(Status.TIMED_OUT, None, "kept as evidence only")),
     (Status.FAILED, Event.FAILURE, _ANY, Rule(Status.FAILED, None, "a repeat")),
-    (Status.CANCELLED, Event.FAILURE, _ANY, Rule(Status.CANCELLED, None, "an ack beats a refused repeat")),
 ]
 
 
@@ -387,11 +387,10 @@ class Outcomes:
 
     def _notified(self, rec: Record, ref: str, data: dict[str, Any]) -> None:
         acked = data.get("notificationType") == self._success
-        if rec.status == Status.CANCELLED:
-            self.duplicate_acks += 1
-            return
         if not acked and rec.final:
-            # a failure for a row already failed or unconfirmed: kept as evidence only
+            # a failure for a row already failed or unconfirmed: the table keeps it so, and
+            # the message is kept as evidence
+            apply(rec, Event.FAILURE)
             self._recorder.event(rec, "late_failure", f"{ref}: {describe_failure(data)}")
             return
         before = rec.status
