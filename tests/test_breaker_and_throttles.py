@@ -40,12 +40,14 @@ def test_breaker_streak_is_broken_by_a_success_or_another_code() -> None:
 
 def test_breaker_keys_on_the_code_not_the_wording() -> None:
     b = Breaker(3)
-    kinds = [FailureKind("statusCode 10", f"HTTP 400 statusCode 10: Invalid parameter: x{i}") for i in range(3)]
+    kinds = [FailureKind("statusCode 10", f"HTTP 400 statusCode 10: Invalid parameter: x{i}")
+             for i in range(3)]  # fmt: skip
     assert [b.failure(k) for k in kinds] == [GO, GO, TRIP]
     assert b.tripped == "statusCode 10" and b.rows_hit("statusCode 10") == 3
     # one wording under two codes is two kinds (a notification failure's code is not 0)
     b = Breaker(2)
-    assert [b.failure(FailureKind("errorCode 4", "x")), b.failure(FailureKind("GSW_ERROR_NUMBER 4", "x"))] == [GO, GO]
+    first, second = FailureKind("errorCode 4", "x"), FailureKind("GSW_ERROR_NUMBER 4", "x")
+    assert [b.failure(first), b.failure(second)] == [GO, GO]
 
 
 def test_breaker_falls_back_to_the_text_without_a_code() -> None:

@@ -24,7 +24,8 @@ P, S, C, F, T = Status.PLANNED, Status.SENT, Status.CANCELLED, Status.FAILED, St
 
 
 def message(ref: str, notification: str = ACK, **extra: Any) -> dict[str, Any]:
-    return {"channel": "/v2/me/outbound", "data": {"referenceId": ref, "notificationType": notification, **extra}}
+    data = {"referenceId": ref, "notificationType": notification, **extra}
+    return {"channel": "/v2/me/outbound", "data": data}
 
 
 def failure(ref: str) -> dict[str, Any]:
@@ -324,8 +325,9 @@ def test_a_row_resumed_in_flight_or_timed_out_is_in_doubt() -> None:
     from batch_cancel.journal.rows import RowToSend
 
     def loaded(status: str) -> Record:
-        return Record.from_journal(RowToSend(1, "bc-run-1", "2125550101", 134, "Campaign1", "CallingList1",
-                                             "/devices/d1", None, status, 1, None, None, None, None), None)  # fmt: skip
+        row = RowToSend(1, "bc-run-1", "2125550101", 134, "Campaign1", "CallingList1", "/devices/d1",
+                        None, status, 1, None, None, None, None)  # fmt: skip
+        return Record.from_journal(row, None)
 
     assert not loaded("planned").doubt
     assert loaded("sent").doubt and loaded("timed_out").doubt

@@ -424,9 +424,12 @@ def may_have_been_processed(exc: RequestError) -> bool:
     flag = getattr(exc, "may_have_been_processed", None)
     if isinstance(flag, bool):
         return flag
-    # before the session classified it: no answer, an intermediary's page, statusCode 9
-    return exc.unanswered or exc.status_code == 9 or (
-        exc.status_code is None and exc.http_status in (408, 502, 504))
+    # an error the session did not classify: only GWS's own JSON error (it has a
+    # statusCode) or a connection never made (unreachable) is known not processed; a
+    # transport error on a made connection may have followed the written request
+    if exc.status_code is not None:
+        return exc.status_code == 9
+    return not exc.unreachable and exc.http_status in (None, 408, 502, 504)
 
 
 def error_code(exc: RequestError) -> str | None:
