@@ -95,7 +95,7 @@ def _connection_key() -> Any:
 @pytest.mark.parametrize(
     ("exc", "maybe", "unreachable"),
     [
-        (aiohttp.ClientConnectorError(_connection_key(), ConnectionRefusedError(111, "refused")), False, True),
+        (aiohttp.ClientConnectorError(_connection_key(), ConnectionRefusedError(111, "no")), False, True),
         (aiohttp.ClientConnectorDNSError(_connection_key(), OSError(-2, "no such host")), False, True),
         (aiohttp.ConnectionTimeoutError("connect timeout"), False, True),
         (aiohttp.ServerDisconnectedError(), True, False),
@@ -177,7 +177,7 @@ async def post() -> AsyncIterator[Post]:
         (Faults(http_429_rate=1.0), False, False),
     ],
     ids=["502-after", "504-empty", "408", "gateway-before", "reset-after", "reset-before",
-         "status-9-done", "status-9-not-done", "503-json", "429-json"],  # fmt: skip
+         "status-9-done", "status-9-not-done", "503-json", "429-json"],
 )
 async def test_post_record_over_http(post: Post, faults: Faults, maybe: bool, processed: bool) -> None:
     error = await post(faults=faults)
