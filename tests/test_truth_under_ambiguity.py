@@ -12,11 +12,13 @@ import resource
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ENV, Faults, job_args, make_sim, numbers, read_report, run_cli, write_csv
+from helpers import ENV, USER, Faults, job_args, make_sim, numbers, read_report, run_cli, write_csv
 
 
 def _second_ids(sim: Any) -> dict[str, list[str]]:
@@ -26,7 +28,8 @@ def _second_ids(sim: Any) -> dict[str, list[str]]:
 def test_lost_acks_resets_and_refused_repeats_never_report_a_cancelled_number_failed(tmp_path: Path) -> None:
     # 3 % of acks lost, 3 % of POSTs processed and then reset, and a repeat for a number
     # already cancelled answered "Record not found": the run, --retry-timed-out, --retry-failed
-    rows = 600
+    # 600 here (seconds); the issue's 3,000: BATCH_CANCEL_SCENARIO_ROWS=3000 pytest -s -k lost_acks
+    rows = int(os.environ.get("BATCH_CANCEL_SCENARIO_ROWS", "600"))
     sim = make_sim(faults=Faults(seed=21, ack_drop_rate=0.03, reset_after_rate=0.03,
                                  repeat_answer="failure"))  # fmt: skip
     try:
@@ -40,6 +43,10 @@ def test_lost_acks_resets_and_refused_repeats_never_report_a_cancelled_number_fa
         second = _second_ids(sim)
     finally:
         sim.stop()
+    statuses = {s: sum(r["status"] == s for r in report) for s in ("cancelled", "failed", "timed_out")}
+    print(f"\n{rows} rows: GWS cancelled {len(cancelled)}; runs {[r.summary.get('cancelled') for r in runs]} "
+          f"cancelled; final {statuses}; numbers with a second referenceId {len(second)}; "
+          f"POSTs {len(sim.ledger.entries)}")  # fmt: skip
     for run in runs:
         assert run.exit_code in (0, 1), run.stderr
     assert len(cancelled) == rows  # GWS cancelled every number
@@ -116,3 +123,155 @@ def test_a_full_journal_disk_stops_the_posts_at_once_and_the_resume_completes(tm
     assert acked, "nothing was committed before the fill"
     resent = [e.reference_id for e in entries[posted_before:] if e.reference_id in acked]
     assert resent == []  # rows acked (and journaled) before the fill are not sent again
+
+
+# -- may have been processed: never `failed` ---------------------------------------------------
+@pytest.mark.parametrize(("fault", "extra"), [
+    ("gateway_502", dict(gateway_after_rate=1.0, gateway_statuses=(502,))),
+    ("gateway_504", dict(gateway_after_rate=1.0, gateway_statuses=(504,))),
+    ("gateway_408", dict(gateway_after_rate=1.0, gateway_statuses=(408,))),
+    ("reset_after_write", dict(reset_after_rate=1.0)),
+    ("no_answer", dict(hang_after_rate=1.0)),
+    ("status_code_9", dict(incomplete_rate=1.0, incomplete_processed_rate=1.0)),
+])  # fmt: skip
+def test_an_attempt_that_may_have_been_processed_never_ends_failed(
+    tmp_path: Path, fault: str, extra: dict[str, Any]
+) -> None:
+    # GWS processed every request, its answer was lost or replaced, every ack is lost and
+    # a repeat is refused 'Record not found': nothing is known, so nothing is `failed`
+    sim = make_sim(faults=Faults(seed=9, ack_drop_rate=1.0, repeat_answer="failure", **extra))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(4)])
+        result = run_cli(job_args(sim.base_url, tmp_path, src, rate=0, concurrency=4, ack_timeout=0.5,
+                                  request_timeout=0.5, max_attempts=2, grace=0), ENV)  # fmt: skip
+        report = read_report(tmp_path / "report.csv")
+        processed = sim.ledger.cancelled_by()
+    finally:
+        sim.stop()
+    assert len(processed) == 4, fault  # GWS did cancel them
+    assert result.exit_code == 1, result.stderr
+    assert [r["status"] for r in report] == ["timed_out"] * 4, [(r["status"], r["error"]) for r in report]
+    assert all("may already be cancelled" in r["error"] for r in report), [r["error"] for r in report]
+
+
+# -- late acknowledgements -------------------------------------------------------------------
+def _late_ack(sim: Any, ref: str) -> None:
+    """GWS delivers an acknowledgement for ``ref`` now (late: the row's fate was told)."""
+    data = {"messageType": "OutboundRecordMessage", "notificationType": "RecordCancelAcknowledge",
+            "referenceId": ref, "record": {"applicationId": 134, "campaignName": "Campaign1",
+                                           "callingList": "CallingList1"}}  # fmt: skip
+    hub = sim.simulator._state.hub
+    sim._on_loop(lambda: hub.publish(USER, [("/v2/me/outbound", data, None)]))
+
+
+def _when(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def test_late_acks_for_a_failed_row_and_an_earlier_rounds_reference_id_cancel_and_are_journaled(
+    tmp_path: Path,
+) -> None:
+    phones = numbers(20)
+    first, second = phones[0], phones[1]  # GWS refuses both over CometD ('Record not found')
+    sim = make_sim(failing_numbers=frozenset({first, second}))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in phones])
+
+        def failed_ref(number: str, suffix: str = "") -> str | None:
+            for e in sim.ledger.entries:
+                if e.phone_number == number and e.processed and (e.reference_id or "").endswith(suffix):
+                    return e.reference_id
+            return None
+
+        # round 1: the first number's refusal is followed, while the run goes on, by its ack
+        def ack_the_first() -> None:
+            _when(lambda: failed_ref(first) is not None)
+            time.sleep(0.3)  # its failure notification is in
+            _late_ack(sim, str(failed_ref(first)))
+
+        helper = threading.Thread(target=ack_the_first)
+        helper.start()
+        run1 = run_cli(job_args(sim.base_url, tmp_path, src, rate=10, concurrency=2, grace=0), ENV)
+        helper.join()
+        round1 = {r["phone_sent"]: r for r in read_report(tmp_path / "report.csv")}
+        old_ref = str(failed_ref(second))
+        # round 2 (--retry-failed): the second number goes under R-r1 (its refusal was certain);
+        # round 1's referenceId is acknowledged while R-r1's outcome is still on its way
+        sim.set_faults(Faults(ack_delay=(1.0, 1.0)))
+
+        def ack_the_old_round() -> None:
+            _when(lambda: failed_ref(second, "-r1") is not None)
+            _late_ack(sim, old_ref)
+
+        helper = threading.Thread(target=ack_the_old_round)
+        helper.start()
+        run2 = run_cli(job_args(sim.base_url, tmp_path, src, rate=0, concurrency=2, retry_failed=True,
+                                grace=0), ENV)  # fmt: skip
+        helper.join()
+        round2 = {r["phone_sent"]: r for r in read_report(tmp_path / "report.csv")}
+        db = sqlite3.connect(tmp_path / "state.sqlite")
+        try:
+            evidence = [d for (d,) in db.execute("SELECT detail FROM events WHERE event='cancelled'"
+                                                 " AND detail LIKE '%acknowledg%'")]  # fmt: skip
+        finally:
+            db.close()
+    finally:
+        sim.stop()
+    assert run1.summary["failed"] == 1 and run1.summary["cancelled"] == 19, run1.stdout
+    assert round1[first]["status"] == "cancelled"  # upgraded from failed by the late ack
+    assert round1[second]["status"] == "failed"
+    assert run2.exit_code == 0, run2.stderr
+    assert round2[second]["status"] == "cancelled"
+    assert round2[second]["reference_id"] == old_ref + "-r1"
+    # both kept as evidence in the journal
+    assert any("late acknowledgement" in d and "was failed" in d for d in evidence), evidence
+    assert any(f"earlier round's referenceId {old_ref}" in d for d in evidence), evidence
+
+
+# -- the breaker -----------------------------------------------------------------------------
+def test_breaker_a_wrong_calling_list_stops_after_the_streak_and_its_probes(tmp_path: Path) -> None:
+    sim = make_sim(failing_lists=frozenset({"CallingList1"}))  # every row 'Record not found'
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(2000)])
+        result = run_cli(job_args(sim.base_url, tmp_path, src, rate=0, concurrency=4), ENV)
+        sent = len(sim.ledger.entries)
+    finally:
+        sim.stop()
+    assert result.exit_code == 3, result.stderr
+    assert "rows from elsewhere in the list too" in result.summary["error"]
+    # the streak and its probes, and what kept going while the probes were out (the senders'
+    # queue, 4 x concurrency, and those in flight): measured 54 of 2,000
+    assert 25 + 5 <= sent <= 25 + 5 + 2 * 4 * 5, sent
+
+
+def test_breaker_a_block_of_not_in_list_numbers_at_the_start_does_not_stop_the_run(tmp_path: Path) -> None:
+    phones = numbers(2000)
+    sim = make_sim(failing_numbers=frozenset(phones[:50]))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in phones])
+        result = run_cli(job_args(sim.base_url, tmp_path, src, rate=0, concurrency=8), ENV)
+        sent = len(sim.ledger.entries)
+    finally:
+        sim.stop()
+    assert result.exit_code == 1, result.stderr  # finished, with the 50 failed
+    assert result.summary["failed"] == 50 and result.summary["cancelled"] == 1950
+    assert sent == 2000  # each number once
+
+
+def test_breaker_every_row_timing_out_stops_it(tmp_path: Path) -> None:
+    sim = make_sim(faults=Faults(ack_drop_rate=1.0))
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[n] for n in numbers(2000)])
+        result = run_cli(job_args(sim.base_url, tmp_path, src, rate=100, concurrency=4, ack_timeout=0.3,
+                                  grace=0), ENV)  # fmt: skip
+        sent = len(sim.ledger.entries)
+    finally:
+        sim.stop()
+    assert result.exit_code == 3, result.stderr
+    assert "'timeout'" in result.summary["error"], result.summary["error"]
+    # 25 time-outs in a row; what went out during the last one's 0.3 s wait at 100/s comes on top
+    assert 25 <= sent <= 25 + 40, sent

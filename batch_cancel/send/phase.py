@@ -251,8 +251,10 @@ class Engine:
         after = 0
         while batch := await writer.to_send(after_row=after, limit=_READ_BATCH,
                                             retry_timed_out=self._config.retry_timed_out):  # fmt: skip
-            self._read_up_to = batch[-1].row
             for row in batch:
+                # where the list is sent up to: probes come from the rows after it (a batch
+                # read ahead is not sent yet, so its rows count as elsewhere)
+                self._read_up_to = row.row
                 if self._probes_wanted:
                     await self._probe(writer, device)
                 if row.row not in self._probed:
