@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_throttle import FakeTime, pacer
+from test_throttle import FakeTime, controls, pacer
 
 from batch_cancel.journal.store import next_round_reference
 from batch_cancel.send.breaker import Breaker, FailureKind, Verdict
-from batch_cancel.send.delay_throttle import DelayWatch, Latency
-from batch_cancel.send.failure_cluster import FailureCluster
-from batch_cancel.send.outcomes import Record
-from batch_cancel.send.user_events import UserEventIndex, UserEventVerdict
+from batch_cancel.send.controller import DelayWatch, FailureCluster, Latency
+from batch_cancel.send.outcomes import Record, UserEventIndex, UserEventVerdict
 
 STATE = FailureKind("statusCode 2", "HTTP 400 statusCode 2: Contact center session is not started")
 NOT_FOUND = FailureKind("errorCode 6", "ErrorMessage: code 6: Record not found")
@@ -252,7 +250,7 @@ async def test_a_failed_probe_extends_the_pause_and_a_new_probe_follows() -> Non
 
 def test_a_lone_503_lowers_an_adaptive_rate_a_little() -> None:
     t = FakeTime()
-    p = pacer(200, t, adaptive=True)
+    p = controls(200, t, adaptive=True)
     p.throttled(lone=True)
     assert p.current == pytest.approx(180)
     t.now += 2
@@ -268,7 +266,7 @@ def _learn_calm(p: object, t: FakeTime, latency: float = 0.003, n: int = 20) -> 
 
 def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     # GWS now delays: 25 answers a second, each 200 ms late
     for _ in range(25):
@@ -282,7 +280,7 @@ def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
 
 def test_no_second_decrease_while_the_servers_queue_drains() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     for _ in range(30):
         t.now += 0.04
@@ -304,7 +302,7 @@ def test_no_second_decrease_while_the_servers_queue_drains() -> None:
 
 def test_after_slow_answers_the_rate_holds_just_under_the_knee() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     for _ in range(25):
         t.now += 0.04
@@ -325,7 +323,7 @@ def test_after_slow_answers_the_rate_holds_just_under_the_knee() -> None:
 
 def test_near_the_knee_the_rate_probes_slowly() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     p.throttled()  # a decrease starts the clock of the additive increase
     p.knee = 25.0
     p.current = 24.0
@@ -340,7 +338,7 @@ def test_near_the_knee_the_rate_probes_slowly() -> None:
 
 def test_a_fixed_rate_ignores_latency() -> None:
     t = FakeTime()
-    p = pacer(100, t)
+    p = controls(100, t)
     _learn_calm(p, t)
     for _ in range(30):
         t.now += 0.04

@@ -234,6 +234,35 @@ def test_no_outcome_after_a_gap_is_asked_again(bench: Bench) -> None:
     assert bench.resent == [bench.rec] and bench.rec.status is S and bench.rec.doubt
 
 
+def test_a_deadline_while_no_poll_completed_waits_for_the_channel_then_asks_again(bench: Bench) -> None:
+    # a half-open long poll: GWS accepted the row, then no poll completed (its ack may sit in
+    # the hung poll); the deadline holds the row until the channel is heard from again
+    last_poll = [bench.t.now - 1.0]
+    bench.outcomes.heard_since = lambda t: last_poll[0] > t
+    bench.sent_and_accepted()
+    bench.later(TIMEOUT + 5)
+    assert bench.rec.status is S and bench.resent == []  # held, not timed out
+    bench.outcomes.channel_changed(False)  # the poll's bound cut it: the channel is down
+    bench.outcomes.channel_changed(True)
+    last_poll[0] = bench.t.now + 0.5  # a poll completes on the new session
+    bench.later(1.0)
+    took(bench, S, Event.GAP, False)
+    assert bench.resent == [bench.rec] and bench.rec.status is S  # same referenceId, asked again
+
+
+def test_a_deadline_held_for_a_quiet_poll_times_out_once_one_completes(bench: Bench) -> None:
+    # a healthy channel whose poll is simply held (no messages): when it completes and
+    # no outcome came, the row times out as usual
+    last_poll = [bench.t.now - 1.0]
+    bench.outcomes.heard_since = lambda t: last_poll[0] > t
+    bench.sent_and_accepted()
+    bench.later(TIMEOUT + 1)
+    assert bench.rec.status is S
+    last_poll[0] = bench.t.now
+    bench.later(0.1)
+    assert bench.rec.status is T and bench.resent == []
+
+
 @covers(S, Event.DEADLINE, False)
 def test_no_outcome_in_time_times_out(bench: Bench) -> None:
     bench.sent_and_accepted()

@@ -31,7 +31,7 @@ from batch_cancel.gws.session import Answer
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
 from batch_cancel.report.charts import LatencyHistogram
-from batch_cancel.send.failure_cluster import FailureCluster
+from batch_cancel.send.controller import Controller
 from batch_cancel.send.outcomes import Outcomes, Record
 from batch_cancel.send.pacer import Pacer
 
@@ -90,6 +90,7 @@ class Sender:
         outcomes: Outcomes,
         recorder: Recorder,
         pacer: Pacer,
+        controller: Controller | None = None,
         stop: asyncio.Event,
         clock: Callable[[], float],
         wall: Callable[[], float],
@@ -103,6 +104,8 @@ class Sender:
         self._outcomes = outcomes
         self._recorder = recorder
         self._pacer = pacer
+        # the adaptive controls (failure clusters, delay watch, AIMD) decide from each answer
+        self._controls = controller or Controller(pacer, clock=clock)
         self._stop = stop
         self._clock = clock
         self._wall = wall
@@ -123,7 +126,6 @@ class Sender:
         self.last_request: float | None = None
         self.unanswered = 0
         self.lone_failures = 0
-        self._cluster = FailureCluster(clock)
         self.post_latency_ms = LatencyHistogram()  # POST -> its HTTP answer, answered ones
         self.stopped_at: float | None = None  # when the senders saw the stop (self._clock)
         self.abandoned = 0  # requests still unanswered when the grace after a stop ran out
@@ -331,8 +333,7 @@ class Sender:
             raise
         except RequestRejected as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
-            self._pacer.answered_any()
-            self._cluster.answered(False)
+            self._controls.refused()
             raise
         finally:
             self.in_flight -= 1
@@ -341,9 +342,7 @@ class Sender:
         self._unreachable_since = None
         latency = self._clock() - started
         self.post_latency_ms.add(latency * 1000.0)
-        self._pacer.answered(latency)
-        self._cluster.answered(False)
-        self._pacer.calm()
+        self._controls.accepted(latency)
         rec.http_status, rec.status_code = answer.http_status, answer.status_code
         self._outcomes.accepted(rec)
 
@@ -387,20 +386,13 @@ class Sender:
             self._events.info("unanswered", "no HTTP answer within %g s: retrying with the same "
                               "referenceId", self._s.request_timeout)  # fmt: skip
             return self._backoff(rec.counted_attempts)
-        clustered = self._cluster.answered(True)
-        if exc.http_status == 429 or exc.retry_after is not None or clustered:
-            # GWS asks the client, not this request, to slow down: everyone pauses
-            self._pacer.throttled()
-            waited = self._pacer.pause(exc.retry_after)
-            why = "failures cluster" if clustered and exc.http_status != 429 else "GWS throttled"
+        reaction = self._controls.overloaded(exc.http_status, exc.retry_after)
+        if reaction.pause is not None:
             self._events.info(f"throttled-{exc.http_status}", "%s (%s): all senders pause %.1f s",
-                              why, exc.http_status, waited)  # fmt: skip
+                              reaction.why, exc.http_status, reaction.pause)  # fmt: skip
             return 0.0
-        if exc.http_status is not None and exc.http_status >= 500:
-            # a lone 503: this request backs off on its own; the rate adapts a little
+        if reaction.why == "lone":
             self.lone_failures += 1
-            self._pacer.throttled(lone=True)
-            self._pacer.answered_any()
             self._events.info(f"lone-{exc.http_status}", "HTTP %s, retrying this request after a "
                               "back-off: %s", exc.http_status, exc)  # fmt: skip
         else:
@@ -421,15 +413,7 @@ class Sender:
 
 def may_have_been_processed(exc: RequestError) -> bool:
     """Whether GWS may have done what the failed attempt asked (gws/ classifies it)."""
-    flag = getattr(exc, "may_have_been_processed", None)
-    if isinstance(flag, bool):
-        return flag
-    # an error the session did not classify: only GWS's own JSON error (it has a
-    # statusCode) or a connection never made (unreachable) is known not processed; a
-    # transport error on a made connection may have followed the written request
-    if exc.status_code is not None:
-        return exc.status_code == 9
-    return not exc.unreachable and exc.http_status in (None, 408, 502, 504)
+    return exc.may_have_been_processed
 
 
 def error_code(exc: RequestError) -> str | None:
