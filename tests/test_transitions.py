@@ -8,6 +8,7 @@ through that very line of the table. The last test checks that every line has it
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from fake_time import FakeTime
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.send import outcomes as outcomes_module
-from batch_cancel.send.outcomes import TRANSITIONS, Event, Outcomes, Record, Rule, earlier_references
+from batch_cancel.send.outcomes import _TABLE, TRANSITIONS, Event, Outcomes, Record, Rule, earlier_references
 
 ACK = "RecordCancelAcknowledge"
 TIMEOUT = 30.0
@@ -373,3 +374,16 @@ def test_every_line_of_the_table_has_its_test() -> None:
         targets = {TRANSITIONS[(key[0], key[1], d)].to for d in doubts}
         if len(targets) > 1:
             assert COVERED[key] == {False, True}, key
+
+
+def test_the_readme_shows_the_same_table() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    marker = "<!-- transitions: generated from send/outcomes.py -->"
+    shown = readme.split(marker)[1].split("<!-- /transitions -->")[0]
+    lines = shown.strip().splitlines()[2:]
+    expected = []
+    for start, event, doubt, rule in _TABLE:
+        d = "any" if doubt is None else ("yes" if doubt else "no")
+        after = "unchanged" if rule.doubt is None else ("yes" if rule.doubt else "no")
+        expected.append(f"| `{start}` | {event.value} | {d} | `{rule.to}` | {after} | {rule.why} |")
+    assert lines == expected
