@@ -511,6 +511,12 @@ class Outcomes:
             return
         self._end(rec, Event.DEADLINE, f"no acknowledgement within {self._ack_timeout:g} s", "timeout")
 
+    @property
+    def deaf(self) -> bool:
+        """A row's deadline came and no long poll completed since GWS accepted it: the ack
+        channel may be half-open, so what is sent now could not be heard either."""
+        return bool(self._held)
+
     def awaiting(self) -> int:
         """Rows sent or accepted whose outcome is still unknown."""
         return self._in_flight

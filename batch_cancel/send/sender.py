@@ -282,8 +282,8 @@ class Sender:
         return f"gave up after {rec.attempts} attempts: {exc}"
 
     async def _ready(self) -> None:
-        """Wait until a POST may go: the ack channel up (else its outcome would be lost),
-        the journal healthy (else its outcome could not be recorded), a rate slot taken."""
+        """Wait until a POST may go: the ack channel up and heard from (else its outcome would
+        be lost), the journal healthy (else its outcome could not be recorded), a rate slot taken."""
         while not self._stop.is_set():
             if not self._channel.up.is_set():
                 if self._channel.outage() > self._s.max_outage:
@@ -292,6 +292,11 @@ class Sender:
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._channel.up.wait(), 0.5)
+                continue
+            if self._outcomes.deaf:
+                # nothing heard since rows now due were accepted: hold new POSTs until a
+                # long poll completes (or the poll's bound ends it and the channel goes down)
+                await self._sleep(self._tick_interval)
                 continue
             if not self._recorder.healthy or not self._recorder.has_room:
                 # a commit failed (the journal's writer gives up past --max-outage and ends
