@@ -304,6 +304,12 @@ class AckChannel:
         """Monotonic time the last long poll completed (the server answered it)."""
         return self.bound.last_completed
 
+    def heard_since(self, moment: float) -> bool:
+        """A poll completed at or after ``moment`` (monotonic). A row whose deadline
+        passes while this is False for its acceptance time was not heard about because
+        the channel was deaf, not because GWS was silent: a gap, not a time-out."""
+        return self.bound.last_completed >= moment
+
     @property
     def poll_bound(self) -> float:
         """Seconds a long poll may take before it is given up as half-open."""
