@@ -114,6 +114,7 @@ async def test_a_half_open_poll_ends_within_its_bound_and_the_lost_session_is_a_
                 # cut within its bound (+ scheduling slack), counted from when it began
                 assert down_at - last_before <= bound + 0.35, (down_at - last_before, why)
                 assert channel.bound.polls_cut >= 1
+                assert channel.heard_since(last_before) and not channel.heard_since(posted)
                 # while polls are cut and re-made silently, the channel says so
                 await _until(channel.silent, bound + 1.0, "a deaf channel did not say it is silent")
                 assert channel.last_poll_completed == last_before
@@ -123,6 +124,7 @@ async def test_a_half_open_poll_ends_within_its_bound_and_the_lost_session_is_a_
             finally:
                 await channel.close()
         [gap] = gaps
+        assert channel.heard_since(posted)  # polls come back again
         assert gap.since == last_before  # what the lost session delivered, it delivered
         assert gap.since <= went_silent <= posted <= gap.until
         assert channel.handshakes >= 2 and channel.gaps == 1

@@ -5,7 +5,9 @@ subscription is known to be live: a request sent while it is not would have its
 acknowledgement lost, so the sender waits. The aiocometd adaptations it relies
 on live in :mod:`batch_cancel.gws.cometd_client`.
 
-Liveness, for the send side: every long poll is bounded (the server's advised
+Liveness, for the send side: :attr:`AckChannel.up` means subscribed *and* a poll of
+that Bayeux session came back (subscribing alone works over a path no poll gets
+through). Every long poll is bounded (the server's advised
 timeout, or 30 s when it gives none, plus ``poll_margin``), so a poll over a half-open
 connection ends, the channel goes down and polls again. :attr:`AckChannel.last_poll_completed`
 is when a poll last completed (monotonic): an outcome published before it was
@@ -99,6 +101,7 @@ class AckChannel:
         self.resets = 0
         self.last_error = ""
         self._confirmed: set[str] = set()
+        self._polled = False  # a poll of the current Bayeux session came back
         self._closing = False
         self._client = self._new_client()
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,6 +166,7 @@ class AckChannel:
             await self._stop_client()
             self._client = self._new_client()
             self._confirmed.clear()
+            self._polled = False
             try:
                 await asyncio.wait_for(self._open(), self._stall_reset)
             except (TimeoutError, Exception) as exc:
@@ -201,8 +205,7 @@ class AckChannel:
         if up:
             self.up.set()
             self.down_since = None
-            if reason == "subscribed":
-                self._gap_closed()
+            self._gap_closed()
         else:
             self.up.clear()
             self.down_since = time.monotonic()
@@ -221,6 +224,7 @@ class AckChannel:
             if ok:
                 self.handshakes += 1
                 self._confirmed.clear()
+                self._polled = False
                 if self.handshakes > 1:
                     self._session_lost()
                     self._set_up(False, "re-handshake: subscriptions must be renewed")
@@ -231,11 +235,15 @@ class AckChannel:
             names = subs if isinstance(subs, list) else [subs]
             if ok:
                 self._confirmed.update(n for n in names if isinstance(n, str))
-                if all(c in self._confirmed for c in self.channels):
+                # up only once a poll of this Bayeux session came back too: subscribing
+                # works over a half-open path that no outcome would come back through
+                if self._polled and all(c in self._confirmed for c in self.channels):
                     self._set_up(True, "subscribed")
             else:
                 self.last_error = str(message.get("error") or "subscribe refused")
         elif channel == "/meta/connect" and ok:
+            self._polled = True
+            self.bound.completed()
             # a poll that works again on the same Bayeux session keeps its subscriptions
             if self._confirmed and all(c in self._confirmed for c in self.channels):
                 self._set_up(True, "long poll restored")
@@ -295,6 +303,12 @@ class AckChannel:
     def last_poll_completed(self) -> float:
         """Monotonic time the last long poll completed (the server answered it)."""
         return self.bound.last_completed
+
+    def heard_since(self, moment: float) -> bool:
+        """A poll completed at or after ``moment`` (monotonic). A row whose deadline
+        passes while this is False for its acceptance time was not heard about because
+        the channel was deaf, not because GWS was silent: a gap, not a time-out."""
+        return self.bound.last_completed >= moment
 
     @property
     def poll_bound(self) -> float:

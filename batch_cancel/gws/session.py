@@ -119,10 +119,12 @@ class GwsSession:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.gate.aclose()
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        try:
+            await self.gate.aclose()
+        finally:  # a cancellation while the log-in stops must not leave the connections open
+            if self._client is not None:
+                client, self._client = self._client, None
+                await client.close()
 
     async def _request(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None

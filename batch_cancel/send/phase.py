@@ -142,7 +142,7 @@ class Engine:
                 on_gap=lambda gap: outcomes.gap(gap.since),
             )
             self._channel = channel
-            outcomes.heard_since = lambda t: channel.last_poll_completed > t
+            outcomes.heard_since = channel.heard_since
             await channel.start(timeout=min(60.0, cfg.max_outage), supervise=False)
             log.info("subscribed to %s", ", ".join(self._gws.ack_channels))
             pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep,
