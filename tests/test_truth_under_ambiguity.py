@@ -244,6 +244,7 @@ def test_breaker_a_wrong_calling_list_stops_after_the_streak_and_its_probes(tmp_
         sent = len(sim.ledger.entries)
     finally:
         sim.stop()
+    print(f"\nwrong calling list: stopped after {sent} POSTs of 2,000")
     assert result.exit_code == 3, result.stderr
     assert "rows from elsewhere in the list too" in result.summary["error"]
     # the streak and its probes, and what kept going while the probes were out (the senders'
@@ -260,6 +261,9 @@ def test_breaker_a_block_of_not_in_list_numbers_at_the_start_does_not_stop_the_r
         sent = len(sim.ledger.entries)
     finally:
         sim.stop()
+    summary = result.summary
+    print(f"\n50 'not found' first: exit {result.exit_code}, {sent} POSTs, {summary['failed']} failed, "
+          f"{summary['cancelled']} cancelled")  # fmt: skip
     assert result.exit_code == 1, result.stderr  # finished, with the 50 failed
     assert result.summary["failed"] == 50 and result.summary["cancelled"] == 1950
     assert sent == 2000  # each number once
