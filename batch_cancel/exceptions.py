@@ -24,9 +24,20 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── ReportUnwritable           the report or evidence page could not be written (a full disk)
     │   └── Interrupted                SIGINT / SIGTERM
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
-        ├── RequestRejected            4xx other than 401/403/429: the request itself is wrong
+        ├── RequestRejected            4xx other than 401/403/408/429: the request itself is wrong
         ├── SessionExpired             401 or CSRF 403: log in again, then retry
-        └── TransientError             transport error, 5xx, statusCode 4, 429: retry later
+        └── TransientError             transport error, 5xx, statusCode 4 or 9, 408, 429: retry later
+
+Every ``RequestError`` says whether the attempt **may have been processed**
+(``may_have_been_processed``), decided in one place, ``batch_cancel.gws.responses``:
+
+* True: no HTTP answer after the request was (possibly) written (read timeout, server
+  disconnected, connection reset); a 408, 500, 502 or 504 whose body is not GWS JSON
+  (a proxy or gateway in front of GWS answered; GWS may have done it); statusCode 9
+  "processing incomplete".
+* False: nothing was sent (connection refused, DNS, connect timeout, TLS refused), or
+  GWS itself answered with its JSON error (statusCode 1, 2, 3, 4, 5, 6, 10, 18, 19, 20,
+  ...: nothing changed), or a proxy refused without forwarding (its 503/429 page).
 """
 
 from __future__ import annotations
@@ -166,11 +177,17 @@ class RequestError(BatchCancelError):
         http_status: int | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        may_have_been_processed: bool = False,
     ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.status_code = status_code
+        # seconds, finite and capped (gws.responses.RETRY_AFTER_CAP); None: not given
         self.retry_after = retry_after
+        # GWS may have carried the request out (see the module docstring): the attempt
+        # is no proof that nothing changed, so its record must not be called failed,
+        # and its number must not get another referenceId
+        self.may_have_been_processed = may_have_been_processed
         # nothing reached GWS (connect failed): measures an outage
         self.unreachable = False
         # sent, and no HTTP answer came within --request-timeout: the outcome is unknown
@@ -186,4 +203,4 @@ class SessionExpired(RequestError):
 
 
 class TransientError(RequestError):
-    """The request may succeed later: network error, 5xx, statusCode 4, 429."""
+    """The request may succeed later: network error, 5xx, statusCode 4 or 9, 408, 429."""

@@ -20,8 +20,7 @@ from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
 from batch_cancel.object_store import Location
-from batch_cancel.send.matcher import SUCCESS, describe_failure
-from batch_cancel.send.user_events import error_text
+from batch_cancel.send.outcomes import SUCCESS, describe_failure, error_text
 
 __all__ = ["Step", "preflight"]
 

@@ -6,50 +6,98 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_throttle import FakeTime, pacer
+from test_throttle import FakeTime, controls, pacer
 
 from batch_cancel.journal.store import next_round_reference
-from batch_cancel.send.breaker import Breaker, FailureKind
-from batch_cancel.send.delay_throttle import DelayWatch, Latency
-from batch_cancel.send.failure_cluster import FailureCluster
-from batch_cancel.send.record import Record
-from batch_cancel.send.user_events import UserEventIndex, UserEventVerdict
+from batch_cancel.send.breaker import Breaker, FailureKind, Verdict
+from batch_cancel.send.controller import DelayWatch, FailureCluster, Latency
+from batch_cancel.send.outcomes import Record, UserEventIndex, UserEventVerdict
 
-STATE = FailureKind(2, "HTTP 400 statusCode 2: Contact center session is not started")
+STATE = FailureKind("statusCode 2", "HTTP 400 statusCode 2: Contact center session is not started")
+NOT_FOUND = FailureKind("errorCode 6", "ErrorMessage: code 6: Record not found")
+GO, PROBE, TRIP = Verdict.GO_ON, Verdict.PROBE, Verdict.TRIP
 
 
 # -- breaker ------------------------------------------------------------------------------
-def test_breaker_trips_on_n_identical_failures_in_a_row() -> None:
+def test_breaker_trips_on_n_failures_of_one_code_in_a_row() -> None:
     b = Breaker(25)
-    assert not any(b.failure(STATE) for _ in range(24))
-    assert b.failure(STATE)
-    assert b.tripped == STATE.text
+    assert [b.failure(STATE) for _ in range(25)] == [GO] * 24 + [TRIP]
+    assert b.tripped == "statusCode 2"
     assert "25 outcomes in a row" in b.describe() and "(25 rows hit)" in b.describe()
-    assert STATE.text in b.describe()
 
 
-def test_breaker_streak_is_broken_by_a_success_or_another_error() -> None:
+def test_breaker_streak_is_broken_by_a_success_or_another_code() -> None:
     b = Breaker(5)
     for _ in range(4):
         b.failure(STATE)
     b.success()
-    assert not any(b.failure(STATE) for _ in range(4))
-    assert not b.failure(FailureKind(None, "ErrorMessage: code 6: Record not found"))
+    assert [b.failure(STATE) for _ in range(4)] == [GO] * 4
+    assert b.failure(FailureKind("statusCode 10", "HTTP 400 statusCode 10: Invalid parameter")) is GO
     assert b.tripped is None
 
 
-def test_breaker_same_status_code_with_other_texts_trips_naming_the_code() -> None:
+def test_breaker_keys_on_the_code_not_the_wording() -> None:
     b = Breaker(3)
-    kinds = [FailureKind(10, f"HTTP 400 statusCode 10: Invalid parameter: x{i}") for i in range(3)]
-    assert [b.failure(k) for k in kinds] == [False, False, True]
-    assert b.tripped == "statusCode 10"
-    assert b.rows_hit("statusCode 10") == 3
+    kinds = [FailureKind("statusCode 10", f"HTTP 400 statusCode 10: Invalid parameter: x{i}")
+             for i in range(3)]  # fmt: skip
+    assert [b.failure(k) for k in kinds] == [GO, GO, TRIP]
+    assert b.tripped == "statusCode 10" and b.rows_hit("statusCode 10") == 3
+    # one wording under two codes is two kinds (a notification failure's code is not 0)
+    b = Breaker(2)
+    first, second = FailureKind("errorCode 4", "x"), FailureKind("GSW_ERROR_NUMBER 4", "x")
+    assert [b.failure(first), b.failure(second)] == [GO, GO]
+
+
+def test_breaker_falls_back_to_the_text_without_a_code() -> None:
+    b = Breaker(2)
+    assert b.failure(FailureKind(None, "ErrorMessage: boom")) is GO
+    assert b.failure(FailureKind(None, "ErrorMessage: bang")) is GO
+    assert b.failure(FailureKind(None, "ErrorMessage: bang")) is TRIP
+    assert b.tripped == "ErrorMessage: bang"
+
+
+def test_breaker_counts_time_outs() -> None:
+    b = Breaker(3)
+    timeout = FailureKind("timeout", "no acknowledgement within 30 s")
+    assert [b.failure(timeout) for _ in range(3)] == [GO, GO, TRIP]
+    assert b.tripped == "timeout"
+
+
+def test_breaker_a_per_record_streak_probes_elsewhere_and_a_success_there_clears_it() -> None:
+    b = Breaker(3, probes=2)
+    assert [b.failure(NOT_FOUND) for _ in range(3)] == [GO, GO, PROBE]
+    assert b.failure(NOT_FOUND) is GO  # more of the block while the probes are out
+    b.success(probe=True)  # a row elsewhere in the list was cancelled: not a wrong list
+    assert b.probing is None and b.tripped is None
+    assert [b.failure(NOT_FOUND) for _ in range(2)] == [GO, GO]  # a fresh streak is needed
+
+
+def test_breaker_a_per_record_streak_trips_when_the_probes_fail_alike() -> None:
+    b = Breaker(3, probes=2)
+    assert [b.failure(NOT_FOUND) for _ in range(3)] == [GO, GO, PROBE]
+    assert b.failure(NOT_FOUND, probe=True) is GO
+    assert b.failure(NOT_FOUND, probe=True) is TRIP
+    assert b.tripped == "errorCode 6" and "from elsewhere in the list" in b.describe()
+
+
+def test_breaker_a_per_record_streak_with_nothing_elsewhere_trips() -> None:
+    b = Breaker(2)
+    assert [b.failure(NOT_FOUND) for _ in range(2)] == [GO, PROBE]
+    assert b.nothing_to_probe() is TRIP
+
+
+def test_breaker_device_not_found_is_systematic_though_its_code_is_not_found() -> None:
+    device = FailureKind("statusCode 6", "HTTP 404 statusCode 6: Device not found: /devices/x")
+    assert not device.per_record and NOT_FOUND.per_record
+    assert FailureKind("GSW_ERROR_NUMBER 103", "GSW_ERROR_NUMBER 103: Record not found").per_record
+    b = Breaker(2)
+    assert [b.failure(device) for _ in range(2)] == [GO, TRIP]
 
 
 def test_breaker_zero_is_off() -> None:
     b = Breaker(0)
-    assert not any(b.failure(STATE) for _ in range(1000))
-    assert b.rows_hit(STATE.text) == 1000
+    assert all(b.failure(STATE) is GO for _ in range(1000))
+    assert b.rows_hit("statusCode 2") == 1000
 
 
 def test_retry_failed_reference_ids_count_rounds() -> None:
@@ -130,6 +178,20 @@ def test_user_events_error_fails_the_one_row_in_flight() -> None:
     assert match.error == "GSW_ERROR_NUMBER 103: Record not found"
 
 
+def test_user_events_are_matched_on_the_application_id_too() -> None:
+    index = UserEventIndex()
+    ours, other_app = _rec(1), _rec(2)
+    other_app.application_id = 200  # the same number, campaign and list in another OCS application
+    index.track(ours)
+    # an error of application 200 is not our row's (and with both in flight, it is still one)
+    assert index.match(_event(GSW_ERROR="x", GSW_APPLICATION_ID=200)).verdict is UserEventVerdict.UNMATCHED
+    index.track(other_app)
+    match = index.match(_event(GSW_ERROR="x", GSW_APPLICATION_ID="134"))
+    assert match.verdict is UserEventVerdict.ERROR and match.record is ours
+    # without the id, the two rows cannot be told apart
+    assert index.match(_event(GSW_ERROR="x")).verdict is UserEventVerdict.AMBIGUOUS
+
+
 def test_user_events_same_number_twice_in_flight_is_ambiguous() -> None:
     index = UserEventIndex()
     index.track(_rec(1))
@@ -188,7 +250,7 @@ async def test_a_failed_probe_extends_the_pause_and_a_new_probe_follows() -> Non
 
 def test_a_lone_503_lowers_an_adaptive_rate_a_little() -> None:
     t = FakeTime()
-    p = pacer(200, t, adaptive=True)
+    p = controls(200, t, adaptive=True)
     p.throttled(lone=True)
     assert p.current == pytest.approx(180)
     t.now += 2
@@ -204,7 +266,7 @@ def _learn_calm(p: object, t: FakeTime, latency: float = 0.003, n: int = 20) -> 
 
 def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     # GWS now delays: 25 answers a second, each 200 ms late
     for _ in range(25):
@@ -218,7 +280,7 @@ def test_slow_answers_drop_the_rate_just_under_what_gws_served() -> None:
 
 def test_no_second_decrease_while_the_servers_queue_drains() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     for _ in range(30):
         t.now += 0.04
@@ -240,7 +302,7 @@ def test_no_second_decrease_while_the_servers_queue_drains() -> None:
 
 def test_after_slow_answers_the_rate_holds_just_under_the_knee() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     _learn_calm(p, t)
     for _ in range(25):
         t.now += 0.04
@@ -261,7 +323,7 @@ def test_after_slow_answers_the_rate_holds_just_under_the_knee() -> None:
 
 def test_near_the_knee_the_rate_probes_slowly() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     p.throttled()  # a decrease starts the clock of the additive increase
     p.knee = 25.0
     p.current = 24.0
@@ -276,7 +338,7 @@ def test_near_the_knee_the_rate_probes_slowly() -> None:
 
 def test_a_fixed_rate_ignores_latency() -> None:
     t = FakeTime()
-    p = pacer(100, t)
+    p = controls(100, t)
     _learn_calm(p, t)
     for _ in range(30):
         t.now += 0.04

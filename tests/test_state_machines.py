@@ -1,4 +1,4 @@
-"""Unit tests of the send phase's state machines on a fake clock: Matcher, Sender, Recorder,
+"""Unit tests of the send phase's state machines on a fake clock: Outcomes, Sender, Recorder,
 and the AckChannel's re-subscription after a 402 (over real Bayeux, it has no clock of its own)."""
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from batch_cancel.gws.session import Answer, GwsSession
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import RECORD_COLUMNS, Journal
 from batch_cancel.journal.writer import JournalWriter, Recorder
-from batch_cancel.send.matcher import Matcher
+from batch_cancel.send.outcomes import Outcomes, Record
 from batch_cancel.send.pacer import Pacer
-from batch_cancel.send.record import Record
 from batch_cancel.send.sender import Sender, SenderSettings
 from batch_cancel.simulator import GwsSimulator, SimulatorConfig
 
@@ -48,16 +47,13 @@ class MatcherBench:
         self.t = FakeTime()
         self.recorder = Recorder(None, clock=self.t.clock, monotonic=self.t.clock)
         self.resent: list[Record] = []
-        self.matcher = Matcher(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=self.recorder,
+        self.matcher = Outcomes(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=self.recorder,
                                clock=self.t.clock, wall=self.t.clock, resend=self.resent.append,
                                max_attempts=max_attempts)  # fmt: skip
 
     def send(self, rec: Record) -> None:
         """What the sender does around one POST, up to GWS's answer."""
-        rec.attempts += 1
-        rec.status = Status.SENT
-        rec.sent_at = self.t.now
-        self.matcher.register(rec)
+        self.matcher.posting(rec)
 
     def later(self, seconds: float) -> None:
         self.t.now += seconds
@@ -203,12 +199,12 @@ async def run_sender(scripts: dict[str, list[str]], n: int, *, concurrency: int,
     gws = ScriptedGws(t, scripts)
     recorder = Recorder(None, clock=t.clock, monotonic=t.clock, sleep=t.sleep)
     senders: list[Sender] = []
-    matcher = Matcher(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder,
+    matcher = Outcomes(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder,
                       clock=t.clock, wall=t.clock, resend=lambda r: senders[0].resend(r),
                       max_attempts=max_attempts)  # fmt: skip
     gws.on_ack = matcher.on_messages
     sender = Sender(SenderSettings("CancelRecord", concurrency, max_attempts, max_outage=300.0),
-                    session=gws, channel=UpChannel(), matcher=matcher, recorder=recorder,
+                    session=gws, channel=UpChannel(), outcomes=matcher, recorder=recorder,
                     pacer=Pacer(0, clock=t.clock, sleep=t.sleep), stop=asyncio.Event(),
                     clock=t.clock, wall=t.clock, sleep=t.sleep)  # fmt: skip
     senders.append(sender)
@@ -270,12 +266,12 @@ class HangingGws:
 
 def _hanging_sender(n: int) -> tuple[HangingGws, Sender, list[Record]]:
     recorder = Recorder(None, clock=time.time, monotonic=time.monotonic)
-    matcher = Matcher(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder,
+    matcher = Outcomes(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder,
                       clock=time.monotonic, wall=time.time, resend=lambda r: None,
                       max_attempts=3)  # fmt: skip
     gws = HangingGws(matcher.on_messages)
     sender = Sender(SenderSettings("CancelRecord", n, 3, max_outage=300.0, request_timeout=600.0),
-                    session=gws, channel=UpChannel(), matcher=matcher, recorder=recorder,
+                    session=gws, channel=UpChannel(), outcomes=matcher, recorder=recorder,
                     pacer=Pacer(0, clock=time.monotonic, sleep=asyncio.sleep), stop=asyncio.Event(),
                     clock=time.monotonic, wall=time.time)  # fmt: skip
     return gws, sender, [record(i) for i in range(1, n + 1)]

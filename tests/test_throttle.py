@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ENV, Faults, job_args, make_sim, numbers, run_cli, write_csv
 
+from batch_cancel.send.controller import Controller
 from batch_cancel.send.pacer import Pacer
 
 
@@ -30,6 +31,11 @@ class FakeTime:
 
 def pacer(rate: float, t: FakeTime, **kwargs: object) -> Pacer:
     return Pacer(rate, clock=t.clock, sleep=t.sleep, **kwargs)  # type: ignore[arg-type]
+
+
+def controls(rate: float, t: FakeTime, *, adaptive: bool = False, **kwargs: object) -> Controller:
+    """The adaptive controls over a pacer of ``rate`` (controller.py)."""
+    return Controller(pacer(rate, t, adaptive=adaptive), clock=t.clock, **kwargs)  # type: ignore[arg-type]
 
 
 async def send(p: Pacer, t: FakeTime, n: int) -> list[float]:
@@ -98,14 +104,14 @@ def test_backoff_without_retry_after_grows_and_calm_resets_it() -> None:
 
 def test_fixed_mode_ignores_throttling_for_the_rate() -> None:
     t = FakeTime()
-    p = pacer(100, t)
+    p = controls(100, t)
     p.throttled()
     assert p.current == 100 and p.decreases == 0
 
 
 def test_aimd_halves_once_per_overload_and_never_below_the_floor() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
+    p = controls(100, t, adaptive=True)
     for _ in range(64):  # every request in flight answers 429 at the same moment
         p.throttled()
     assert p.current == 50 and p.decreases == 1
@@ -117,7 +123,7 @@ def test_aimd_halves_once_per_overload_and_never_below_the_floor() -> None:
 
 def test_aimd_recovers_additively_up_to_the_ceiling() -> None:
     t = FakeTime()
-    p = pacer(200, t, adaptive=True)
+    p = controls(200, t, adaptive=True)
     p.throttled()
     assert p.current == 100
     t.now += 1.0
@@ -133,9 +139,9 @@ def test_aimd_recovers_additively_up_to_the_ceiling() -> None:
 
 def test_aimd_does_not_count_a_pause_as_calm() -> None:
     t = FakeTime()
-    p = pacer(200, t, adaptive=True)
+    p = controls(200, t, adaptive=True)
     p.throttled()
-    p.pause(3.0)
+    p.pacer.pause(3.0)
     t.now += 4.0
     p.calm()
     assert p.current == pytest.approx(110)  # only the last second after the pause
@@ -143,25 +149,25 @@ def test_aimd_does_not_count_a_pause_as_calm() -> None:
 
 async def test_aimd_paces_at_the_lowered_rate() -> None:
     t = FakeTime()
-    p = pacer(100, t, adaptive=True)
-    await send(p, t, 10)
+    p = controls(100, t, adaptive=True)
+    await send(p.pacer, t, 10)
     p.throttled()
     p.throttled()  # within the cooldown: no second halving
-    times = await send(p, t, 51)
+    times = await send(p.pacer, t, 51)
     assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(50, rel=0.02)
 
 
 async def test_aimd_unlimited_takes_the_observed_rate_as_ceiling() -> None:
     t = FakeTime()
-    p = pacer(0, t, adaptive=True)
+    p = controls(0, t, adaptive=True)
     assert math.isinf(p.current)
     for _ in range(300):  # 300 requests over the last second
-        await p.acquire()
+        await p.pacer.acquire()
         t.now += 1 / 300
     p.throttled()
     assert p.ceiling == pytest.approx(300, abs=2)
     assert p.current == pytest.approx(150, abs=1)
-    times = await send(p, t, 31)
+    times = await send(p.pacer, t, 31)
     assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(p.current, rel=0.02)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from batch_cancel.gws import json_codec
 from batch_cancel.gws.cookies import CookieStore
-from batch_cancel.send.gc_pauses import fewer_gc_pauses
+from batch_cancel.send.phase import fewer_gc_pauses
 
 
 # -- cookies ---------------------------------------------------------------------------

@@ -85,11 +85,11 @@ the process's, and "error" says why whenever it is not 0 or 1):
      GWS API. Part-way only if another run took the journal's lock over or a
      re-login met such a page; the counts then say what was done.
   3  aborted, resumable with the same --state: authentication lost, GWS or
-     CometD unreachable (or unanswering) past --max-outage (5xx at login
-     included), SIGINT or SIGTERM, the --breaker (the last N outcomes all
-     failed alike: fix the cause, resume, --retry-failed), the report or
-     evidence page unwritable (a full disk; the counts say what was done), an
-     internal error
+     CometD unreachable (or unanswering) past --max-outage, log-ins failing
+     (503, 429, 5xx pages, unreachable) past --max-outage, SIGINT or SIGTERM,
+     the --breaker (the last N outcomes all failed alike: fix the cause,
+     resume, --retry-failed), the report or evidence page unwritable (a full
+     disk; the counts say what was done), an internal error
   A fleet worker (--state postgresql://…) exits 0 or 1 only when the whole job
   is complete (its JSON "report" is empty unless it was the last to finish), 3
   when it stopped with rows left.

@@ -262,6 +262,42 @@ def _parse_retry_after(ctx: click.Context, param: click.Parameter, value: str) -
 @click.option("--login-page-everywhere", is_flag=True,
               help="... on every /api/v2 request, POSTs and CometD included, as an SSO gateway "
                    "that no longer knows the client does (GWS never sees them).")
+@click.option("--repeat-answer", type=click.Choice(["ack", "failure", "http_error"]), default="ack",
+              show_default=True,
+              help="How a CancelRecord for a record already cancelled (same referenceId or not) is "
+                   "answered: a second acknowledgement, 'Record not found' over CometD, or a 404 "
+                   "statusCode 6 JSON answer. Nothing changes either way.")
+@click.option("--fault-gateway-after-rate", type=_RATE, default=0.0,
+              help="Share processed by GWS, then answered by a gateway in front of it (no GWS JSON).")
+@click.option("--fault-gateway-before-rate", type=_RATE, default=0.0,
+              help="Share answered by a gateway in front of GWS, never reaching it.")
+@click.option("--fault-gateway-status", "gateway_statuses", multiple=True,
+              type=click.IntRange(400, 599), metavar="STATUS",
+              help="Status of such gateway answers (repeatable, drawn). Default: 502, 504, 408.")
+@click.option("--fault-gateway-body", type=click.Choice(["html", "empty"]), default="html",
+              show_default=True, help="Body of such gateway answers.")
+@click.option("--fault-partial-success-rate", type=_RATE, default=0.0,
+              help="Share answered statusCode 7 (partial success, HTTP 200); outcome over CometD.")
+@click.option("--fault-incomplete-rate", type=_RATE, default=0.0,
+              help="Share answered statusCode 9 (processing incomplete, HTTP 500).")
+@click.option("--fault-incomplete-processed-rate", type=_RATE, default=0.0,
+              help="Of those, the share GWS processed all the same (outcome published).")
+@click.option("--fault-restart-every", type=_COUNT, default=0, metavar="N",
+              help="A GWS node restart after every N outbound requests: sessions and CometD "
+                   "clients lost, log-ins answer 503 for a while.")
+@click.option("--fault-restart-for", type=_SECONDS, default=6.0, show_default=True, metavar="S",
+              help="Seconds log-ins answer 503 after such a restart.")
+@click.option("--fault-restart-retry-after", default="2", show_default=True, metavar="S|none",
+              callback=_parse_retry_after,
+              help="Retry-After of those 503s ('none': no header; 'inf' is sent as such).")
+@click.option("--fault-half-open-every", type=_COUNT, default=0, metavar="N",
+              help="After every N outbound requests, long polls go half-open: never answered "
+                   "nor reset.")
+@click.option("--fault-half-open-for", type=_SECONDS, default=20.0, show_default=True, metavar="S",
+              help="Seconds such a half-open window lasts.")
+@click.option("--no-timeout-advice", is_flag=True,
+              help="Send no advice.timeout to CometD clients (polls are still held "
+                   "--long-poll-timeout seconds).")
 @click.option("--tls-cert", metavar="PEM", help="Serve https with this certificate chain.")
 @click.option("--tls-key", metavar="PEM", help="Key of --tls-cert (when not in the same file).")
 @click.option("--tls-client-ca", metavar="PEM",
@@ -284,6 +320,12 @@ def simulate(**options: Any) -> None:
     tells failures only on /me/internal and leaves 2% of requests unanswered
       batch-cancel simulate --dos-max-requests-per-sec 25 --dos-max-wait 2 \\
           --failure-style user_event --fault-hang-before-rate 0.02
+    \b
+    Example: GWS as the protocol notes leave it open: a repeat for a cancelled
+    record fails "Record not found", a proxy answers 502/504/408 after GWS did
+    the work, and a node restarts after every 1000 requests (6 s of 503 log-ins)
+      batch-cancel simulate --repeat-answer failure --fault-gateway-after-rate 0.01 \\
+          --fault-restart-every 1000 --fault-restart-for 6 --fault-restart-retry-after 2
     \b
     Then point the job at it:
       GWS_PASSWORD=secret batch-cancel run numbers.csv \\
@@ -327,6 +369,19 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
             foreign_every=options["fault_foreign_every"],
             dos_max_requests_per_sec=options["dos_max_requests_per_sec"],
             dos_max_wait=options["dos_max_wait"],
+            repeat_answer=options["repeat_answer"],
+            gateway_after_rate=options["fault_gateway_after_rate"],
+            gateway_before_rate=options["fault_gateway_before_rate"],
+            gateway_statuses=tuple(options["gateway_statuses"]) or (502, 504, 408),
+            gateway_body=options["fault_gateway_body"],
+            partial_success_rate=options["fault_partial_success_rate"],
+            incomplete_rate=options["fault_incomplete_rate"],
+            incomplete_processed_rate=options["fault_incomplete_processed_rate"],
+            restart_every=options["fault_restart_every"],
+            restart_for=options["fault_restart_for"],
+            restart_retry_after=options["fault_restart_retry_after"],
+            half_open_every=options["fault_half_open_every"],
+            half_open_for=options["fault_half_open_for"],
         )
         return SimulatorConfig(
             host=options["host"],
@@ -342,6 +397,7 @@ def _config(options: dict[str, Any]) -> SimulatorConfig:
             service_time=options["service_time"],
             max_interval=options["max_interval"],
             hold_first_connect=not options["answer_first_connect"],
+            advise_timeout=not options["no_timeout_advice"],
             session_timeout=options["session_timeout"],
             tls_cert=options["tls_cert"], tls_key=options["tls_key"],
             tls_client_ca=options["tls_client_ca"],

@@ -4,6 +4,18 @@
 subscription is known to be live: a request sent while it is not would have its
 acknowledgement lost, so the sender waits. The aiocometd adaptations it relies
 on live in :mod:`batch_cancel.gws.cometd_client`.
+
+Liveness, for the send side: :attr:`AckChannel.up` means subscribed *and* a poll of
+that Bayeux session came back (subscribing alone works over a path no poll gets
+through). Every long poll is bounded (the server's advised
+timeout, or 30 s when it gives none, plus ``poll_margin``), so a poll over a half-open
+connection ends, the channel goes down and polls again. :attr:`AckChannel.last_poll_completed`
+is when a poll last completed (monotonic): an outcome published before it was
+delivered; a row accepted after it has no such guarantee yet. When the client had to
+handshake again (its Bayeux session lost, so whatever the server had queued for it is
+gone), ``on_gap`` is told, once subscribed again, the :class:`Gap`: outcomes published
+between ``since`` and ``until`` may be lost, so rows still awaiting one that were sent
+before ``until`` are to be asked again under their same referenceId.
 """
 
 from __future__ import annotations
@@ -13,18 +25,36 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from aiocometd_noloop import ConnectionType
 
 from batch_cancel.exceptions import NotificationChannelLost
 from batch_cancel.gws import json_codec
-from batch_cancel.gws.cometd_client import CometdClient, Message, SessionExtension
+from batch_cancel.gws.cometd_client import (
+    DEFAULT_POLL_MARGIN,
+    DEFAULT_POLL_TIMEOUT,
+    CometdClient,
+    Message,
+    PollBound,
+    SessionExtension,
+)
 from batch_cancel.gws.network import Route, host_port
 from batch_cancel.gws.responses import certificate_problem
 
-__all__ = ["AckChannel"]
+__all__ = ["AckChannel", "Gap"]
 
 log = logging.getLogger("batch_cancel.cometd")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Outcomes published between ``since`` and ``until`` (monotonic) may be lost: the
+    Bayeux session that would have carried them was lost, and a new one subscribed at
+    ``until``. ``since`` is when a poll last completed on the lost session."""
+
+    since: float
+    until: float
 
 
 class AckChannel:
@@ -48,6 +78,9 @@ class AckChannel:
         on_state: Callable[[bool, str], None] | None = None,
         stall_reset: float = 10.0,
         route: Route | None = None,
+        on_gap: Callable[[Gap], None] | None = None,
+        poll_margin: float = DEFAULT_POLL_MARGIN,
+        poll_timeout: float = DEFAULT_POLL_TIMEOUT,
     ) -> None:
         self.url = url
         self.channels = channels
@@ -56,6 +89,11 @@ class AckChannel:
         self._on_state = on_state
         self._route = route or Route(ssl=bool(verify_tls))
         self._stall_reset = stall_reset
+        self._on_gap = on_gap
+        # one for every client this channel makes: liveness outlives a client reset
+        self.bound = PollBound(margin=poll_margin, default_timeout=poll_timeout)
+        self._gap_since: float | None = None  # a session was lost; its gap is still open
+        self.gaps = 0
         self.up = asyncio.Event()
         self.down_since: float | None = time.monotonic()
         self.handshakes = 0
@@ -63,6 +101,7 @@ class AckChannel:
         self.resets = 0
         self.last_error = ""
         self._confirmed: set[str] = set()
+        self._polled = False  # a poll of the current Bayeux session came back
         self._closing = False
         self._client = self._new_client()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,6 +114,7 @@ class AckChannel:
             extensions=[SessionExtension(lambda: self._client, self._header_source, self._observe)],
             max_pending_count=0,  # unbounded: we drain in batches, never block the poll
             route=self._route,
+            bound=self.bound,
             connection_timeout=0,
             json_loads=json_codec.loads,  # a long poll's batch of messages: the hot decode
         )
@@ -122,9 +162,11 @@ class AckChannel:
             self.resets += 1
             log.info("CometD did not recover in %.0f s (%s): starting a new client",
                      self.outage(), self.last_error or "no answer")  # fmt: skip
+            self._session_lost()
             await self._stop_client()
             self._client = self._new_client()
             self._confirmed.clear()
+            self._polled = False
             try:
                 await asyncio.wait_for(self._open(), self._stall_reset)
             except (TimeoutError, Exception) as exc:
@@ -163,6 +205,7 @@ class AckChannel:
         if up:
             self.up.set()
             self.down_since = None
+            self._gap_closed()
         else:
             self.up.clear()
             self.down_since = time.monotonic()
@@ -181,7 +224,9 @@ class AckChannel:
             if ok:
                 self.handshakes += 1
                 self._confirmed.clear()
+                self._polled = False
                 if self.handshakes > 1:
+                    self._session_lost()
                     self._set_up(False, "re-handshake: subscriptions must be renewed")
             else:
                 self.last_error = str(message.get("error") or "handshake refused")
@@ -190,11 +235,15 @@ class AckChannel:
             names = subs if isinstance(subs, list) else [subs]
             if ok:
                 self._confirmed.update(n for n in names if isinstance(n, str))
-                if all(c in self._confirmed for c in self.channels):
+                # up only once a poll of this Bayeux session came back too: subscribing
+                # works over a half-open path that no outcome would come back through
+                if self._polled and all(c in self._confirmed for c in self.channels):
                     self._set_up(True, "subscribed")
             else:
                 self.last_error = str(message.get("error") or "subscribe refused")
         elif channel == "/meta/connect" and ok:
+            self._polled = True
+            self.bound.completed()
             # a poll that works again on the same Bayeux session keeps its subscriptions
             if self._confirmed and all(c in self._confirmed for c in self.channels):
                 self._set_up(True, "long poll restored")
@@ -233,6 +282,43 @@ class AckChannel:
                 self._on_messages(batch)
             except Exception:  # a bad message must not kill the channel
                 log.exception("error while handling CometD messages")
+
+    def _session_lost(self) -> None:
+        """A new Bayeux session: what the server queued for the old one is gone."""
+        if self._gap_since is None:
+            self._gap_since = self.bound.last_completed
+
+    def _gap_closed(self) -> None:
+        since, self._gap_since = self._gap_since, None
+        if since is None:
+            return
+        gap = Gap(since, time.monotonic())
+        self.gaps += 1
+        log.info("CometD subscribed again: outcomes published in the last %.1f s may be lost",
+                 gap.until - gap.since)  # fmt: skip
+        if self._on_gap is not None:
+            self._on_gap(gap)
+
+    @property
+    def last_poll_completed(self) -> float:
+        """Monotonic time the last long poll completed (the server answered it)."""
+        return self.bound.last_completed
+
+    def heard_since(self, moment: float) -> bool:
+        """A poll completed at or after ``moment`` (monotonic). A row whose deadline
+        passes while this is False for its acceptance time was not heard about because
+        the channel was deaf, not because GWS was silent: a gap, not a time-out."""
+        return self.bound.last_completed >= moment
+
+    @property
+    def poll_bound(self) -> float:
+        """Seconds a long poll may take before it is given up as half-open."""
+        return self.bound.poll
+
+    def silent(self) -> bool:
+        """No poll completed within a poll's bound: the channel may be deaf (a half-open
+        poll not yet cut, or none getting through), whatever :attr:`up` says."""
+        return self.bound.silent_for() > self.bound.poll
 
     def outage(self) -> float:
         """Seconds the channel has been down (0 while it is up)."""

@@ -8,7 +8,13 @@
 * ``advice: {timeout: 0}`` on the first ``/meta/connect`` after each handshake, so
   opening (and re-opening) takes milliseconds instead of a whole long poll;
 * ``advice.interval`` converted from Bayeux's milliseconds to the seconds aiocometd
-  sleeps, the last poll timeout kept, and a back-off while the server refuses us;
+  sleeps, and a back-off while the server refuses us;
+* every request bounded by :class:`PollBound` (a long poll: the server's advised
+  ``timeout``, or a default when it gives none, plus a margin; any other request: the
+  margin), so a poll over a half-open connection (a NAT that forgot it: no answer, no
+  reset) ends as a transport error and the client polls again; and the time the last
+  poll completed kept, so the owner can tell a silent channel from a quiet one.
+  aiocometd's own bound (1.2 x an advised timeout, none without advice) is taken out;
 * a ``402`` without advice treated as "handshake again", and a subscription that a
   402 refused kept, so a lost session is always re-established and re-subscribed.
 """
@@ -16,27 +22,93 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 from aiocometd_noloop import Client
+from aiocometd_noloop.exceptions import TransportError
 from aiocometd_noloop.extensions import Extension
 
 from batch_cancel.gws.network import Route
 
-__all__ = ["CometdClient", "Message", "SessionExtension"]
+__all__ = ["DEFAULT_POLL_MARGIN", "DEFAULT_POLL_TIMEOUT", "CometdClient", "Message", "PollBound",
+           "SessionExtension"]  # fmt: skip
 
 Message = dict[str, Any]
+
+# CometD's own conventions: a server holds a long poll for 30 s unless it advises
+# otherwise, and its JavaScript client allows a request maxNetworkDelay (10 s) on top
+DEFAULT_POLL_TIMEOUT = 30.0
+DEFAULT_POLL_MARGIN = 10.0
+
+
+class PollBound:
+    """How long a Bayeux request may take, and when a long poll last completed.
+
+    A ``/meta/connect`` is held by the server for the ``timeout`` it asks (``advice``
+    in the message itself, as after a handshake), else for the server's advised
+    timeout, else for ``default_timeout``; then ``margin`` seconds for the network.
+    Any other request (handshake, subscribe) is answered at once: ``margin``.
+    ``last_completed`` is the monotonic time of the last poll the server answered
+    successfully: whatever it published before then was delivered.
+    """
+
+    def __init__(self, *, margin: float = DEFAULT_POLL_MARGIN,
+                 default_timeout: float = DEFAULT_POLL_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.margin = margin
+        self.default_timeout = default_timeout
+        self.advised: float | None = None  # seconds: the server's last advice.timeout
+        self._clock = clock
+        self.last_completed = clock()
+        self.polls_cut = 0  # polls given up after their bound
+
+    @property
+    def poll(self) -> float:
+        """The bound of a long poll that asks for no timeout of its own."""
+        held = self.default_timeout if self.advised is None else self.advised
+        return held + self.margin
+
+    def of(self, payload: list[Message]) -> float:
+        """The bound of one request carrying ``payload``."""
+        for message in payload:
+            if message.get("channel") != "/meta/connect":
+                continue
+            advice = message.get("advice")
+            asked = advice.get("timeout") if isinstance(advice, dict) else None
+            if _is_number(asked):
+                return max(0.0, asked / 1000.0) + self.margin
+            return self.poll
+        return self.margin
+
+    def advice(self, advice: Message) -> None:
+        """Keep a server's ``advice.timeout`` (milliseconds)."""
+        timeout = advice.get("timeout")
+        if _is_number(timeout) and timeout >= 0:
+            self.advised = timeout / 1000.0
+
+    def completed(self) -> None:
+        self.last_completed = self._clock()
+
+    def silent_for(self) -> float:
+        """Seconds since a poll last completed."""
+        return self._clock() - self.last_completed
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
 
 
 class CometdClient(Client):  # type: ignore[misc]
     """aiocometd's client with our TLS context, proxy and a cookie jar that accepts IP hosts."""
 
     def __init__(self, *args: Any, verify_tls: bool = True, route: Route | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 bound: PollBound | None = None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self._route = route or Route(ssl=bool(verify_tls))
+        self.bound = bound or PollBound()
 
     async def _get_http_session(self) -> aiohttp.ClientSession:
         session: aiohttp.ClientSession | None = self.__dict__.get("_http_session")
@@ -46,6 +118,7 @@ class CometdClient(Client):  # type: ignore[misc]
                 json_serialize=self._json_dumps,
                 connector=aiohttp.TCPConnector(ssl=self._route.ssl),
                 proxy=self._route.proxy,
+                timeout=aiohttp.ClientTimeout(total=None),  # PollBound bounds every request
             )
             self._http_session = session
         return session
@@ -60,6 +133,7 @@ class CometdClient(Client):  # type: ignore[misc]
     async def _negotiate_transport(self) -> Any:
         transport = await super()._negotiate_transport()
         _quiet_when_cancelled(transport)
+        _bound_requests(transport, self.bound)
         return transport
 
     @property
@@ -85,6 +159,28 @@ def _quiet_when_cancelled(transport: Any) -> None:
     transport._connect_done = connect_done
 
 
+def _bound_requests(transport: Any, bound: PollBound) -> None:
+    """Every request of ``transport`` ends within ``bound.of(payload)`` seconds: one that
+    has not is a :class:`TransportError`, as a reset would be, so aiocometd polls again
+    (over a new connection: the cancelled request's is closed)."""
+    send = transport._send_final_payload
+
+    async def bounded(payload: list[Message], *, headers: Any) -> Any:
+        limit = bound.of(payload)
+        try:
+            async with asyncio.timeout(limit):
+                response = await send(payload, headers=headers)
+        except TimeoutError as exc:
+            if any(m.get("channel") == "/meta/connect" for m in payload):
+                bound.polls_cut += 1
+            raise TransportError(f"no answer within {limit:g} s (a half-open connection?)") from exc
+        if response.get("channel") == "/meta/connect" and response.get("successful"):
+            bound.completed()
+        return response
+
+    transport._send_final_payload = bounded
+
+
 def _cookie_names(header: str) -> set[str]:
     return {part.split("=", 1)[0].strip() for part in header.split(";") if "=" in part}
 
@@ -103,7 +199,6 @@ class SessionExtension(Extension):  # type: ignore[misc]
         self._observe = observe
         self._fresh_handshake = False
         self._failures = 0
-        self._timeout: float | None = None
 
     async def outgoing(self, payload: list[Message], headers: dict[str, str]) -> None:
         fresh = dict(self._headers())
@@ -132,6 +227,11 @@ class SessionExtension(Extension):  # type: ignore[misc]
                 # session was lost (402) must not cost us the subscription
                 message.pop("subscription", None)
             if message.get("channel") in ("/meta/handshake", "/meta/connect"):
+                advice = message.get("advice")
+                if isinstance(advice, dict) and "timeout" in advice:
+                    # ours to bound the polls with (PollBound), not aiocometd's (1.2 x it)
+                    self._client().bound.advice(advice)
+                    del advice["timeout"]
                 self._pace_reconnects(message)
 
     def _pace_reconnects(self, message: Message) -> None:
@@ -147,12 +247,6 @@ class SessionExtension(Extension):  # type: ignore[misc]
             if self._failures == 0:
                 return
             advice = message["advice"] = {}
-        if isinstance(advice.get("timeout"), (int, float)):
-            self._timeout = advice["timeout"]
-        elif self._timeout is not None:
-            # aiocometd replaces its whole advice: without this a later advice that
-            # omits the timeout leaves every poll with no client-side time limit
-            advice["timeout"] = self._timeout
         interval = advice.get("interval")
         seconds = interval / 1000.0 if isinstance(interval, (int, float)) else 0.0
         if self._failures > 1:

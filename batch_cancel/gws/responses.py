@@ -1,8 +1,19 @@
-"""The one place where HTTP answers and transport exceptions become our exceptions."""
+"""The one place where HTTP answers and transport exceptions become our exceptions.
+
+Besides its class (what to do next), every :class:`RequestError` made here says whether
+the attempt **may have been processed** (``may_have_been_processed``), per the protocol
+notes: no HTTP answer after the request was (possibly) written, a proxy's or gateway's
+408/500/502/504 that is not GWS JSON, and statusCode 9 may have been; a refused
+connection, GWS's own JSON error and a proxy's refusal (503/429 page) have not.
+statusCode 7 "partial success" is an acceptance: the outcome comes over CometD.
+``Retry-After`` is read here too, finite and capped (``RETRY_AFTER_CAP``), so no caller
+can pause forever or log a non-finite number.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import math
 import ssl
 import time
 from collections.abc import Mapping
@@ -22,6 +33,7 @@ from batch_cancel.exceptions import (
 from batch_cancel.gws import json_codec
 
 __all__ = [
+    "RETRY_AFTER_CAP",
     "TRANSPORT_ERRORS",
     "Reply",
     "body_json",
@@ -36,6 +48,15 @@ __all__ = [
 # statusCode 4 is GWS's "internal error"; with 503 it means the voice service is
 # briefly away, which is worth waiting for.
 _TRANSIENT_STATUS_CODES = {4, 9}
+_PARTIAL_SUCCESS = 7
+_PROCESSING_INCOMPLETE = 9
+# What a load balancer, SSO gateway or proxy answers when GWS behind it was too slow or
+# its connection broke (or, 500, an error page thrown mid-way): the request may have
+# reached GWS and been carried out. Their 503 and 429 say the request was not forwarded.
+_GATEWAY_MAYBE_PROCESSED = frozenset({408, 500, 502, 504})
+# The longest pause a Retry-After may ask for: a server that asks for more (or for
+# "inf") is asked again after this long, within the run's --max-outage.
+RETRY_AFTER_CAP = 60.0
 
 # What a request can raise below HTTP: aiohttp's errors and its timeouts.
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
@@ -52,20 +73,22 @@ class Reply:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), within
+    0..RETRY_AFTER_CAP; None when absent or unreadable (NaN included)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
         return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), RETRY_AFTER_CAP)
 
 
 def body_json(reply: Reply) -> dict[str, Any]:
@@ -84,8 +107,10 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     if body is None:
         body = body_json(reply)
     raw_code = body.get("statusCode")
-    status_code = raw_code if isinstance(raw_code, int) else None
+    status_code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
     http = reply.status
+    if status_code == _PARTIAL_SUCCESS:
+        return None  # accepted; what became of the record comes over CometD
     if http < 300 and status_code in (0, None):
         if not body and _is_html(reply):
             # a proxy or an SSO gateway in front of GWS answered (its login page, often
@@ -101,11 +126,22 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     text = f"HTTP {http}" + (f" statusCode {status_code}" if status_code is not None else "")
     if message:
         text += f": {message}"
+    if status_code == _PROCESSING_INCOMPLETE:
+        return TransientError(text + " (GWS may have carried it out)", may_have_been_processed=True,
+                              retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                              **kwargs)  # fmt: skip
     if http == 401 or status_code == 20:
         return SessionExpired(text, **kwargs)
     if http == 403 and (status_code == 3 or "csrf" in message.lower()):
         return SessionExpired(text, **kwargs)
-    if http == 429 or http >= 500 or status_code in _TRANSIENT_STATUS_CODES:
+    if status_code is None and http in _GATEWAY_MAYBE_PROCESSED:
+        # no GWS JSON: a proxy or gateway in front of GWS answered, after GWS may have
+        # done the work
+        return TransientError(f"{text} (not GWS answering: a proxy or gateway; GWS may have "
+                              "carried it out)", may_have_been_processed=True,
+                              retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                              **kwargs)  # fmt: skip
+    if http in (408, 429) or http >= 500 or status_code in _TRANSIENT_STATUS_CODES:
         retry_after = parse_retry_after(reply.headers.get("Retry-After"))
         return TransientError(text, retry_after=retry_after, **kwargs)
     return RequestRejected(text, **kwargs)
@@ -142,14 +178,18 @@ def _json_or_none(reply: Reply) -> Any:
 
 
 def translate_transport_error(exc: BaseException) -> TransientError:
-    """Network-level failures: the request may or may not have been processed."""
+    """Network-level failures: processed maybe, unless no connection was made."""
     name = type(exc).__name__
     if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
         name = "Timeout"  # asyncio's own timeout says nothing by itself
     detail = str(exc)
-    error = TransientError(f"{name}: {detail}" if detail else name)
-    # nothing reached GWS: such failures measure an outage, not a record's luck
-    error.unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    # nothing reached GWS (no connection was made): such failures measure an outage,
+    # not a record's luck, and cannot have been processed
+    unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    # anything else broke after the request was (possibly) written: a reset, a server
+    # that disconnected, a read timeout; GWS may have carried it out
+    error = TransientError(f"{name}: {detail}" if detail else name, may_have_been_processed=not unreachable)
+    error.unreachable = unreachable
     # a request that reached GWS and was never answered (a hung request)
     error.unanswered = not error.unreachable and isinstance(exc, TimeoutError)
     if error.unanswered:

@@ -2,8 +2,10 @@
 
 GWS keeps state per HTTP session: the ``JSESSIONID`` cookie and, when CSRF
 protection is on, a token answered on every GET. Both die together, so a
-re-login replaces both. Re-logins are single-flight: workers that saw the same
-stale session wait for one login instead of each starting their own.
+re-login replaces both. Log-ins go through one :class:`~batch_cancel.gws.login_gate.LoginGate`:
+single-flight (workers that saw the same stale session wait for one log-in instead
+of each starting their own), with a shared back-off while log-ins fail (a node
+restarting), bounded by the run's ``--max-outage``.
 
 aiohttp rather than httpx: at 64 requests in flight httpx's connection pool
 scans every connection (a poll() syscall each) on every request, and its cookie
@@ -17,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from batch_cancel.config import GwsConfig
+from batch_cancel.config import DEFAULT_MAX_OUTAGE, GwsConfig
 from batch_cancel.exceptions import (
     AuthenticationError,
     GwsUnavailable,
@@ -32,6 +33,7 @@ from batch_cancel.exceptions import (
 )
 from batch_cancel.gws import json_codec
 from batch_cancel.gws.cookies import CookieStore
+from batch_cancel.gws.login_gate import LoginGate
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
 from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
@@ -63,7 +65,8 @@ class Answer:
 class GwsSession:
     """Login, CSRF token, cookies and the outbound-records POST."""
 
-    def __init__(self, config: GwsConfig, *, max_connections: int = 16) -> None:
+    def __init__(self, config: GwsConfig, *, max_connections: int = 16,
+                 max_outage: float = DEFAULT_MAX_OUTAGE, gate: LoginGate | None = None) -> None:  # fmt: skip
         self._config = config
         creds = config.credentials
         token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
@@ -82,7 +85,9 @@ class GwsSession:
         # per-request headers, rebuilt only when the CSRF token or a cookie changes
         self._get_headers: dict[str, str] = {}
         self._post_headers: dict[str, str] = {"Content-Type": "application/json"}
-        self._login_lock = asyncio.Lock()
+        # one log-in at a time, backing off while log-ins fail, for up to max_outage s
+        self.gate = gate or LoginGate(max_outage=max_outage)
+        self._accepted = 0  # requests GWS accepted on the current session
         self.generation = 0  # bumped by every successful login
         self.logins = 0
         self.user: dict[str, Any] = {}
@@ -114,9 +119,12 @@ class GwsSession:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        try:
+            await self.gate.aclose()
+        finally:  # a cancellation while the log-in stops must not leave the connections open
+            if self._client is not None:
+                client, self._client = self._client, None
+                await client.close()
 
     async def _request(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None
@@ -137,7 +145,20 @@ class GwsSession:
 
     # -- session -----------------------------------------------------------
     async def login(self) -> dict[str, Any]:
-        """GET /api/v2/me with Basic auth: new session cookie and CSRF token."""
+        """GET /api/v2/me with Basic auth: new session cookie and CSRF token.
+
+        Once, as preflight and the first log-in want it: GWS unreachable is
+        :class:`GwsUnavailable` at once, 5xx/429 a :class:`TransientError`.
+        """
+        try:
+            return await self._login_once()
+        except TransientError as exc:
+            if exc.http_status is None:  # no answer at all: a transport error
+                raise GwsUnavailable(str(exc)) from exc
+            raise
+
+    async def _login_once(self) -> dict[str, Any]:
+        """One log-in; a transport error is a :class:`TransientError` (an outage)."""
         self._cookies.clear()
         self._rebuild_headers()
         try:
@@ -150,9 +171,9 @@ class GwsSession:
             if problem is not None and self.logins == 0:
                 # the first login: nothing was sent yet, and no retry will fix a certificate
                 raise problem from None
-            raise GwsUnavailable(
-                f"cannot reach GWS at {self._config.base_url}: {translate_transport_error(exc)}"
-            ) from exc
+            unreached = translate_transport_error(exc)
+            unreached.args = (f"cannot reach GWS at {self._config.base_url}: {unreached}",)
+            raise unreached from exc
         not_gws = not_the_gws_api(reply, self._config.base_url)
         if not_gws is not None:
             raise not_gws
@@ -170,41 +191,38 @@ class GwsSession:
         self.user = body_json(reply)
         self.generation += 1
         self.logins += 1
+        self._accepted = 0
         if self._config.start_cc_session:
             await self._start_cc_session()
         return self.user
 
-    async def login_within(self, max_outage: float, *, clock: Callable[[], float] = time.monotonic,
-                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> dict[str, Any]:
-        """The run's first login, tried again with back-off while GWS answers 5xx or 429.
+    async def login_within(self, max_outage: float) -> dict[str, Any]:
+        """The run's first login, tried again with back-off while GWS answers 5xx or 429;
+        ``max_outage`` also bounds every later re-login's outage (:meth:`relogin`).
 
         A proxy in front of a restarting GWS answers 502/503 for a while; that is an
         outage like any other, so it may last up to ``max_outage`` seconds (then
         :class:`GwsUnavailable`, exit 3). Refused credentials, pages that are not
-        the GWS API and certificate problems are not retried.
+        the GWS API, certificate problems and an unreachable GWS (a wrong URL, most
+        likely, at the start) are not retried.
         """
-        deadline = clock() + max_outage
-        delay = 0.5
-        while True:
-            try:
-                return await self.login()
-            except TransientError as exc:
-                left = deadline - clock()
-                if left <= 0:
-                    raise GwsUnavailable(f"GWS login kept failing for {max_outage:g} s "
-                                         f"(--max-outage): {exc}") from exc  # fmt: skip
-                pause = min(max(delay, exc.retry_after or 0.0), left, 30.0)
-                log.warning("login: %s; trying again in %.1f s (for up to %.0f s more)", exc, pause, left)
-                await sleep(pause)
-                delay = min(delay * 2, 30.0)
+        self.gate.max_outage = max_outage
+        result: dict[str, Any] = await self.gate.run(self.login)
+        return result
 
     async def relogin(self, seen_generation: int) -> None:
-        """Log in again unless someone already did since ``seen_generation``."""
-        async with self._login_lock:
-            if self.generation != seen_generation:
-                return
+        """Log in again unless someone already did since ``seen_generation``.
+
+        Single-flight, through the gate: a failing log-in (503, 429, a proxy's 5xx
+        page, GWS unreachable) is tried again after a shared back-off honouring a
+        capped Retry-After, until the gate's ``max_outage`` (then
+        :class:`GwsUnavailable`); callers that arrive meanwhile wait for the same one.
+        """
+        if self.generation != seen_generation:
+            return
+        if not self.gate.in_flight:
             log.info("GWS session expired or CSRF token refused: logging in again")
-            await self.login()
+        await self.gate.run(self._login_once, wasted=self._accepted == 0)
 
     async def check(self) -> bool:
         """True when the current session is still valid (a GET also refreshes the token)."""
@@ -288,6 +306,7 @@ class GwsSession:
         error = error_for_response(reply, data)
         if error is not None:
             raise error
+        self._accepted += 1
         code = data.get("statusCode")
         return Answer(reply.status, code if isinstance(code, int) else None, data)
 

@@ -14,6 +14,8 @@ thread and never the event loop (the workers, the CometD long poll).
 that fails puts its batch back (newer changes of the same records win) and is
 retried; if the store stays unwritable for longer than ``stall_limit``,
 :meth:`Recorder.run` raises :class:`JournalUnwritable`, which ends the run (exit 3).
+From a failed commit until one succeeds the recorder is not :attr:`~Recorder.healthy`:
+the senders start no POST meanwhile (what the journal cannot record is not sent).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from batch_cancel.exceptions import JournalUnwritable
 from batch_cancel.journal.interface import SendStore
 from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
 from batch_cancel.log_once import OncePerInterval
-from batch_cancel.send.record import Record
+from batch_cancel.send.outcomes import Record
 
 __all__ = ["JournalWriter", "Recorder"]
 
@@ -118,6 +120,9 @@ class Recorder:
         self._events: list[RowEvent] = []
         self._room = asyncio.Event()
         self._room.set()
+        # set while the last commit succeeded (or none was tried): the senders' gate
+        self._healthy = asyncio.Event()
+        self._healthy.set()
         self._failing_since: float | None = None
         self._log = OncePerInterval(log)
         self._unmatched: list[tuple[float, str | None, str, str]] = []
@@ -136,10 +141,10 @@ class Recorder:
         if len(self._states) >= self._high_water:
             self._room.clear()
 
-    def upgraded(self, rec: Record, previous: Status) -> None:
-        """A late acknowledgement turned a timed-out record into a cancelled one."""
+    def upgraded(self, rec: Record, previous: Status, detail: str) -> None:
+        """A late acknowledgement turned a failed or timed-out record into a cancelled one."""
         self.outcomes[previous] -= 1
-        self.event(rec, rec.status, f"late acknowledgement (was {previous})")
+        self.event(rec, rec.status, detail)
 
     def unmatched(self, channel: str | None, note: str, data: dict[str, Any]) -> None:
         """A notification that matched no row: kept with its time and channel."""
@@ -160,6 +165,18 @@ class Recorder:
     async def room(self) -> None:
         """Wait while too much is uncommitted (the disk is slower than the senders)."""
         await self._room.wait()
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed commit until one succeeds."""
+        return self._healthy.is_set()
+
+    async def until_writable(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until the journal is healthy and has room."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._healthy.wait()
+                await self._room.wait()
 
     # -- committing ---------------------------------------------------------------------
     async def flush(self) -> None:
@@ -189,7 +206,9 @@ class Recorder:
         finally:
             if committed:
                 self.commits += 1
+                self._healthy.set()
             else:
+                self._healthy.clear()
                 # back in the buffer, under what changed meanwhile: the newer state wins
                 states.update(self._states)
                 self._states = states
@@ -236,6 +255,8 @@ class Recorder:
         while True:
             try:
                 await self.flush()
+                if self.buffered or self._events or self._unmatched:
+                    continue  # what arrived during that commit is written too
                 return True
             except Exception as exc:
                 if self._monotonic() >= deadline:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from batch_cancel.exceptions import JournalUnavailable, LeaseLost
-from batch_cancel.send.record import Record
+from batch_cancel.send.outcomes import Record
 
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal

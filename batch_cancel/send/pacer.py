@@ -1,7 +1,6 @@
-"""Shared pacing for every sender: the rate limit, the pause after throttling, and
-(optionally) a rate that adapts to GWS's throttling.
+"""Shared pacing for every sender: the rate limit and the pause after throttling.
 
-A 429, a Retry-After or a cluster of failures (see failure_cluster.py) seen by
+A 429, a Retry-After or a cluster of failures (controller.py) seen by
 one worker pauses all of them: GWS is telling the client, not one request, to
 slow down. A lone 503 is not: that request backs off on its own. A pause is only
 ever extended, never cut short by a later, shorter Retry-After; when it ends, one
@@ -15,26 +14,8 @@ Pacing is virtual scheduling (GCRA): each request reserves the next free slot,
 simulator: aiolimiter's futures and timers held the run to about 900/s, and it
 reads the event loop's clock, which a unit test cannot fake.
 
-Adaptive mode (AIMD, as TCP does): a throttling answer halves the current rate
-(not below ``floor``), at most once per ``cooldown`` seconds because the
-requests already in flight answer 429 together for one overload; every second
-without throttling then adds ``increase`` of the ceiling back, never above it.
-The ceiling is ``--rate``; with ``--rate 0`` requests go unpaced until the
-first throttling, and the rate observed over the last second then becomes the
-ceiling (the load at which GWS started refusing). A lone 503 lowers the rate a
-little (``lone_decrease``), not by half.
-
-A throttle that only delays (Jetty's DoS filter) refuses nothing: adaptive mode
-also watches POST latency against the calm latency of the start
-(delay_throttle.py). When answers get slow, the rate GWS answered at over the last
-second is the rate it serves (the knee): the pacer drops to ``drain_share`` of it,
-so the queue the server built drains quickly, and does not judge latency again
-until it has (a calm verdict) or ``drain_timeout`` passed. It then recovers as usual
-up to ``hold_share`` of the knee and stays there for ``hold`` seconds after the last
-slow answers; only then does it probe above, slowly (``probe_increase`` of the rate
-per second), in case GWS serves more now. So it settles just under a server that
-only delays, instead of oscillating around its limit (every overshoot is a queue of
-slow answers).
+What the rate should be (adaptive mode: AIMD and the delay watch) and when failures
+cluster is decided in controller.py, which sets ``current`` and calls :meth:`Pacer.pause`.
 """
 
 from __future__ import annotations
@@ -44,8 +25,6 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-
-from batch_cancel.send.delay_throttle import DelayWatch, Latency
 
 __all__ = ["Pacer"]
 
@@ -65,16 +44,6 @@ class Pacer:
         base_backoff: float = 0.5,
         max_backoff: float = 30.0,
         adaptive: bool = False,
-        floor: float = 1.0,
-        decrease: float = 0.5,
-        increase: float = 0.05,
-        cooldown: float = 1.0,
-        lone_decrease: float = 0.9,
-        drain_share: float = 0.7,
-        hold_share: float = 0.95,
-        hold: float = 30.0,
-        probe_increase: float = 0.02,
-        drain_timeout: float = 5.0,
         probe_timeout: float = 2.0,
     ) -> None:
         self._clock = clock
@@ -83,19 +52,13 @@ class Pacer:
         self._base = base_backoff
         self._max = max_backoff
         self.rate = rate
+        # --adaptive-rate: the controller (controller.py) moves ``current``; the pacer notes
+        # what it served while unlimited, for the controller to find the ceiling
         self.adaptive = adaptive
-        self._floor = floor
-        self._decrease = decrease
-        self._increase = increase
-        self._cooldown = cooldown
         # the rate requests are paced at now (0: unpaced) and the most it may reach
         self.ceiling = rate if rate > 0 else math.inf
         self.current = rate if rate > 0 else math.inf
-        self.minimum = self.current
-        self.decreases = 0
         self._next_slot = -math.inf
-        self._last_decrease = -math.inf
-        self._last_raise = -math.inf
         # send times over the last second, only needed to find an unlimited run's ceiling
         self._recent: deque[float] | None = deque() if adaptive and rate <= 0 else None
         self.paused_until = 0.0
@@ -104,24 +67,11 @@ class Pacer:
         self.pauses = 0
         self.paused_seconds = 0.0
         self._streak = 0
-        self._lone_decrease = lone_decrease
-        self._drain_share = drain_share
-        self._hold_share = hold_share
-        self._hold = hold
-        self._slow_at = -math.inf
-        self._probe_increase = probe_increase
-        self._drain_timeout = drain_timeout
         self._probe_timeout = probe_timeout
         # after a pause one request goes first; the others wait for its answer
         self._probe_needed = False
         self._probe_out: asyncio.Event | None = None
         self.probes = 0
-        # the delay-throttle side of adaptive mode
-        self.delays = DelayWatch()
-        self.knee: float | None = None
-        self.delay_decreases = 0
-        self._draining_since: float | None = None
-        self._answers: deque[float] = deque()
 
     # -- throttling pause --------------------------------------------------------
     def pause(self, retry_after: float | None) -> float:
@@ -141,12 +91,9 @@ class Pacer:
         return retry_after
 
     def calm(self) -> None:
-        """A request went through: the next throttling starts a fresh backoff, and an
-        adaptive rate recovers a little."""
+        """A request went through: the next throttling starts a fresh backoff."""
         self._streak = 0
         self.answered_any()
-        if self.adaptive and self.current < self.ceiling and self._draining_since is None:
-            self._raise(self._clock())
 
     def answered_any(self) -> None:
         """GWS answered a request (however): a probe's answer lets the others go."""
@@ -178,81 +125,7 @@ class Pacer:
                 if self._probe_out is waiting:
                     self._release_probe()
 
-    # -- adaptive rate -----------------------------------------------------------
-    def throttled(self, *, lone: bool = False) -> None:
-        """GWS answered 429 or 503: multiplicative decrease (adaptive mode only).
-
-        ``lone``: a 503 without Retry-After while the others go through; it counts,
-        but lowers the rate only a little.
-        """
-        if not self.adaptive:
-            return
-        now = self._clock()
-        if now - self._last_decrease < self._cooldown:
-            return
-        if math.isinf(self.current):
-            observed = self.observed_rate(now)
-            self.ceiling = self.current = max(self._floor, observed)
-        factor = self._lone_decrease if lone else self._decrease
-        self._lower(now, self.current * factor)
-
-    def _lower(self, now: float, rate: float) -> None:
-        self.current = max(self._floor, min(self.current, rate))
-        self.minimum = min(self.minimum, self.current)
-        self.decreases += 1
-        self._last_decrease = self._last_raise = now
-
-    def answered(self, latency: float) -> None:
-        """A POST was answered after ``latency`` seconds: the delay-throttle watch."""
-        if not self.adaptive:
-            return  # what was served is only asked by the adaptive rate
-        now = self._clock()
-        self._answers.append(now)
-        while self._answers and self._answers[0] <= now - 1.0:
-            self._answers.popleft()
-        verdict = self.delays.answered(latency)
-        if self._draining_since is not None:
-            if verdict is Latency.CALM:
-                self._draining_since = None
-                self._last_raise = now
-            elif now - self._draining_since < self._drain_timeout:
-                return
-            else:
-                self._draining_since = None
-        if verdict is not Latency.SLOW:
-            return
-        # what GWS answered over the last second is what it serves
-        served = float(len(self._answers))
-        if math.isinf(self.current):
-            self.ceiling = self.current = max(self._floor, served)
-        if served:
-            self.knee = served
-        target = self._drain_share * self.knee if self.knee else 0.0
-        # already below the drain rate and still slow: the knee was misjudged
-        self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
-        self._slow_at = now
-        self.delay_decreases += 1
-        self._draining_since = now
-        self.delays.forget_recent()
-
-    def _raise(self, now: float) -> None:
-        # only time since the last decrease and outside a pause counts as calm
-        since = max(self._last_raise, self.paused_until)
-        if now > since:
-            step = self._increase * self.ceiling * (now - since)
-            ceiling = self.ceiling
-            if self.knee is not None:
-                hold_at = self._hold_share * self.knee
-                if self.current < hold_at:
-                    ceiling = min(ceiling, hold_at)  # recover quickly, up to just under the knee
-                elif now - self._slow_at < self._hold:
-                    step = 0.0  # hold just under the rate where GWS started delaying
-                else:
-                    # long calm: GWS may serve more now; probe slowly
-                    step = min(step, self._probe_increase * self.current * (now - since))
-            self.current = min(ceiling, self.current + step)
-            self._last_raise = now
-
+    # -- what was served -----------------------------------------------------------
     def observed_rate(self, now: float | None = None) -> float:
         """Requests acquired over the last second (unlimited adaptive mode only)."""
         if self._recent is None:
@@ -276,8 +149,8 @@ class Pacer:
             self._rate_changes += 1
             return
         self.ceiling = rate
-        self.current = rate if not self.adaptive else min(max(self.current, self._floor), rate)
-        self.minimum = min(self.minimum, self.current)
+        # an adaptive rate stays where the controller put it, within the new share
+        self.current = min(self.current, rate) if self.adaptive else rate
         self._next_slot = min(self._next_slot, self._clock() + 1.0 / self.current)
         self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
         self.held = False

@@ -1,9 +1,12 @@
-"""Concurrent, paced CancelRecord requests with retries (tenacity).
+"""Concurrent, paced CancelRecord requests, each retried in one plain loop.
 
 ``concurrency`` workers share one queue. Each request waits, in order, for the
 ack channel to be subscribed (a request sent while it is down would have its
 outcome lost), for any throttling pause, and for a rate token. The referenceId
-is registered with the matcher and the attempt journaled before the POST.
+is registered (send/outcomes.py) and the attempt journaled before the POST; the
+POST and the row's outcome are awaited together, so a row whose outcome came first
+does not wait on a hung request. What each failed attempt means (not processed,
+refused, may have been processed) goes to the row's transitions.
 """
 
 from __future__ import annotations
@@ -11,33 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
-
 from batch_cancel.exceptions import (
     GwsUnavailable,
     NotificationChannelLost,
+    RequestError,
     RequestRejected,
     SessionExpired,
     TransientError,
 )
 from batch_cancel.gws.session import Answer
-from batch_cancel.journal.rows import Status
 from batch_cancel.journal.writer import Recorder
 from batch_cancel.log_once import OncePerInterval
 from batch_cancel.report.charts import LatencyHistogram
-from batch_cancel.send.failure_cluster import FailureCluster
-from batch_cancel.send.matcher import Matcher
+from batch_cancel.send.controller import Controller
+from batch_cancel.send.outcomes import Outcomes, Record
 from batch_cancel.send.pacer import Pacer
-from batch_cancel.send.record import Record
 
 __all__ = ["Channel", "Sender", "SenderSettings", "Session"]
 
 log = logging.getLogger("batch_cancel.send.sender")
 
+# When the outcome came before the POST's answer: how long the answer may still take.
+_ANSWER_AFTER_OUTCOME = 1.0
 # A session error does not count as an attempt (GWS did nothing with the
 # request), but a record cannot bounce between logins forever.
 _MAX_SESSION_RETRIES = 10
@@ -84,20 +87,25 @@ class Sender:
         *,
         session: Session,
         channel: Channel,
-        matcher: Matcher,
+        outcomes: Outcomes,
         recorder: Recorder,
         pacer: Pacer,
+        controller: Controller | None = None,
         stop: asyncio.Event,
         clock: Callable[[], float],
         wall: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
+        self._rng = rng or random.Random()
         self._s = settings
         self._session = session
         self._channel = channel
-        self._matcher = matcher
+        self._outcomes = outcomes
         self._recorder = recorder
         self._pacer = pacer
+        # the adaptive controls (failure clusters, delay watch, AIMD) decide from each answer
+        self._controls = controller or Controller(pacer, clock=clock)
         self._stop = stop
         self._clock = clock
         self._wall = wall
@@ -118,7 +126,6 @@ class Sender:
         self.last_request: float | None = None
         self.unanswered = 0
         self.lone_failures = 0
-        self._cluster = FailureCluster(clock)
         self.post_latency_ms = LatencyHistogram()  # POST -> its HTTP answer, answered ones
         self.stopped_at: float | None = None  # when the senders saw the stop (self._clock)
         self.abandoned = 0  # requests still unanswered when the grace after a stop ran out
@@ -195,7 +202,7 @@ class Sender:
         """
         while True:
             await self._sleep(self._tick_interval)
-            self._matcher.expire()
+            self._outcomes.expire()
             self._changed.set()
 
     def _finished(self) -> bool:
@@ -203,7 +210,7 @@ class Sender:
             self._fed
             and self._queue.empty()
             and self._retry.empty()
-            and self._matcher.awaiting() == 0
+            and self._outcomes.awaiting() == 0
         )
 
     async def _next(self) -> Record | None:
@@ -225,123 +232,101 @@ class Sender:
 
     # -- one record ------------------------------------------------------------
     async def _send(self, rec: Record) -> None:
-        # Most requests succeed at once: that first attempt runs without tenacity,
-        # whose per-record machinery cost about a seventh of the client's CPU at 64
-        # in flight. A failure is handed to tenacity as its first attempt (replayed),
-        # so stop and backoff decisions are exactly those of a tenacity-only loop.
-        try:
-            await self._attempt(rec)
-            return
-        except RequestRejected as exc:
-            self._matcher.give_up(rec, str(exc))
-            return
-        except (TransientError, SessionExpired) as exc:
-            first_error: Exception = exc
-        await self._retry_send(rec, first_error)
-
-    async def _retry_send(self, rec: Record, first_error: Exception) -> None:
-        session_errors = 1 if isinstance(first_error, SessionExpired) else 0
-        replay: Exception | None = first_error
-
-        def give_up(state: RetryCallState) -> bool:
-            return (
-                rec.final
-                or rec.counted_attempts >= self._s.max_attempts
-                or session_errors > _MAX_SESSION_RETRIES
-                or self._stop.is_set()
-            )
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, SessionExpired) or (
-                isinstance(exc, TransientError) and (exc.retry_after is not None or exc.unreachable)
-            ):
-                return 0.0  # the pacer's shared pause (or the re-login) already waited
-            return float(self._backoff(state))
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((TransientError, SessionExpired)),
-            stop=give_up,
-            wait=wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if replay is not None:
-                        error, replay = replay, None
-                        raise error
-                    self.retries += 1
-                    try:
-                        await self._attempt(rec)
-                    except SessionExpired:
-                        session_errors += 1
-                        raise
-        except RequestRejected as exc:
-            self._matcher.give_up(rec, str(exc))
-        except (TransientError, SessionExpired) as exc:
-            if self._stop.is_set():
+        """One plain retry loop: attempts under the row's own referenceId until it has an
+        outcome, GWS refuses it for good, the retries run out, or the run stops (the row
+        then stays in flight for a resume)."""
+        session_errors = unanswered = counted = 0
+        first = True
+        while not rec.final and not self._stop.is_set():
+            if not first:
+                self.retries += 1
+            first = False
+            try:
+                await self._attempt(rec)
                 return
-            if rec.unanswered and rec.unanswered >= rec.counted_attempts:
-                self._matcher.no_answer(rec, (
-                    f"no HTTP answer to {rec.unanswered} attempt(s) within "
-                    f"{self._s.request_timeout:g} s and no outcome: unknown whether GWS processed it"
-                ))  # fmt: skip
+            except SessionExpired as exc:
+                # GWS did nothing with it: not an attempt, but a row cannot bounce between
+                # log-ins forever
+                session_errors += 1
+                self._outcomes.retrying(rec, may_have_been_processed(exc), str(exc))
+                if session_errors > _MAX_SESSION_RETRIES:
+                    self._outcomes.refused(rec, f"gave up after {session_errors} re-logins: {exc}",
+                                           error_code(exc), gave_up=True)  # fmt: skip
+                    return
+                continue
+            except RequestRejected as exc:
+                if may_have_been_processed(exc):
+                    self._outcomes.retrying(rec, True, str(exc))
+                self._outcomes.refused(rec, str(exc), error_code(exc))
                 return
-            self._matcher.give_up(rec, f"gave up after {rec.attempts} attempts: {exc}")
+            except TransientError as exc:
+                delay = self._on_transient(rec, exc)
+                maybe = may_have_been_processed(exc)
+                self._outcomes.retrying(rec, maybe, str(exc))
+                if not exc.unreachable:
+                    counted += 1
+                    unanswered += exc.unanswered
+                if rec.counted_attempts >= self._s.max_attempts:
+                    if self._stop.is_set() or rec.final:
+                        return
+                    self._outcomes.refused(rec, self._gave_up(rec, exc, unanswered, counted),
+                                           error_code(exc), gave_up=True)  # fmt: skip
+                    return
+                if delay > 0:
+                    await self._sleep(delay)
 
-    _backoff = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
+    def _gave_up(self, rec: Record, exc: TransientError, unanswered: int, counted: int) -> str:
+        if unanswered == counted:
+            return (f"no HTTP answer to {unanswered} attempt(s) within {self._s.request_timeout:g} s "
+                    "and no outcome: unknown whether GWS processed it")  # fmt: skip
+        return f"gave up after {rec.attempts} attempts: {exc}"
 
     async def _ready(self) -> None:
-        """Block while the ack channel is down; give up past the allowed outage."""
-        while not self._channel.up.is_set():
-            if self._stop.is_set():
+        """Wait until a POST may go: the ack channel up and heard from (else its outcome would
+        be lost), the journal healthy (else its outcome could not be recorded), a rate slot taken."""
+        while not self._stop.is_set():
+            if not self._channel.up.is_set():
+                if self._channel.outage() > self._s.max_outage:
+                    raise NotificationChannelLost(
+                        f"CometD subscription lost for more than {self._s.max_outage:g} s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._channel.up.wait(), 0.5)
+                continue
+            if self._outcomes.deaf:
+                # nothing heard since rows now due were accepted: hold new POSTs until a
+                # long poll completes (or the poll's bound ends it and the channel goes down)
+                await self._sleep(self._tick_interval)
+                continue
+            if not self._recorder.healthy or not self._recorder.has_room:
+                # a commit failed (the journal's writer gives up past --max-outage and ends
+                # the run), or the disk is slower than the senders: nothing more is sent
+                await self._recorder.until_writable(0.5)
+                continue
+            if not self._pacer.take_free():
+                await self._pacer.acquire()
+            # the pause or the rate slot may have taken a while: check both again
+            if self._channel.up.is_set() and self._recorder.healthy:
                 return
-            if self._channel.outage() > self._s.max_outage:
-                raise NotificationChannelLost(
-                    f"CometD subscription lost for more than {self._s.max_outage:g} s"
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._channel.up.wait(), 0.5)
-        # the journal writer is behind (a slow disk): do not outrun it without bound
-        if not self._recorder.has_room:
-            await self._recorder.room()
-        if not self._pacer.take_free():
-            await self._pacer.acquire()
-        # the pause or the rate token may have taken a while: check again
-        if not self._channel.up.is_set():
-            await self._ready()
 
     async def _attempt(self, rec: Record) -> None:
         await self._ready()
         if rec.final or self._stop.is_set():
             return
-        rec.attempts += 1
+        self._outcomes.posting(rec)
+        if rec.settled is None or rec.settled.done():
+            rec.settled = asyncio.get_running_loop().create_future()
         self.requests += 1
         now = self._clock()
         self.first_request = self.first_request or now
         self.last_request = now
-        rec.status = Status.SENT
-        rec.sent_at = self._wall()
-        self._matcher.register(rec)
-        self._recorder.event(rec, Status.SENT)
         generation = self._session.generation
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         started = self._clock()
-        # no deadline of ours unless the outcome arrives first: then Matcher.cut_short
-        # cancels this task's wait a little later (a Timeout per request cost more)
-        poster = rec.poster = asyncio.current_task()
-        rec.cut_fired = False
+        post = asyncio.ensure_future(self._session.post_record(rec.body(self._s.operation)))
         try:
-            answer = await self._session.post_record(rec.body(self._s.operation))
-        except asyncio.CancelledError:
-            # ours alone (no other cancellation pending): the outcome is known, so
-            # nothing more is to be learnt from the HTTP answer; the run's is raised
-            if rec.cut_fired and poster is not None and poster.uncancel() == 0:
-                return
-            raise
+            answer = await self._answer(rec, post)
         except SessionExpired as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
             self._pacer.answered_any()
@@ -350,70 +335,102 @@ class Sender:
             raise
         except TransientError as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
-            self._on_transient(rec, exc)
             raise
         except RequestRejected as exc:
             rec.http_status, rec.status_code = exc.http_status, exc.status_code
-            self._pacer.answered_any()
-            self._cluster.answered(False)
+            self._controls.refused()
             raise
         finally:
-            rec.poster = None
             self.in_flight -= 1
+        if answer is None:
+            return  # the outcome came first and the answer did not follow
         self._unreachable_since = None
         latency = self._clock() - started
         self.post_latency_ms.add(latency * 1000.0)
-        self._pacer.answered(latency)
-        self._cluster.answered(False)
-        self._pacer.calm()
+        self._controls.accepted(latency)
         rec.http_status, rec.status_code = answer.http_status, answer.status_code
-        self._matcher.accepted(rec)
+        self._outcomes.accepted(rec)
 
-    def _on_transient(self, rec: Record, exc: TransientError) -> None:
+    async def _answer(self, rec: Record, post: asyncio.Future[Answer]) -> Answer | None:
+        """The POST's answer, awaited together with the row's outcome: when the outcome comes
+        first, the answer gets a moment more (it normally follows within milliseconds), then
+        the POST is abandoned; nothing more is to be learnt from it."""
+        try:
+            settled = rec.settled
+            if settled is not None and not settled.done():
+                await asyncio.wait((post, settled), return_when=asyncio.FIRST_COMPLETED)
+            if not post.done():
+                await asyncio.wait((post,), timeout=_ANSWER_AFTER_OUTCOME)
+            if not post.done():
+                post.cancel()
+                post.add_done_callback(_consume)
+                return None
+            return post.result()
+        except BaseException:
+            if not post.done():  # the run is cancelled: so is its request
+                post.cancel()
+                post.add_done_callback(_consume)
+            raise
+
+    def _on_transient(self, rec: Record, exc: TransientError) -> float:
+        """Count the error against the outage, pause or slow everyone where GWS asks so;
+        answer how long this row waits before its next attempt (0: a shared pause waits)."""
         if exc.unreachable:
-            now = self._clock()
-            self._unreachable_since = self._unreachable_since or now
-            if now - self._unreachable_since > self._s.max_outage:
-                raise GwsUnavailable(
-                    f"GWS unreachable for more than {self._s.max_outage:g} s: {exc}"
-                ) from exc
+            self._outage(exc, "GWS unreachable")
             waited = self._pacer.pause(None)
             self._events.info("unreachable", "GWS unreachable (%s): all senders pause %.1f s",
                               exc, waited)  # fmt: skip
-            return
+            return 0.0
         rec.counted_attempts += 1
         if exc.unanswered:
             # maybe processed, maybe not: retried with the same referenceId, and
             # time without any answer counts towards --max-outage
-            rec.unanswered += 1
             self.unanswered += 1
             self._pacer.answered_any()
-            now = self._clock()
-            self._unreachable_since = self._unreachable_since or now
-            if now - self._unreachable_since > self._s.max_outage:
-                raise GwsUnavailable(
-                    f"GWS unreachable or not answering for more than {self._s.max_outage:g} s: {exc}"
-                ) from exc
+            self._outage(exc, "GWS unreachable or not answering")
             self._events.info("unanswered", "no HTTP answer within %g s: retrying with the same "
                               "referenceId", self._s.request_timeout)  # fmt: skip
-            self._recorder.event(rec, "retry", str(exc))
-            return
-        clustered = self._cluster.answered(True)
-        if exc.http_status == 429 or exc.retry_after is not None or clustered:
-            # GWS asks the client, not this request, to slow down: everyone pauses
-            self._pacer.throttled()
-            waited = self._pacer.pause(exc.retry_after)
-            why = "failures cluster" if clustered and exc.http_status != 429 else "GWS throttled"
+            return self._backoff(rec.counted_attempts)
+        reaction = self._controls.overloaded(exc.http_status, exc.retry_after)
+        if reaction.pause is not None:
             self._events.info(f"throttled-{exc.http_status}", "%s (%s): all senders pause %.1f s",
-                              why, exc.http_status, waited)  # fmt: skip
-        elif exc.http_status is not None and exc.http_status >= 500:
-            # a lone 503: this request backs off on its own; the rate adapts a little
+                              reaction.why, exc.http_status, reaction.pause)  # fmt: skip
+            return 0.0
+        if reaction.why == "lone":
             self.lone_failures += 1
-            self._pacer.throttled(lone=True)
-            self._pacer.answered_any()
             self._events.info(f"lone-{exc.http_status}", "HTTP %s, retrying this request after a "
                               "back-off: %s", exc.http_status, exc)  # fmt: skip
         else:
             self._events.info(f"retry-{type(exc).__name__}-{exc.http_status}",
                               "request failed, retrying with the same referenceId: %s", exc)  # fmt: skip
-        self._recorder.event(rec, "retry", str(exc))
+        return self._backoff(rec.counted_attempts)
+
+    def _outage(self, exc: TransientError, what: str) -> None:
+        now = self._clock()
+        self._unreachable_since = self._unreachable_since or now
+        if now - self._unreachable_since > self._s.max_outage:
+            raise GwsUnavailable(f"{what} for more than {self._s.max_outage:g} s: {exc}") from exc
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, 0.2 s doubling up to 10 s, plus up to 0.2 s of jitter."""
+        return float(min(10.0, 0.2 * 2.0 ** max(0, attempt - 1))) + self._rng.uniform(0.0, 0.2)
+
+
+def may_have_been_processed(exc: RequestError) -> bool:
+    """Whether GWS may have done what the failed attempt asked (gws/ classifies it)."""
+    return exc.may_have_been_processed
+
+
+def error_code(exc: RequestError) -> str | None:
+    """What identifies a refusal for the breaker: GWS's statusCode, else the HTTP status."""
+    if exc.status_code is not None:
+        return f"statusCode {exc.status_code}"
+    if exc.http_status is not None:
+        return f"HTTP {exc.http_status}"
+    return None
+
+
+def _consume(post: asyncio.Future[Any]) -> None:
+    """An abandoned POST's end is of no interest; retrieving it keeps asyncio quiet."""
+    if not post.cancelled():
+        post.exception()

@@ -7,20 +7,23 @@ and what it answered so tests can check a run against the server's own account.
 
 from __future__ import annotations
 
-from batch_cancel.simulator.config import FailureStyle, Faults, SimulatorConfig
-from batch_cancel.simulator.ledger import Ledger, Outcome, PublishEvent, RequestEntry
+from batch_cancel.simulator.config import FailureStyle, Faults, GatewayBody, RepeatAnswer, SimulatorConfig
+from batch_cancel.simulator.ledger import Effect, Ledger, Outcome, PublishEvent, RequestEntry
 from batch_cancel.simulator.server import LEDGER_PATH, NOTIFICATIONS_PATH, GwsSimulator
 from batch_cancel.simulator.threaded import ThreadedSimulator
 
 __all__ = [
     "LEDGER_PATH",
     "NOTIFICATIONS_PATH",
+    "Effect",
     "FailureStyle",
     "Faults",
+    "GatewayBody",
     "GwsSimulator",
     "Ledger",
     "Outcome",
     "PublishEvent",
+    "RepeatAnswer",
     "RequestEntry",
     "SimulatorConfig",
     "ThreadedSimulator",

@@ -1,7 +1,8 @@
 """Bayeux 1.0 server side (long-polling only), free of HTTP: messages in, replies out.
 
 The HTTP layer authenticates the request and hands the decoded message list to
-``BayeuxHub.handle``; ``None`` back means "answer nothing, drop the connection".
+``BayeuxHub.handle``; ``None`` back means "answer nothing, drop the connection", and
+``SILENT`` "answer nothing and keep the connection open" (a half-open long poll).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from batch_cancel.simulator.channels import channel_matches, may_subscribe
 from batch_cancel.simulator.config import SimulatorConfig
 from batch_cancel.simulator.ledger import Ledger, PublishEvent
 
-__all__ = ["BayeuxClient", "BayeuxHub", "Message"]
+__all__ = ["SILENT", "BayeuxClient", "BayeuxHub", "Message"]
 
 Message = dict[str, Any]
-_Wake = Literal["messages", "superseded", "dropped", "abort"]
+SILENT: Literal["silent"] = "silent"
+_Wake = Literal["messages", "superseded", "dropped", "abort", "silent"]
 _Item = tuple[Message, PublishEvent | None]
 
 
@@ -75,6 +77,12 @@ class BayeuxHub:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
         for client in self._clients.values():
             client.wake("abort")
+
+    def go_silent(self) -> None:
+        """The polls held now die silently: never answered, never reset; what was queued
+        for their clients stays queued (a later poll on the same client gets it)."""
+        for client in self._clients.values():
+            client.wake("silent")
 
     def is_paused(self) -> bool:
         return time.monotonic() < self._paused_until
@@ -130,7 +138,7 @@ class BayeuxHub:
         user: str,
         session_id: str,
         still_connected: Callable[[], bool],
-    ) -> list[Message] | None:
+    ) -> list[Message] | Literal["silent"] | None:
         replies: list[Message] = []
         connect: Message | None = None
         for message in messages:
@@ -143,7 +151,7 @@ class BayeuxHub:
         if connect is None:
             return replies
         tail = await self._connect(connect, user, still_connected)
-        return None if tail is None else replies + tail
+        return tail if tail is None or tail == SILENT else replies + tail
 
     def _handle_one(self, message: Message, user: str, session_id: str) -> Message:
         channel: str = message["channel"]
@@ -206,7 +214,7 @@ class BayeuxHub:
 
     async def _connect(
         self, message: Message, user: str, still_connected: Callable[[], bool]
-    ) -> list[Message] | None:
+    ) -> list[Message] | Literal["silent"] | None:
         client = self._lookup(message, user)
         if client is None:
             return [_unknown_client(message)]
@@ -231,6 +239,8 @@ class BayeuxHub:
                 client.last_seen = time.monotonic()
                 if client.waiter is waiter:
                     client.waiter = None
+        if why == "silent":
+            return SILENT
         if why == "abort" or not still_connected():
             return None
         if why == "dropped" or client.gone:
@@ -278,11 +288,10 @@ class BayeuxHub:
         return self._config.long_poll_timeout
 
     def _advice(self) -> Message:
-        return {
-            "reconnect": "retry",
-            "interval": 0,
-            "timeout": int(self._config.long_poll_timeout * 1000),
-        }
+        advice: Message = {"reconnect": "retry", "interval": 0}
+        if self._config.advise_timeout:
+            advice["timeout"] = int(self._config.long_poll_timeout * 1000)
+        return advice
 
 
 def _reply(message: Message, successful: bool, *, error: str | None = None) -> Message:

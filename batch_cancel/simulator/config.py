@@ -10,11 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-__all__ = ["FailureStyle", "Faults", "SimulatorConfig"]
+__all__ = ["FailureStyle", "Faults", "GatewayBody", "RepeatAnswer", "SimulatorConfig"]
 
 # "user_event": the failure is told only as OCS's desktop-protocol error, a
 # DeviceUserEventMessage on /me/internal with GSW_ERROR and no referenceId.
 FailureStyle = Literal["error_message", "outbound_notification", "user_event"]
+# What GWS answers to a CancelRecord for a record it already cancelled (the same
+# referenceId again, or the same number under another one): the protocol notes call it
+# unknown. "ack": a second acknowledgement; "failure": "Record not found" over CometD,
+# shaped as failure_style says; "http_error": a 404 statusCode 6 "Record not found" JSON
+# answer. Either way nothing changes on the server.
+RepeatAnswer = Literal["ack", "failure", "http_error"]
+# What a proxy or gateway in front of GWS puts in the body of its own error answer.
+GatewayBody = Literal["html", "empty"]
 
 _DEFAULT_USERS: Mapping[str, str] = {"agent": "secret"}
 
@@ -60,6 +68,32 @@ class Faults:
     # dos_max_wait seconds is answered 429 without Retry-After (0: filter off).
     dos_max_requests_per_sec: float = 0.0
     dos_max_wait: float = 2.0
+    repeat_answer: RepeatAnswer = "ack"
+    # A proxy or gateway in front of GWS answers a share of POSTs itself, with one of
+    # gateway_statuses (drawn) and no GWS JSON: "after" ones were processed by GWS first
+    # (their outcome is published), "before" ones never reached it.
+    gateway_after_rate: float = 0.0
+    gateway_before_rate: float = 0.0
+    gateway_statuses: tuple[int, ...] = (502, 504, 408)
+    gateway_body: GatewayBody = "html"
+    # statusCode 7 "partial success" (HTTP 200): processed, the outcome comes over CometD.
+    partial_success_rate: float = 0.0
+    # statusCode 9 "processing incomplete" (HTTP 500): of those, a share
+    # (incomplete_processed_rate) was processed all the same and its outcome published.
+    incomplete_rate: float = 0.0
+    incomplete_processed_rate: float = 0.0
+    # A GWS node restart after every N outbound requests: every HTTP session ends, every
+    # CometD client is forgotten, and for restart_for seconds log-ins answer 503
+    # statusCode 4 with Retry-After: restart_retry_after (None: no header).
+    restart_every: int = 0
+    restart_for: float = 6.0
+    restart_retry_after: float | None = 2.0
+    # After every N outbound requests, long polls go half-open for half_open_for seconds:
+    # a /meta/connect held or arriving then is never answered nor reset (a NAT or
+    # firewall that silently forgot the connection); the server never sees the client
+    # poll, so it forgets it after max_interval, as CometD does.
+    half_open_every: int = 0
+    half_open_for: float = 20.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +111,17 @@ class Faults:
             raise ValueError("ack_before_http_delay must be >= 0")
         if self.dos_max_requests_per_sec < 0 or self.dos_max_wait < 0:
             raise ValueError("dos_max_requests_per_sec and dos_max_wait must be >= 0")
+        if self.repeat_answer not in ("ack", "failure", "http_error"):
+            raise ValueError(f"unknown repeat_answer {self.repeat_answer!r}")
+        if self.gateway_body not in ("html", "empty"):
+            raise ValueError(f"unknown gateway_body {self.gateway_body!r}")
+        if not self.gateway_statuses or not all(400 <= s <= 599 for s in self.gateway_statuses):
+            raise ValueError(f"gateway_statuses must be HTTP error statuses, got {self.gateway_statuses!r}")
+        # NaN and infinity pass on purpose: a client must survive "Retry-After: inf"
+        if self.restart_retry_after is not None and self.restart_retry_after < 0:
+            raise ValueError(f"restart_retry_after must be >= 0, got {self.restart_retry_after!r}")
+        if self.restart_for < 0 or self.half_open_for < 0:
+            raise ValueError("restart_for and half_open_for must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -98,6 +143,9 @@ class SimulatorConfig:
     # The CometD Java server answers a client's first /meta/connect at once; the Node
     # server (measured against here) holds it like any other unless advice.timeout is 0.
     hold_first_connect: bool = True
+    # Whether connect and handshake replies carry advice.timeout; a server that gives
+    # none still holds each poll for long_poll_timeout, the client just is not told.
+    advise_timeout: bool = True
     session_timeout: float = 1800.0
     require_cc_session: bool = False
     # GWS documents CSRF for "every POST"; whether its CometD servlet sits behind that

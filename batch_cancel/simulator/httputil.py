@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -20,8 +21,10 @@ __all__ = [
     "csrf_headers",
     "csrf_ok",
     "drop_connection",
+    "gateway_answer",
     "gws_error",
     "gws_ok",
+    "hold_silently",
     "json_object",
     "login_page",
     "session_of",
@@ -51,6 +54,35 @@ def login_page(status: int) -> web.Response:
     html = (f"<!DOCTYPE html><html><head><title>{status}</title></head>"
             f"<body><h1>{status}</h1><p>The proxy says no.</p></body></html>")  # fmt: skip
     return web.Response(status=status, content_type="text/html", text=html)
+
+
+def gateway_answer(status: int, body: str) -> web.Response:
+    """Not GWS: a load balancer's or proxy's own error (502, 504, 408...), an HTML page
+    (``body="html"``) or nothing at all (``"empty"``)."""
+    if body == "empty":
+        return web.Response(status=status)
+    html = (f"<html><head><title>{status}</title></head><body><center><h1>{status}</h1>"
+            "</center><hr><center>gateway</center></body></html>")  # fmt: skip
+    return web.Response(status=status, content_type="text/html", text=html)
+
+
+# How often a held connection looks whether its client gave up or the server stops.
+_HOLD_CHECK = 0.2
+
+
+async def hold_silently(request: web.Request, stopping: asyncio.Event) -> web.Response:
+    """Keep the connection open and never answer, until the client gives up or the
+    server stops (then the connection is reset, never answered)."""
+    while not stopping.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            break
+        try:
+            await asyncio.wait_for(stopping.wait(), _HOLD_CHECK)
+        except TimeoutError:
+            continue
+    drop_connection(request)
+    return web.Response()
 
 
 def session_of(state: SimState, request: web.Request) -> HttpSession | None:

@@ -13,9 +13,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Ledger", "Outcome", "PublishEvent", "PublishKind", "RequestEntry"]
+__all__ = ["Effect", "Ledger", "Outcome", "PublishEvent", "PublishKind", "RequestEntry"]
 
+# What the server told the client it decided (over CometD, or 404 for a repeat).
 Outcome = Literal["cancelled", "failed"]
+# What a request really did to its record, whatever the client was told: "cancelled"
+# (this request cancelled it), "already" (an earlier request had: nothing changed),
+# "failed" (GWS could not do it). None: not processed.
+Effect = Literal["cancelled", "already", "failed"]
 # "error_event": a failure told as a user event on /me/internal; "foreign": a message
 # that answers no request (the foreign_every knob).
 PublishKind = Literal["ack", "failure", "device_event", "error_event", "foreign"]
@@ -41,6 +46,7 @@ class RequestEntry:
     processed: bool = False
     repeat: bool = False
     outcome: Outcome | None = None
+    effect: Effect | None = None
     # CometD clients of the user subscribed to /v2/me/outbound when the request was
     # processed: 0 means its outcome was published to nobody
     listeners: int | None = None
@@ -76,6 +82,13 @@ class _Counters:
     cc_session_starts: int = 0
     cc_session_ends: int = 0
     login_pages: int = 0  # log-ins answered by an HTML page instead of GWS
+    # every GET /api/v2/me carrying credentials, whatever it was answered (logins counts
+    # those that made or kept a session)
+    login_attempts: int = 0
+    login_unavailable: int = 0  # log-ins answered 503 while a node restarted
+    restarts: int = 0
+    half_opens: int = 0  # windows in which long polls went silent
+    silent_polls: int = 0  # /meta/connect requests never answered nor reset
 
 
 @dataclass
@@ -86,6 +99,9 @@ class Ledger:
     _events: list[PublishEvent] = field(default_factory=list)
     _counters: _Counters = field(default_factory=_Counters)
     _drop_times: list[float] = field(default_factory=list)  # when CometD clients were dropped
+    # (start, end) wall times of node restarts and of half-open windows
+    _restart_windows: list[tuple[float, float]] = field(default_factory=list)
+    _half_open_windows: list[tuple[float, float]] = field(default_factory=list)
     _in_flight: int = 0
     _peak_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -149,6 +165,19 @@ class Ledger:
             self._counters.client_drops += 1
             self._drop_times.append(time.time())
 
+    def restarted(self, seconds: float) -> None:
+        """A node restart began; log-ins fail for ``seconds``."""
+        now = time.time()
+        with self._lock:
+            self._counters.restarts += 1
+            self._restart_windows.append((now, now + seconds))
+
+    def went_half_open(self, seconds: float) -> None:
+        now = time.time()
+        with self._lock:
+            self._counters.half_opens += 1
+            self._half_open_windows.append((now, now + seconds))
+
     def count(self, counter: str) -> None:
         with self._lock:
             setattr(self._counters, counter, getattr(self._counters, counter) + 1)
@@ -172,6 +201,30 @@ class Ledger:
     @property
     def login_page_count(self) -> int:
         return self._counters.login_pages
+
+    @property
+    def login_attempt_count(self) -> int:
+        """Log-ins tried, whatever the answer (503s during a restart included)."""
+        return self._counters.login_attempts
+
+    @property
+    def login_unavailable_count(self) -> int:
+        return self._counters.login_unavailable
+
+    @property
+    def restart_windows(self) -> list[tuple[float, float]]:
+        """(start, end) wall times of each node restart's log-in outage."""
+        with self._lock:
+            return list(self._restart_windows)
+
+    @property
+    def half_open_windows(self) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self._half_open_windows)
+
+    @property
+    def silent_poll_count(self) -> int:
+        return self._counters.silent_polls
 
     @property
     def handshake_count(self) -> int:
@@ -234,6 +287,33 @@ class Ledger:
             if e.processed and e.outcome == outcome and e.reference_id is not None
         }
 
+    def cancelled_by(self) -> dict[str, str | None]:
+        """The ground truth per phone number: the referenceId of the request that really
+        cancelled it (None: a request without one). Numbers never cancelled are absent."""
+        return {
+            e.phone_number: e.reference_id
+            for e in self.entries
+            if e.effect == "cancelled" and e.phone_number is not None
+        }
+
+    def refs_by_number(self) -> dict[str, list[str]]:
+        """Every distinct referenceId POSTed for each phone number, in the order first
+        seen, whatever happened to the request (a second one means a second CancelRecord
+        under a new id)."""
+        refs: dict[str, list[str]] = {}
+        for e in self.entries:
+            if e.phone_number is None or e.reference_id is None:
+                continue
+            seen = refs.setdefault(e.phone_number, [])
+            if e.reference_id not in seen:
+                seen.append(e.reference_id)
+        return refs
+
+    def requests_during(self, windows: Iterable[tuple[float, float]]) -> list[RequestEntry]:
+        """Outbound-record requests that started inside any of these (start, end) windows."""
+        spans = list(windows)
+        return [e for e in self.entries if any(a <= e.t_start < b for a, b in spans)]
+
     def processed_count(self) -> int:
         return sum(1 for e in self.entries if e.processed)
 
@@ -271,6 +351,8 @@ class Ledger:
                 "events": [asdict(e) for e in self._events],
                 "counters": asdict(self._counters),
                 "client_drop_times": list(self._drop_times),
+                "restart_windows": [list(w) for w in self._restart_windows],
+                "half_open_windows": [list(w) for w in self._half_open_windows],
                 "peak_in_flight": self._peak_in_flight,
             }
 
@@ -286,5 +368,7 @@ class Ledger:
         ledger._events = [PublishEvent(**e) for e in raw["events"]]
         ledger._counters = _Counters(**raw["counters"])
         ledger._drop_times = list(raw.get("client_drop_times", []))
+        ledger._restart_windows = [(a, b) for a, b in raw.get("restart_windows", [])]
+        ledger._half_open_windows = [(a, b) for a, b in raw.get("half_open_windows", [])]
         ledger._peak_in_flight = raw["peak_in_flight"]
         return ledger

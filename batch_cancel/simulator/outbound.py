@@ -1,9 +1,13 @@
 """``POST /api/v2/me/outbound-records``: validation, fault injection and the CometD outcome.
 
-The order of checks mirrors a GWS behind Jetty: the connection can die first, the DoS
-filter (delay, then 429) acts before authentication, then session and CSRF, then the
-voice service (503), then the contact-center session (statusCode 2), then the request.
-A request can also hang: accepted on the socket and never answered, processed or not.
+The order of checks mirrors a GWS behind Jetty: the connection can die first, a gateway
+in front can answer itself, the DoS filter (delay, then 429) acts before authentication,
+then session and CSRF, then the voice service (503), then the contact-center session
+(statusCode 2), then the request. A request can also hang: accepted on the socket and
+never answered, processed or not. After GWS processed a request its answer can still be
+lost (reset), replaced by a gateway's 502/504/408, or be statusCode 7 or 9.
+A repeat for a record already cancelled changes nothing; ``Faults.repeat_answer`` says
+how it is answered.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from batch_cancel.simulator.httputil import (
     NOT_AUTHENTICATED,
     csrf_ok,
     drop_connection,
+    gateway_answer,
     gws_error,
     gws_ok,
+    hold_silently,
     json_object,
     session_of,
 )
@@ -43,8 +49,6 @@ __all__ = ["OutboundRecords"]
 _REQUIRED = ("applicationId", "campaignName", "callingList", "phoneNumber", "devicePath")
 # DoNotCallRecord by phone number does not need a calling list (its API page).
 _OPTIONAL_BY_OPERATION = {"DoNotCallRecord": frozenset({"callingList"})}
-# How often a hung request looks whether its client gave up or the server stops.
-_HANG_CHECK = 0.2
 _CHAIN_ATTRIBUTES = frozenset({"AllChain", "RecordOnly"})
 
 
@@ -77,6 +81,8 @@ class OutboundRecords:
             drop_connection(request)
             state.ledger.finish_request(entry, http_status=None, status_code=None, fault="reset_before")
             return web.Response()
+        if state.chance(faults.gateway_before_rate):
+            return self._gateway(entry, "gateway_before")  # GWS never saw it
         wait = state.dos_filter.admit(
             _dos_key(request), faults.dos_max_requests_per_sec, faults.dos_max_wait
         )
@@ -101,7 +107,16 @@ class OutboundRecords:
             return refusal.response
         if state.config.service_time > 0:
             await asyncio.sleep(state.config.service_time)
-        self._process(entry, req)
+        incomplete = state.chance(faults.incomplete_rate)
+        if incomplete and not state.chance(faults.incomplete_processed_rate):
+            # statusCode 9 before GWS did anything
+            return self._incomplete(entry)
+        repeat_refused = self._process(entry, req)
+        if repeat_refused is not None:
+            state.ledger.finish_request(entry, http_status=repeat_refused.http_status,
+                                        status_code=repeat_refused.status_code,
+                                        fault=repeat_refused.fault)  # fmt: skip
+            return repeat_refused.response
         entry.listeners = state.hub.listeners(session.user, "/v2/me/outbound")
         early = state.chance(faults.ack_before_http_rate)
         reset_after = state.chance(faults.reset_after_rate)
@@ -116,10 +131,28 @@ class OutboundRecords:
             drop_connection(request)
             state.ledger.finish_request(entry, http_status=None, status_code=None, fault="reset_after")
             return web.Response()
+        if incomplete:
+            return self._incomplete(entry)  # statusCode 9, yet GWS did it
+        if state.chance(faults.gateway_after_rate):
+            return self._gateway(entry, "gateway_after")
+        if state.chance(faults.partial_success_rate):
+            state.ledger.finish_request(entry, http_status=200, status_code=7, fault="partial_success")
+            return web.json_response({"statusCode": 7, "statusMessage": "Partial success"})
         state.ledger.finish_request(
             entry, http_status=200, status_code=0, fault="ack_before_http" if early else None
         )
         return gws_ok()
+
+    def _gateway(self, entry: RequestEntry, fault: str) -> web.Response:
+        """A proxy in front of GWS answers with its own error, not GWS JSON."""
+        state = self._state
+        status = state.rng.choice(state.faults.gateway_statuses)
+        state.ledger.finish_request(entry, http_status=status, status_code=None, fault=fault)
+        return gateway_answer(status, state.faults.gateway_body)
+
+    def _incomplete(self, entry: RequestEntry) -> web.Response:
+        self._state.ledger.finish_request(entry, http_status=500, status_code=9, fault="incomplete")
+        return gws_error(500, 9, "Processing incomplete")
 
     def _admit(self, request: web.Request, body: dict[str, Any] | None) -> tuple[HttpSession, RecordRequest]:
         state = self._state
@@ -184,15 +217,30 @@ class OutboundRecords:
             reference_id=None if ref is None else str(ref),
         )
 
-    def _process(self, entry: RequestEntry, req: RecordRequest) -> None:
+    def _process(self, entry: RequestEntry, req: RecordRequest) -> _Refusal | None:
+        """Do what GWS does with a valid request; a refusal when a repeat is answered
+        as a JSON error (nothing changed, so not processed)."""
         state = self._state
         config = state.config
-        failed = req.phone_number in config.failing_numbers or req.calling_list in config.failing_lists
+        ref = req.reference_id
+        entry.repeat = ref is not None and ref in state.processed_refs
+        key = (req.operation, req.calling_list, req.phone_number)
+        if req.phone_number in config.failing_numbers or req.calling_list in config.failing_lists:
+            entry.effect = entry.outcome = "failed"
+        elif key not in state.done:
+            state.done[key] = ref if ref is not None else f"#{entry.seq}"
+            entry.effect = entry.outcome = "cancelled"
+        else:
+            # already cancelled (by this referenceId or another): nothing changes
+            entry.effect = "already"
+            answer = state.faults.repeat_answer
+            if answer == "http_error":
+                return _Refusal(404, 6, "Record not found", "repeat_not_found")
+            entry.outcome = "failed" if answer == "failure" else "cancelled"
         entry.processed = True
-        entry.outcome = "failed" if failed else "cancelled"
-        if req.reference_id is not None:
-            entry.repeat = req.reference_id in state.processed_refs
-            state.processed_refs.add(req.reference_id)
+        if ref is not None:
+            state.processed_refs.add(ref)
+        return None
 
     def _schedule_outcome(self, entry: RequestEntry, user: str, req: RecordRequest, *, early: bool) -> None:
         state = self._state
@@ -258,6 +306,10 @@ class OutboundRecords:
             state.sessions.rotate_csrf(session)
         if faults.drop_cometd_every and n % faults.drop_cometd_every == 0:
             state.hub.drop_clients()
+        if faults.restart_every and n % faults.restart_every == 0:
+            state.restart(faults.restart_for, faults.restart_retry_after)
+        if faults.half_open_every and n % faults.half_open_every == 0:
+            state.go_half_open(faults.half_open_for)
 
 
     def _maybe_foreign(self, user: str) -> None:
@@ -277,18 +329,8 @@ class OutboundRecords:
 
     async def _hang(self, request: web.Request, entry: RequestEntry, fault: str) -> web.StreamResponse:
         """Keep the connection open and never answer, until the client gives up or we stop."""
-        state = self._state
-        state.ledger.finish_request(entry, http_status=None, status_code=None, fault=fault)
-        while not state.stopping.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break
-            try:
-                await asyncio.wait_for(state.stopping.wait(), _HANG_CHECK)
-            except TimeoutError:
-                continue
-        drop_connection(request)
-        return web.Response()
+        self._state.ledger.finish_request(entry, http_status=None, status_code=None, fault=fault)
+        return await hold_silently(request, self._state.stopping)
 
 
 def _dos_key(request: web.Request) -> str:

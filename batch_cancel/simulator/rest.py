@@ -35,13 +35,21 @@ class UserResources:
 
     async def get_me(self, request: web.Request) -> web.Response:
         state = self._state
+        credentials = basic_credentials(request)
+        if credentials is not None:
+            state.ledger.count("login_attempts")
         page = state.login_page_status()
         if page is not None:
             # not GWS: the HTML page a reverse proxy or an SSO gateway answers in front of it
             state.ledger.count("login_pages")
             return login_page(page)
+        if state.restarting():
+            # a node coming back behind its load balancer: no session can be made yet
+            state.ledger.count("login_unavailable")
+            retry_after = state.restart_retry_after
+            headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+            return gws_error(503, 4, "Service is starting, not available at this time", **headers)
         session = session_of(state, request)
-        credentials = basic_credentials(request)
         new_session = False
         if credentials is not None:
             user, password = credentials

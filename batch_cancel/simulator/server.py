@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from batch_cancel.simulator.bayeux import SILENT
 from batch_cancel.simulator.config import Faults, SimulatorConfig
 from batch_cancel.simulator.httputil import (
     BAD_CSRF,
     NOT_AUTHENTICATED,
     csrf_ok,
     gws_error,
+    hold_silently,
     login_page,
     session_of,
 )
@@ -174,6 +176,17 @@ class GwsSimulator:
         await request.read()
         return login_page(page)
 
+    def restart_node(self, seconds: float = 6.0, retry_after: float | None = 2.0) -> None:
+        """A GWS node restarts now: every HTTP session and CometD client is lost, and for
+        ``seconds`` log-ins answer 503 statusCode 4 with ``Retry-After: retry_after``
+        (None: no header; infinity and NaN are sent as such)."""
+        self._state.restart(seconds, retry_after)
+
+    def half_open_polls(self, seconds: float) -> None:
+        """Long polls held now, and /meta/connect requests arriving in the next
+        ``seconds``, are never answered nor reset (a NAT that forgot the connection)."""
+        self._state.go_half_open(seconds)
+
     def expire_all_sessions(self) -> int:
         """End every HTTP session: the next request of each gets 401 statusCode 20."""
         return self._state.sessions.end_all()
@@ -188,6 +201,10 @@ class GwsSimulator:
         session = session_of(state, request)
         if session is None:
             return gws_error(*NOT_AUTHENTICATED)
+        if state.half_open() and _has_connect(await request.read()):
+            # the server never sees this poll: it gets no answer and no reset
+            state.ledger.count("silent_polls")
+            return await hold_silently(request, state.stopping)
         if state.config.csrf_on_cometd and not csrf_ok(state, request, session):
             return gws_error(*BAD_CSRF)
         try:
@@ -209,6 +226,9 @@ class GwsSimulator:
             session_id=session.session_id,
             still_connected=still_connected,
         )
+        if replies == SILENT:
+            state.ledger.count("silent_polls")
+            return await hold_silently(request, state.stopping)
         if replies is None:
             return _cometd_unavailable()
         return web.json_response(replies)
@@ -235,6 +255,18 @@ async def _json_errors(
         return gws_error(404, 6, f"Resource not found: {request.path}")
     except web.HTTPMethodNotAllowed:
         return gws_error(405, 10, f"Method not allowed: {request.method}")
+
+
+def _has_connect(raw: bytes) -> bool:
+    try:
+        messages = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if isinstance(messages, dict):
+        messages = [messages]
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("channel") == "/meta/connect" for m in messages
+    )
 
 
 def _cometd_unavailable() -> web.Response:

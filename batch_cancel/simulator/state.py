@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class SimState:
             for i, u in enumerate(sorted(config.users))
         }
         self.processed_refs: set[str] = set()
+        # (operation, calling list, phone number) -> the referenceId (or "#seq") of the
+        # request that did it: what GWS has really done, for repeats
+        self.done: dict[tuple[str, str | None, str], str] = {}
         self.record_handles: dict[tuple[str, str], int] = {}
         # outbound-record requests that got past authentication: the clock of *_every faults
         self.authenticated_requests = 0
@@ -53,6 +57,11 @@ class SimState:
         # the monotonic time given (see serve_login_page)
         self.login_page: tuple[int, float, bool] | None = None
         self.dos_filter = DosFilter()
+        # monotonic ends of a node restart's log-in outage (with its Retry-After) and of
+        # a half-open window for long polls
+        self.restart_until = 0.0
+        self.restart_retry_after: float | None = None
+        self.half_open_until = 0.0
         # Set when the server stops, so hung requests let go of their connections.
         self.stopping = asyncio.Event()
 
@@ -62,11 +71,30 @@ class SimState:
         if faults.seed is not None:
             self.rng = random.Random(faults.seed)
 
+    def restart(self, seconds: float, retry_after: float | None) -> None:
+        """A GWS node restarts: sessions and CometD clients are lost at once, and log-ins
+        answer 503 for ``seconds``."""
+        self.ledger.restarted(seconds)
+        self.restart_until = time.monotonic() + seconds
+        self.restart_retry_after = retry_after
+        self.sessions.end_all()
+        self.hub.drop_clients()
+
+    def restarting(self) -> bool:
+        return time.monotonic() < self.restart_until
+
+    def go_half_open(self, seconds: float) -> None:
+        """Long polls held now or arriving within ``seconds`` are never answered."""
+        self.ledger.went_half_open(seconds)
+        self.half_open_until = time.monotonic() + seconds
+        self.hub.go_silent()
+
+    def half_open(self) -> bool:
+        return time.monotonic() < self.half_open_until
+
     def login_page_status(self, *, login: bool = True) -> int | None:
         """The status of the HTML page that answers log-ins (``login``) or any other API
         request now, or None (GWS answers)."""
-        import time
-
         page = self.login_page
         if page is None or time.monotonic() >= page[1] or not (login or page[2]):
             return None

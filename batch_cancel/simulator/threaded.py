@@ -80,6 +80,12 @@ class ThreadedSimulator:
                          everywhere: bool = False) -> None:  # fmt: skip
         self._on_loop(lambda: self._sim.serve_login_page(status, seconds, everywhere=everywhere))
 
+    def restart_node(self, seconds: float = 6.0, retry_after: float | None = 2.0) -> None:
+        self._on_loop(lambda: self._sim.restart_node(seconds, retry_after))
+
+    def half_open_polls(self, seconds: float) -> None:
+        self._on_loop(lambda: self._sim.half_open_polls(seconds))
+
     def expire_all_sessions(self) -> int:
         return self._on_loop(self._sim.expire_all_sessions)
 

@@ -1,0 +1,325 @@
+"""The adaptive controls, in one place beside the plain rate pacer (pacer.py).
+
+The pacer keeps a schedule: a rate, a pause everyone shares, one probe after a pause.
+What the rate should be, and when everyone should pause, follows from GWS's answers;
+:class:`Controller` decides it, with a small interface the sender calls once per answer:
+
+- :meth:`Controller.accepted` (latency): a POST went through;
+- :meth:`Controller.refused`: GWS's own refusal (the request was wrong, GWS is well);
+- :meth:`Controller.overloaded` (HTTP status, Retry-After): a transient failure; it
+  answers whether everyone pauses (a 429, a Retry-After, failures that cluster) or
+  this request backs off alone (a lone 503).
+
+Three signals feed it:
+
+- **failure clusters** (:class:`FailureCluster`): a lone 503 is one request's bad luck;
+  only when a high share of the latest answers fail does GWS need silence from all;
+- **delay watch** (:class:`DelayWatch`): a throttle that only delays (Jetty's DoS
+  filter) refuses nothing, so POST latency is judged against the calm latency of the
+  start;
+- **AIMD** (adaptive mode, ``--adaptive-rate``, as TCP does): a throttling answer halves
+  the rate (not below ``floor``), at most once per ``cooldown`` seconds because the
+  requests in flight answer 429 together for one overload; every calm second adds
+  ``increase`` of the ceiling back. The ceiling is ``--rate``; with ``--rate 0``
+  requests go unpaced until the first throttling, and the rate observed over the last
+  second then becomes the ceiling. A lone 503 lowers the rate a little
+  (``lone_decrease``), not by half. When answers get slow, the rate GWS answered at over
+  the last second is the rate it serves (the knee): the rate drops to ``drain_share``
+  of it, so the queue the server built drains, and latency is not judged again until
+  it has (a calm verdict) or ``drain_timeout`` passed. It then recovers up to
+  ``hold_share`` of the knee and holds there ``hold`` seconds after the last slow
+  answers; only then does it probe above, slowly (``probe_increase`` a second). So it
+  settles just under a server that only delays instead of oscillating around its limit.
+
+Without adaptive mode the rate is fixed: only the failure clusters act (a shared pause).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from typing import NamedTuple
+
+from batch_cancel.send.pacer import Pacer
+
+__all__ = ["Controller", "DelayWatch", "FailureCluster", "Latency", "Reaction"]
+
+
+class Reaction(NamedTuple):
+    """What a transient failure asks: ``pause`` seconds for everyone (None: this request
+    backs off alone), and why."""
+
+    pause: float | None
+    why: str
+
+
+class Controller:
+    def __init__(
+        self,
+        pacer: Pacer,
+        *,
+        clock: Callable[[], float],
+        floor: float = 1.0,
+        decrease: float = 0.5,
+        increase: float = 0.05,
+        cooldown: float = 1.0,
+        lone_decrease: float = 0.9,
+        drain_share: float = 0.7,
+        hold_share: float = 0.95,
+        hold: float = 30.0,
+        probe_increase: float = 0.02,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self.pacer = pacer
+        self._clock = clock
+        self.adaptive = pacer.adaptive  # --adaptive-rate: the pacer then notes what it served
+        self._floor = floor
+        self._decrease = decrease
+        self._increase = increase
+        self._cooldown = cooldown
+        self._lone_decrease = lone_decrease
+        self._drain_share = drain_share
+        self._hold_share = hold_share
+        self._hold = hold
+        self._probe_increase = probe_increase
+        self._drain_timeout = drain_timeout
+        self.cluster = FailureCluster(clock)
+        self.delays = DelayWatch()
+        self.minimum = pacer.current
+        self.decreases = 0
+        self.delay_decreases = 0
+        self.knee: float | None = None
+        self._last_decrease = -math.inf
+        self._last_raise = -math.inf
+        self._slow_at = -math.inf
+        self._draining_since: float | None = None
+        self._answers: deque[float] = deque()
+
+    # the rate requests are paced at: the pacer's, which this controller sets
+    @property
+    def current(self) -> float:
+        return self.pacer.current
+
+    @current.setter
+    def current(self, rate: float) -> None:
+        self.pacer.current = rate
+
+    @property
+    def ceiling(self) -> float:
+        return self.pacer.ceiling
+
+    # -- what the sender tells ------------------------------------------------------------
+    def accepted(self, latency: float) -> None:
+        """A POST went through after ``latency`` seconds."""
+        self.answered(latency)
+        self.cluster.answered(False)
+        self.calm()
+
+    def refused(self) -> None:
+        """GWS refused the request itself: GWS is well, so no cluster and no slow-down."""
+        self.pacer.answered_any()
+        self.cluster.answered(False)
+
+    def overloaded(self, http_status: int | None, retry_after: float | None) -> Reaction:
+        """A transient failure GWS (or what is in front of it) answered."""
+        clustered = self.cluster.answered(True)
+        if http_status == 429 or retry_after is not None or clustered:
+            # GWS asks the client, not this request, to slow down: everyone pauses
+            self.throttled()
+            waited = self.pacer.pause(retry_after)
+            why = "failures cluster" if clustered and http_status != 429 else "GWS throttled"
+            return Reaction(waited, why)
+        if http_status is not None and http_status >= 500:
+            # a lone 503: this request backs off on its own; the rate adapts a little
+            self.throttled(lone=True)
+            self.pacer.answered_any()
+            return Reaction(None, "lone")
+        return Reaction(None, "retry")
+
+    # -- AIMD ---------------------------------------------------------------------------
+    def calm(self) -> None:
+        """A request went through: the next throttling starts a fresh backoff, and an
+        adaptive rate recovers a little."""
+        self.pacer.calm()
+        if self.adaptive and self.current < self.ceiling and self._draining_since is None:
+            self._raise(self._clock())
+
+    def throttled(self, *, lone: bool = False) -> None:
+        """GWS answered 429 or 503: multiplicative decrease (adaptive mode only).
+
+        ``lone``: a 503 without Retry-After while the others go through; it counts,
+        but lowers the rate only a little.
+        """
+        if not self.adaptive:
+            return
+        now = self._clock()
+        if now - self._last_decrease < self._cooldown:
+            return
+        if math.isinf(self.current):
+            observed = self.pacer.observed_rate(now)
+            self.pacer.ceiling = self.current = max(self._floor, observed)
+        factor = self._lone_decrease if lone else self._decrease
+        self._lower(now, self.current * factor)
+
+    def _lower(self, now: float, rate: float) -> None:
+        self.current = max(self._floor, min(self.current, rate))
+        self.minimum = min(self.minimum, self.current)
+        self.decreases += 1
+        self._last_decrease = self._last_raise = now
+
+    def answered(self, latency: float) -> None:
+        """A POST was answered after ``latency`` seconds: the delay-throttle watch."""
+        if not self.adaptive:
+            return  # what was served is only asked by the adaptive rate
+        now = self._clock()
+        self._answers.append(now)
+        while self._answers and self._answers[0] <= now - 1.0:
+            self._answers.popleft()
+        verdict = self.delays.answered(latency)
+        if self._draining_since is not None:
+            if verdict is Latency.CALM:
+                self._draining_since = None
+                self._last_raise = now
+            elif now - self._draining_since < self._drain_timeout:
+                return
+            else:
+                self._draining_since = None
+        if verdict is not Latency.SLOW:
+            return
+        # what GWS answered over the last second is what it serves
+        served = float(len(self._answers))
+        if math.isinf(self.current):
+            self.pacer.ceiling = self.current = max(self._floor, served)
+        if served:
+            self.knee = served
+        target = self._drain_share * self.knee if self.knee else 0.0
+        # already below the drain rate and still slow: the knee was misjudged
+        self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
+        self._slow_at = now
+        self.delay_decreases += 1
+        self._draining_since = now
+        self.delays.forget_recent()
+
+    def _raise(self, now: float) -> None:
+        # only time since the last decrease and outside a pause counts as calm
+        since = max(self._last_raise, self.pacer.paused_until)
+        if now > since:
+            step = self._increase * self.ceiling * (now - since)
+            ceiling = self.ceiling
+            if self.knee is not None:
+                hold_at = self._hold_share * self.knee
+                if self.current < hold_at:
+                    ceiling = min(ceiling, hold_at)  # recover quickly, up to just under the knee
+                elif now - self._slow_at < self._hold:
+                    step = 0.0  # hold just under the rate where GWS started delaying
+                else:
+                    # long calm: GWS may serve more now; probe slowly
+                    step = min(step, self._probe_increase * self.current * (now - since))
+            self.current = min(ceiling, self.current + step)
+            self._last_raise = now
+
+
+# -- failure clusters ---------------------------------------------------------------------
+# When failures cluster: the signal for a pause shared by every sender.
+#
+# A lone 503 (no Retry-After) is one request's bad luck: that request backs off on
+# its own. Only when a high share of the latest requests fail does the server need
+# silence from all of them. The window is the last ``window`` answers no older than
+# ``max_age`` seconds; it clusters when at least ``min_failures`` of them failed and
+# they are at least ``share`` of it. With 5 % of answers failing at random, 5 of 10
+# failing together happens about once in 16,000 windows; when every request fails
+# it takes five answers to notice.
+
+class FailureCluster:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        window: int = 10,
+        min_failures: int = 5,
+        share: float = 0.5,
+        max_age: float = 2.0,
+    ) -> None:
+        self._clock = clock
+        self._window = window
+        self._min = min_failures
+        self._share = share
+        self._max_age = max_age
+        self._answers: deque[tuple[float, bool]] = deque()
+        self._failures = 0  # failed answers in the window, kept as it changes (asked per answer)
+
+    def answered(self, failed: bool) -> bool:
+        """Record one answer; True when failures now cluster."""
+        now = self._clock()
+        answers = self._answers
+        answers.append((now, failed))
+        self._failures += failed
+        oldest = now - self._max_age
+        while answers and (len(answers) > self._window or answers[0][0] < oldest):
+            self._failures -= answers.popleft()[1]
+        failures = self._failures
+        return failures >= self._min and failures >= self._share * len(answers)
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._failures = 0
+
+
+# -- delay watch ----------------------------------------------------------------------------
+# A throttle that only delays: POST latency against the calm latency of the start.
+#
+# Jetty's DoS filter (in front of GWS) holds requests over its per-session rate back
+# before it refuses any, so the first sign of it is answers that get slower. The
+# calm baseline is the median latency of the first ``baseline_samples`` answers,
+# lowered later whenever a calm stretch is faster still. The answers are slow when
+# the median of the last ``recent`` is more than ``factor`` times the baseline and
+# at least ``min_extra`` seconds above it: on loopback a calm answer takes a few
+# milliseconds, and on a busy box scheduling noise alone can triple one (measured: p50
+# 3.4 ms, p95 9.5 ms at 20/s), so one slow answer says nothing; three of five do.
+
+class Latency(StrEnum):
+    LEARNING = "learning"  # the baseline, or enough recent answers, not known yet
+    CALM = "calm"
+    SLOW = "slow"
+
+
+class DelayWatch:
+    def __init__(
+        self,
+        *,
+        baseline_samples: int = 20,
+        recent: int = 5,
+        factor: float = 2.0,
+        min_extra: float = 0.008,
+    ) -> None:
+        self._needed = baseline_samples
+        self._first: list[float] = []
+        self._recent: deque[float] = deque(maxlen=recent)
+        self._factor = factor
+        self._min_extra = min_extra
+        self.baseline: float | None = None
+
+    def answered(self, latency: float) -> Latency:
+        if self.baseline is None:
+            self._first.append(latency)
+            if len(self._first) < self._needed:
+                return Latency.LEARNING
+            self.baseline = statistics.median(self._first)
+            self._first.clear()
+            return Latency.CALM
+        self._recent.append(latency)
+        if len(self._recent) < (self._recent.maxlen or 1):
+            return Latency.LEARNING  # too few answers since the last judgement
+        typical = statistics.median(self._recent)
+        if typical > self.baseline * self._factor and typical > self.baseline + self._min_extra:
+            return Latency.SLOW
+        # a calm stretch faster than the first answers becomes the new baseline
+        self.baseline = min(self.baseline, typical)
+        return Latency.CALM
+
+    def forget_recent(self) -> None:
+        """After the rate was lowered, judge only answers to requests sent since."""
+        self._recent.clear()
