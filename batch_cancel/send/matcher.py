@@ -77,6 +77,10 @@ class Matcher:
         self.record_handles = 0
         self.error_events = 0
         self.gap_resends = 0
+        # the ack channel's AckChannel.heard_since: whether a poll came back after a moment;
+        # a row goes on waiting for a deaf channel up to max_deaf s past its deadline
+        self.heard_since: Callable[[float], bool] | None = None
+        self.max_deaf = 0.0
         self._on_outcome = on_outcome
         self._on_unmatched = on_unmatched
         # referenceIds of this run start so; another one is not a duplicate of ours
@@ -222,6 +226,16 @@ class Matcher:
             rec = self.pending.get(ref)
             if rec is None or rec.final or rec.deadline != deadline:
                 continue  # settled meanwhile, or accepted again (a newer deadline is queued)
+            if (self.heard_since is not None and rec.accepted_mono is not None
+                    and now < rec.accepted_mono + self._ack_timeout + self.max_deaf
+                    and not self.heard_since(rec.accepted_mono)):
+                # no poll came back since GWS accepted it: its outcome may be waiting in
+                # (or lost with) a deaf channel. A gap, not a time-out: look again in a
+                # second (the deque stays nearly ordered: a few entries wait up to 1 s)
+                rec.gap = True
+                rec.deadline = now + _DEAF_RECHECK
+                self._deadlines.append((rec.deadline, ref))
+                continue
             if rec.gap and rec.attempts < self.max_attempts:
                 # the ack may have been published while nobody listened: ask once more
                 # (once per gap the record was caught in, within --max-attempts POSTs)
@@ -244,6 +258,8 @@ class Matcher:
         """Records sent or accepted whose outcome is still unknown."""
         return len(self.pending)
 
+
+_DEAF_RECHECK = 1.0
 
 # An outcome that beats its HTTP answer is normal (the answer follows in
 # milliseconds); only a POST still unanswered this long after it is cut short.

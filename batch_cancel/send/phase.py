@@ -121,8 +121,12 @@ class Engine:
                 on_messages=matcher.on_messages,
                 route=cometd_route,
                 on_state=self._on_channel_state,
+                poll_timeout=self._gws.poll_timeout,
+                poll_margin=self._gws.poll_margin,
             )
             self._channel = channel
+            # a deadline passing while no poll came back is a gap, not a time-out
+            matcher.heard_since, matcher.max_deaf = channel.heard_since, cfg.max_outage
             await channel.start(timeout=min(60.0, cfg.max_outage), supervise=False)
             log.info("subscribed to %s", ", ".join(self._gws.ack_channels))
             pacer = Pacer(cfg.rate, clock=time.monotonic, sleep=asyncio.sleep,
