@@ -229,10 +229,11 @@ class Matcher:
             if (self.heard_since is not None and rec.accepted_mono is not None
                     and now < rec.accepted_mono + self._ack_timeout + self.max_deaf
                     and not self.heard_since(rec.accepted_mono)):
-                # no poll came back since GWS accepted it: its outcome may be waiting in
-                # (or lost with) a deaf channel. A gap, not a time-out: look again in a
-                # second (the deque stays nearly ordered: a few entries wait up to 1 s)
-                rec.gap = True
+                # no poll came back since GWS accepted it: the outcome may be held by a
+                # deaf channel, so this is no time-out yet. Look again in a second (the
+                # deque stays nearly ordered: a few entries wait up to 1 s): a poll that
+                # comes back proves the channel heard all along (then a time-out), one
+                # given up takes the channel down, which makes the row a gap (resent)
                 rec.deadline = now + _DEAF_RECHECK
                 self._deadlines.append((rec.deadline, ref))
                 continue
