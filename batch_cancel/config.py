@@ -143,6 +143,10 @@ class GwsConfig:
     # an explicit proxy URL (else the environment's, as curl reads it); it may carry
     # credentials taken from the environment, so it stays out of the repr
     proxy: str | None = field(default=None, repr=False)
+    # CometD liveness (gws/cometd_client.py PollBound): how long a long poll is assumed to
+    # be held when the server advises no timeout, and the margin allowed on top of any
+    poll_timeout: float = 30.0
+    poll_margin: float = 10.0
 
     def __post_init__(self) -> None:
         refuse_url_credentials(self.base_url, "the GWS base URL")
@@ -150,6 +154,10 @@ class GwsConfig:
         timeout = self.request_timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and 0 < timeout <= _DAY):
             raise ConfigError(f"request_timeout must be a finite number of seconds > 0, not {timeout!r}")
+        for name in ("poll_timeout", "poll_margin"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0 < value <= _DAY):
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, not {value!r}")
 
     @property
     def notifications_url(self) -> str:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_time import FakeTime
-from helpers import PASSWORD, USER
+from helpers import PASSWORD, USER, numbers, read_report, write_csv
 
-from batch_cancel.config import Credentials, GwsConfig
+from batch_cancel.config import Credentials, GwsConfig, JobDefaults, RunConfig
 from batch_cancel.gws.ack_channel import AckChannel, Gap
 from batch_cancel.gws.cometd_client import DEFAULT_POLL_MARGIN, DEFAULT_POLL_TIMEOUT, PollBound
 from batch_cancel.gws.session import GwsSession
-from batch_cancel.simulator import GwsSimulator, SimulatorConfig
+from batch_cancel.job import run_job
+from batch_cancel.simulator import Faults, GwsSimulator, SimulatorConfig, ThreadedSimulator
 
 CONNECT = "/meta/connect"
 
@@ -155,3 +157,45 @@ async def test_a_quiet_channel_is_not_silent_and_reports_no_gap() -> None:
             finally:
                 await channel.close()
         assert channel.bound.polls_cut == 0 and gaps == [] and channel.handshakes == 1
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_run_through_a_half_open_window_without_timeout_advice_resends_under_the_same_ids(
+    tmp_path: Path,
+) -> None:
+    """Issue 21's 20 s half-open long poll with no timeout advice, scaled down: a 5 s window
+    after 80 requests; the server holds polls 1 s, tells nothing, and forgets a client silent
+    for 1.5 s, losing the outcomes queued for it. A poll is given up after 2.5 + 1 s, later
+    than the 2 s ack timeout (as 30 + 10 s is later than a 30 s one): rows whose deadline
+    passes while no poll came back are a gap, not timed out; they are resent under their
+    own referenceIds once the channel is back, and end cancelled."""
+    n = 100
+    sim = ThreadedSimulator(SimulatorConfig(
+        users={USER: PASSWORD}, long_poll_timeout=1.0, advise_timeout=False, max_interval=1.5,
+        faults=Faults(half_open_every=80, half_open_for=5.0),
+    )).start()  # fmt: skip
+    try:
+        src = write_csv(tmp_path / "in.csv", ["phone_number"], [[x] for x in numbers(n)])
+        config = RunConfig(inputs=(src,), state=tmp_path / "state.sqlite", report=tmp_path / "report.csv",
+                           defaults=JobDefaults(application_id=134, campaign="Campaign1",
+                                                calling_list="CallingList1"),
+                           rate=40, concurrency=4, ack_timeout=2.0, max_outage=30)  # fmt: skip
+        gws = GwsConfig(base_url=sim.base_url, credentials=Credentials(USER, PASSWORD),
+                        poll_timeout=2.5, poll_margin=1.0)  # fmt: skip
+        summary = await run_job(config, gws)
+    finally:
+        sim.stop()
+    ledger = sim.ledger
+    assert len(ledger.half_open_windows) >= 1 and ledger.silent_poll_count >= 1
+    lost = [e for e in ledger.events if e.kind == "ack" and e.delivered_to == 0]
+    assert lost, "the window lost no outcome: the scenario did not happen"
+    assert summary.exit_code == 0, summary
+    rows = read_report(tmp_path / "report.csv")
+    assert len(rows) == n and {r["status"] for r in rows} == {"cancelled"}
+    # ground truth: every number POSTed under one referenceId only, and cancelled by it
+    assert all(len(set(refs)) == 1 for refs in ledger.refs_by_number().values())
+    assert len(ledger.cancelled_by()) == n
+    assert len(ledger.entries) > n  # some rows were asked again

@@ -31,6 +31,7 @@ from aiocometd_noloop import ConnectionType
 
 from batch_cancel.exceptions import NotificationChannelLost
 from batch_cancel.gws import json_codec
+from batch_cancel.gws.cancelling import cancel_and_wait
 from batch_cancel.gws.cometd_client import (
     DEFAULT_POLL_MARGIN,
     DEFAULT_POLL_TIMEOUT,
@@ -326,14 +327,5 @@ class AckChannel:
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel one of our own tasks and wait for it to end. Its own cancellation (or a
-    failure while it stops) is expected; a cancellation of the caller is not swallowed."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception as exc:  # a channel being closed: say so, and go on closing
-        log.debug("CometD task %s ended with %r while closing", task.get_name(), exc)
+    await cancel_and_wait(task, lambda exc: log.debug("CometD task %s ended with %r while closing",
+                                                      task.get_name(), exc))  # fmt: skip

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from batch_cancel.exceptions import GwsUnavailable, TransientError
+from batch_cancel.gws.cancelling import cancel_and_wait
 
 __all__ = ["LoginGate"]
 
@@ -88,15 +89,8 @@ class LoginGate:
         """Stop a log-in still in flight (the run is ending)."""
         flight, self._flight = self._flight, None
         if flight is not None and not flight.done():
-            flight.cancel()
-            try:
-                await flight
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-            except Exception as exc:  # the run is ending: its outcome no longer matters
-                log.debug("log-in in flight ended with %r while closing", exc)
+            await cancel_and_wait(flight, lambda exc: log.debug("log-in in flight ended with %r while "
+                                                                "closing", exc))  # fmt: skip
 
     async def _until_logged_in(self, login: Callable[[], Awaitable[Any]], wasted: bool) -> Any:
         await self._respite(wasted)

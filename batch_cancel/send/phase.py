@@ -137,6 +137,8 @@ class Engine:
                 on_messages=outcomes.on_messages,
                 route=cometd_route,
                 on_state=self._on_channel_state,
+                poll_timeout=self._gws.poll_timeout,
+                poll_margin=self._gws.poll_margin,
                 # outcomes published while the Bayeux session was lost: rows accepted since
                 # are asked again under their referenceId, not expired
                 on_gap=lambda gap: outcomes.gap(gap.since),
