@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from batch_cancel import __version__
 from batch_cancel.config import GwsConfig, RunConfig
@@ -104,9 +104,11 @@ def decide_outputs(config: RunConfig) -> RunConfig:
 
 
 def prepare(
-    config: RunConfig, stop: asyncio.Event | None = None
+    config: RunConfig, stop: asyncio.Event | None = None, fence: str | None = None
 ) -> tuple[Journal | PgJournal, str, list[InputFile]]:
-    """Check inputs, open (or create) the journal and make sure the plan is complete."""
+    """Check inputs, open (or create) the journal and make sure the plan is complete.
+
+    ``fence``: the run lock's token, carried by every state write (journal/lock.py)."""
     if config.report is not None:
         check_report_path(config.report)
     files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding,
@@ -115,7 +117,7 @@ def prepare(
         return _prepare_shared(config, files, stop), str(config.run_id), files
     run_id = config.run_id or new_run_id()
     state = config.state or Path("state") / f"{run_id}.sqlite"
-    journal = Journal.open(state)
+    journal = Journal.open(state, fence=fence)
     try:
         if journal.is_new():
             journal.set_meta(
@@ -153,10 +155,11 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
         made = journal.create(
             run_id=config.run_id, version=__version__, created_at=time.time(), operator=_operator(),
             inputs=_identity(files), fingerprint=config.fingerprint(), config=config.public(),
-            planned=False,
+            planned=False, rate=config.rate,
         )  # fmt: skip
         if not made:
             _check_resume(journal, files, config)
+            _check_job_rate(journal, config)
         said = False
         while not journal.get_meta("planned"):
             with journal.plan_lock(wait=1.0, stop=stop.is_set if stop else None) as got:
@@ -174,10 +177,25 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
     return journal
 
 
-def _other_workers_running(journal: Journal | PgJournal) -> bool:
-    from batch_cancel.journal.postgres import PgJournal
+def _check_job_rate(journal: PgJournal, config: RunConfig) -> None:
+    """The rate is the job's, set by its first worker: a joiner given another is refused
+    before it sends anything (exit 2), naming both.
 
-    return isinstance(journal, PgJournal) and journal.running_workers() > 0
+    Refused rather than adopted: the operator who typed ``--rate 100`` believes the job
+    goes at 100/s, and a worker that silently went at the job's 10/s (or raised the
+    job to 100/s under workers started at 10) would break that belief either way;
+    the message says how to get what they meant (a new job, or the same rate).
+    """
+    job = journal.get_meta("rate")
+    if job is None:  # a job made before the rate was the job's: its first worker's
+        job = (journal.get_meta("config") or {}).get("rate")
+    if job is None or float(job) == config.rate:
+        return
+    def shown(r: float) -> str:
+        return "0 (unlimited)" if r <= 0 else f"{r:g}/s"
+    raise ConfigError(f"job {config.run_id} runs at --rate {shown(float(job))} (set by its first worker); "
+                      f"this worker was given --rate {shown(config.rate)}: start it with --rate "
+                      f"{float(job):g}, or give another --run-id for a job at another rate")  # fmt: skip
 
 
 def _operator() -> str:
@@ -240,7 +258,7 @@ async def run_job(
 
     lock.on_lost(lost)
     try:
-        return await _run_locked(config, gws, stop, progress, journaling)
+        return await _run_locked(config, gws, stop, progress, journaling, lock.holder.token)
     except Interrupted as exc:
         if not lock.lost.is_set():
             raise
@@ -275,10 +293,11 @@ async def _run_locked(
     stop: asyncio.Event,
     progress: ProgressFactory | None,
     journaling: bool,
+    fence: str | None = None,
 ) -> Summary:
     started = time.monotonic()
     try:
-        journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+        journal, run_id, _files = await asyncio.to_thread(prepare, config, stop, fence)
     except sqlite3.DatabaseError as exc:
         raise _journal_error(exc, config.state) from None
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
@@ -286,8 +305,10 @@ async def _run_locked(
     metrics: RunMetrics | None = None
     fleet: FleetWorker | None = None
     try:
-        if config.retry_failed and not config.dry_run:
-            again = journal.retry_failed(time.time())
+        timed_out_before: float | None = None
+        if (config.retry_failed or config.retry_timed_out) and not config.dry_run:
+            again, timed_out_before = journal.start_round(
+                retry_failed=config.retry_failed, retry_timed_out=config.retry_timed_out, at=time.time())
             if again:
                 log.info("--retry-failed: %d failed row(s) will be sent again, each with a new "
                          "referenceId (suffix -r<round>)", again)  # fmt: skip
@@ -307,12 +328,13 @@ async def _run_locked(
 
             view = progress(to_send) if progress is not None else None
             if config.state_db is not None:
-                from batch_cancel.journal.postgres import PgJournal
                 from batch_cancel.send.fleet import FleetWorker
 
-                assert isinstance(journal, PgJournal)
-                fleet = FleetWorker(journal, rate=config.rate, batch=config.concurrency,
-                                    retry_timed_out=config.retry_timed_out, stop=stop)  # fmt: skip
+                # a journal given as postgresql://… is a PgJournal (prepare made it so)
+                fleet = FleetWorker(cast("PgJournal", journal), rate=config.rate,
+                                    batch=config.concurrency, retry_timed_out_before=timed_out_before,
+                                    stop=stop, max_outage=config.max_outage,
+                                    keep_sent_for=config.ack_timeout)  # fmt: skip
             engine = Engine(config, gws, journal, stop=stop, progress=view,
                             on_latency=metrics.observe_latency if metrics else None,
                             fleet=fleet)  # fmt: skip
@@ -366,8 +388,8 @@ def _finish(
     last = True
     if fleet is not None:
         last = fleet.leave(state)
-    elif shared and config.state_db is not None:
-        last = not _other_workers_running(journal)
+    elif shared:
+        last = journal.running_workers() == 0
     unwritten: ReportUnwritable | None = None
     if last:
         with contextlib.suppress(Exception):

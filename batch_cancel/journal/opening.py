@@ -26,7 +26,7 @@ def open_existing(path: Path | None, db: StateDb | None, run_id: str | None) -> 
 
         if not run_id:
             raise ConfigError("--run-id is required with --state postgresql://…")
-        journal = PgJournal.open(db, run_id)
+        journal = PgJournal.open(db, run_id, migrate=False)
         where = f"{db.display} has no job {run_id!r}"
     else:
         if path is None or not path.is_file():

@@ -18,13 +18,32 @@ per installation, plus what a fleet needs:
   for the plan (and take over if the planner dies: its lock goes with its
   connection).
 
-Tables are created on first use and versioned (``schema_version``).
+**Fencing.** Every write of a row's state carries its writer's ownership: the
+lease owner and the epoch it joined with (:class:`Ownership`). The UPDATE's WHERE
+clause refuses a row that another worker holds now, or any row of a worker that is
+no longer running; the refused rows are answered to the writer, which drops them.
+A claim that takes a row whose lease ran out marks its old owner ``lost`` in the
+same transaction, so a frozen worker that thaws finds itself lost at its next
+renewal instead of renewing the leases it no longer has.
+
+**Bounded silence.** Connections carry ``statement_timeout``, ``lock_timeout``,
+TCP keepalives and ``tcp_user_timeout``, so no call blocks for long on a dead
+socket; lease times are ``clock_timestamp()`` (the moment of the statement, not of
+the transaction's start); a heartbeat never waits on another worker's lock (the
+rate shares are recomputed only when their advisory lock is free at once). A
+connection that broke is opened again on the next call (a database restart).
+
+**Migrations** are explicit and numbered (``_MIGRATIONS``), run once by a worker
+under an advisory lock; readers (``status``, ``report``) open without any DDL, so a
+read-only role can use them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -41,15 +60,18 @@ from psycopg import sql
 from batch_cancel.config import StateDb
 from batch_cancel.exceptions import ConfigError, JournalUnavailable, LeaseLost
 from batch_cancel.journal.rows import FINAL, RowEvent, RowState, RowToSend, Status
-from batch_cancel.journal.store import PLAN_COLUMNS, RECORD_COLUMNS
+from batch_cancel.journal.store import PLAN_COLUMNS, RECORD_COLUMNS, ROUND_RESET, round_changes
+
+log = logging.getLogger("batch_cancel.journal")
 
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 STATE_COLUMNS = RowState._fields[:-1]
 _TO_SEND = ", ".join(RowToSend._fields)
 
-__all__ = ["SCHEMA_VERSION", "PgJournal", "is_state_url", "parse_state_url"]
+__all__ = ["SCHEMA_VERSION", "Ownership", "PgJournal", "connection_settings", "is_state_url",
+           "parse_state_url"]  # fmt: skip
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _OURS = ("schema", "lease")  # URL options for us; every other one goes to libpq
 _TYPES = {
     "row": "BIGINT NOT NULL", "application_id": "BIGINT", "attempts": "INTEGER NOT NULL DEFAULT 0",
@@ -57,7 +79,7 @@ _TYPES = {
     "sent_at": "DOUBLE PRECISION", "acked_at": "DOUBLE PRECISION", "latency_ms": "DOUBLE PRECISION",
     "status": "TEXT NOT NULL", "record_handle": "BIGINT",
 }  # fmt: skip
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS {s}.jobs (
     run_id TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
@@ -94,6 +116,15 @@ CREATE TABLE IF NOT EXISTS {s}.workers (
     PRIMARY KEY (run_id, worker)
 );
 """
+# Version 2: fencing (the epoch a worker joined with; the epoch of a row's lease),
+# the job's counter of epochs, and the column a first version-1 schema lacked.
+_SCHEMA_V2 = """
+ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS record_handle BIGINT;
+ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS lease_epoch BIGINT;
+ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS epochs BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS epoch BIGINT;
+"""
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def is_state_url(value: str) -> bool:
@@ -117,6 +148,10 @@ def parse_state_url(url: str, password: str | None = None) -> StateDb:
     except ValueError as exc:
         raise ConfigError(f"--state: {exc}") from None
     options = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in options):
+        # in the query it would sit in `ps`, job files and logs as surely as in the netloc
+        raise ConfigError("--state: a password in the URL (?password=) would be logged; give it in "
+                          "PGPASSWORD, ~/.pgpass or --state-password-file")  # fmt: skip
     ours = {k: v for k, v in options if k in _OURS}
     rest = [(k, v) for k, v in options if k not in _OURS]
     schema = ours.get("schema", "batch_cancel")
@@ -134,9 +169,32 @@ def parse_state_url(url: str, password: str | None = None) -> StateDb:
     return StateDb(conninfo=conninfo, display=display, schema=schema, lease=lease, password=password)
 
 
+def connection_settings(db: StateDb) -> dict[str, Any]:
+    """libpq settings that bound how long any call can block, scaled to the lease.
+
+    A half-open socket (a cut cable, a firewall that drops without answering) would
+    otherwise keep a call waiting for TCP's retries (~15 min): ``tcp_user_timeout``
+    ends a write nobody acknowledges, keepalives an idle read. The server ends a
+    statement or a lock wait that takes too long. Options given in the URL win.
+    """
+    given = dict(parse_qsl(urlsplit(db.conninfo).query))
+    lease = db.lease
+    out: dict[str, Any] = {
+        "keepalives": 1, "keepalives_idle": max(1, int(lease / 3)), "keepalives_interval": 1,
+        "keepalives_count": 3, "tcp_user_timeout": max(1000, int(lease * 1000)),
+        "connect_timeout": max(2, int(lease)),
+        # planning copies batches of tens of thousands of rows: minutes would be wrong,
+        # a minute is plenty; a lock is never worth more than a third of a lease
+        "options": f"-c statement_timeout={max(60_000, int(lease * 2000))} "
+                   f"-c lock_timeout={max(500, int(lease * 1000 / 3))}",
+    }  # fmt: skip
+    return {k: v for k, v in out.items() if k not in given}
+
+
 def _connect(db: StateDb) -> psycopg.Connection[Any]:
     try:
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "batch-cancel"}
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "batch-cancel",
+                                  **connection_settings(db)}  # fmt: skip
         if db.password is not None:
             kwargs["password"] = db.password
         return psycopg.connect(db.conninfo, **kwargs)
@@ -148,63 +206,107 @@ def _connect(db: StateDb) -> psycopg.Connection[Any]:
         raise JournalUnavailable(message) from None
 
 
+@dataclasses.dataclass
+class Ownership:
+    """Who writes through a journal: the worker and the epoch it joined the job with.
+
+    One object is shared by a worker's connections (its claims and heartbeat, and the
+    journal writer's own connection), so the writer's fence is the worker's as soon
+    as it has joined. ``worker`` None: not a worker of a fleet (nothing is fenced).
+    """
+
+    worker: str | None = None
+    epoch: int | None = None
+
+
 class PgJournal:
     """One job (run id) in a PostgreSQL journal; the same methods as the SQLite store.
 
     One connection, used under a lock so the writer thread and the loop's reads
-    can share it (psycopg connections are thread-safe, transactions are not).
+    can share it (psycopg connections are thread-safe, transactions are not). A
+    connection that broke (a database restart) is opened again on the next call.
     """
 
     kind = "postgresql"
 
-    def __init__(self, db: StateDb, run_id: str, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, db: StateDb, run_id: str, conn: psycopg.Connection[Any],
+                 owner: Ownership | None = None) -> None:  # fmt: skip
         self.db = db
         self.run_id = run_id
         self.location = f"{db.display} (run {run_id})"
-        self._conn = conn
+        self._conn_ = conn
         self._lock = threading.RLock()
         self._s = sql.Identifier(db.schema)
         self._plan_lock: psycopg.Connection[Any] | None = None
+        self.owner = owner or Ownership()
+        self._depth = 0  # transactions open on this connection (under the lock)
 
     # -- opening -------------------------------------------------------------------
     @classmethod
-    def open(cls, db: StateDb, run_id: str) -> PgJournal:
+    def open(cls, db: StateDb, run_id: str, *, owner: Ownership | None = None,
+             migrate: bool = True) -> PgJournal:  # fmt: skip
+        """Open the job's journal. ``migrate``: make or upgrade the schema (a worker);
+        without it (``status``, ``report``) nothing is created, so a read-only role works."""
         conn = _connect(db)
-        journal = cls(db, run_id, conn)
+        journal = cls(db, run_id, conn, owner)
         try:
-            journal._ensure_schema()
+            journal._check_schema(migrate)
         except BaseException:
             conn.close()
             raise
         return journal
 
-    def _ensure_schema(self) -> None:
-        with self._lock, self._conn.transaction():
-            # workers starting together must not race on CREATE … IF NOT EXISTS
-            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.db.schema])
+    def _version(self) -> int | None:
+        row = self._x("SELECT to_regclass(%s)", [f"{self.db.schema}.schema_version"]).fetchone()
+        if not row or row[0] is None:
+            return None
+        found = self._x("SELECT max(version) FROM {s}.schema_version").fetchone()
+        return int(found[0]) if found and found[0] is not None else None
+
+    def _check_schema(self, migrate: bool) -> None:
+        found = self._version()
+        if found is not None and found > SCHEMA_VERSION:
+            raise ConfigError(f"journal {self.db.display} has schema version {found}; this "
+                              f"batch-cancel knows {SCHEMA_VERSION}: upgrade batch-cancel")  # fmt: skip
+        if found == SCHEMA_VERSION:
+            return
+        if not migrate:
+            raise ConfigError(f"journal {self.db.display} has " +
+                              ("no batch-cancel tables" if found is None else f"schema version {found}") +
+                              f" (this batch-cancel needs {SCHEMA_VERSION}): a worker "
+                              "(batch-cancel run) makes or upgrades it")  # fmt: skip
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply the migrations this schema lacks, once: workers starting together wait for
+        the first one's advisory lock, then find the work done."""
+        with self.transaction():
+            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{self.db.schema}/migrate"])
             self._x("CREATE SCHEMA IF NOT EXISTS {s}")
             self._x("CREATE TABLE IF NOT EXISTS {s}.schema_version (version INTEGER NOT NULL)")
             row = self._x("SELECT max(version) FROM {s}.schema_version").fetchone()
-            found = row[0] if row else None
-            if found is not None and found > SCHEMA_VERSION:
-                raise ConfigError(f"journal {self.db.display} has schema version {found}; this "
-                                  f"batch-cancel knows {SCHEMA_VERSION}: upgrade batch-cancel")  # fmt: skip
+            found = int(row[0]) if row and row[0] is not None else 0
             columns = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
-            self._x(_SCHEMA.replace("{columns}", columns))
-            # a column added after the first schema of this version; only altered when
-            # missing (an ALTER takes a lock that running workers' updates would deadlock on)
-            have = self._x("SELECT 1 FROM information_schema.columns WHERE table_schema=%s AND "
-                           "table_name='records' AND column_name='record_handle'",
-                           [self.db.schema]).fetchone()  # fmt: skip
-            if have is None:
-                self._x("ALTER TABLE {s}.records ADD COLUMN record_handle BIGINT")
-            if found is None:
-                self._x("INSERT INTO {s}.schema_version VALUES (%s)", [SCHEMA_VERSION])
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                self._x(_MIGRATIONS[version].replace("{columns}", columns))
+                self._x("INSERT INTO {s}.schema_version VALUES (%s)", [version])
 
     def close(self) -> None:
         if self._plan_lock is not None:
             self._plan_lock.close()
-        self._conn.close()
+        with contextlib.suppress(Exception):
+            self._conn_.close()
+
+    @property
+    def _conn(self) -> psycopg.Connection[Any]:
+        """The connection, opened again if it broke (a restart, a failover, a cut link)."""
+        with self._lock:
+            if self._conn_.broken or self._conn_.closed:
+                if self._depth:
+                    # never half a transaction on one connection and half autocommitted on another
+                    raise JournalUnavailable(f"journal {self.db.display}: connection lost in a transaction")
+                self._conn_ = _connect(self.db)
+            return self._conn_
 
     def _x(self, query: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Execute with ``{s}`` standing for the schema (an identifier, never text)."""
@@ -213,7 +315,13 @@ class PgJournal:
             return self._conn.execute(q, params)
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return _Locked(self._lock, self._conn)
+        return _Locked(self)
+
+    def reopen(self, busy_timeout: float = 0.0) -> Callable[[], PgJournal]:
+        """How another thread opens its own connection to this job, with the same ownership
+        (``busy_timeout``: SQLite's; here the connection's lock_timeout bounds a wait)."""
+        db, run_id, owner = self.db, self.run_id, self.owner
+        return lambda: PgJournal.open(db, run_id, owner=owner, migrate=False)
 
     @property
     def spill_dir(self) -> Path:
@@ -372,19 +480,21 @@ class PgJournal:
                       [self.run_id, after_row, [str(s) for s in statuses], limit])  # fmt: skip
         return [RowToSend._make(values) for values in cur.fetchall()]
 
-    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent],
-                    worker: str | None = None) -> None:
+    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> list[int]:
         """One transaction: new record states (STATE_COLUMNS + row) and their events.
 
-        A row that reaches a final status gives up its lease with it.
+        Fenced: a worker's write reaches only the rows it still holds (its name and
+        epoch on the row) and only while it is running; the rows refused are answered
+        (their events are not written) and the writer drops them. A row that reaches a
+        final status gives up its lease time with it, and keeps its owner, so a late
+        acknowledgement of the same worker can still upgrade it.
         """
+        worker, epoch = self.owner.worker, self.owner.epoch
+        refused: set[int] = set()
         with self.transaction():
             if self.get_meta("plan_snapshot") is not None:
                 self._drop_snapshot()
             if states:
-                # rows locked in row order, as every other statement here locks them
-                self._x("SELECT row FROM {s}.records WHERE run_id=%s AND row = ANY(%s) ORDER BY row "
-                        "FOR UPDATE", [self.run_id, sorted({s[-1] for s in states})])  # fmt: skip
                 cols = [*STATE_COLUMNS, "row"]
                 # a Status is text to PostgreSQL (psycopg would send an Enum by its name)
                 arrays = [[str(v) if isinstance(v, Status) else v for v in col]
@@ -392,45 +502,88 @@ class PgJournal:
                 types = [_array_type(c) for c in cols]
                 unnest = ", ".join(f"%s::{t}[]" for t in types)
                 sets = ", ".join(f"{c}=u.{c}" for c in STATE_COLUMNS)
-                self._x(
+                fence, fenced = "", []
+                if worker is not None:
+                    # in the WHERE clause, not read first: the row's lock decides between
+                    # this write and a claim that takes the row over
+                    fence = ("AND r.lease_owner = %s AND r.lease_epoch IS NOT DISTINCT FROM %s "
+                             "AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.run_id = r.run_id "
+                             "AND w.worker = %s AND w.state = 'running')")
+                    fenced = [worker, epoch, worker]
+                # rows locked in row order (ORDER BY in the locking subquery), as every
+                # other statement here locks them: no deadlock with a heartbeat or a claim
+                cur = self._x(
+                    f"WITH u AS (SELECT * FROM unnest({unnest}) AS u({', '.join(cols)})), "
+                    "l AS MATERIALIZED (SELECT r.row FROM {s}.records r JOIN u ON r.row = u.row "
+                    f"WHERE r.run_id=%s {fence} ORDER BY r.row FOR UPDATE OF r) "
                     f"UPDATE {{s}}.records r SET {sets}, "
-                    "lease_owner = CASE WHEN u.status = ANY(%s) THEN NULL ELSE r.lease_owner END, "
                     "lease_until = CASE WHEN u.status = ANY(%s) THEN NULL ELSE r.lease_until END "
-                    f"FROM unnest({unnest}) AS u({', '.join(cols)}) WHERE r.run_id=%s AND r.row=u.row",
-                    [[str(f) for f in FINAL], [str(f) for f in FINAL], *arrays, self.run_id],
+                    "FROM u, l WHERE r.run_id=%s AND r.row=u.row AND l.row = u.row RETURNING r.row",
+                    [*arrays, self.run_id, *fenced, [str(f) for f in FINAL], self.run_id],
                 )
-            if events:
+                written = {int(r[0]) for r in cur.fetchall()}
+                refused = {int(st[-1]) for st in states} - written
+            kept = [e for e in events if e[0] not in refused]
+            if kept:
                 copy = sql.SQL("COPY {s}.events (run_id, row, at, event, attempt, http_status, "
                                "status_code, detail, worker) FROM STDIN").format(s=self._s)
-                with self._conn.cursor() as cur, cur.copy(copy) as cp:
-                    for e in events:
+                with self._conn.cursor() as cur2, cur2.copy(copy) as cp:
+                    for e in kept:
                         cp.write_row([self.run_id, *(str(v) if isinstance(v, Status) else v for v in e),
                                       worker])
+        return sorted(refused)
 
     # -- a fleet: leases --------------------------------------------------------------------
+    def _short_statements(self) -> None:
+        """In this transaction no statement may take more than half a lease (a claim or a
+        renewal that waits longer than that is worth less than one made again)."""
+        self._x("SELECT set_config('statement_timeout', %s, true)", [f"{max(200, int(self.db.lease * 500))}ms"])
+
+    def _me_running(self, worker: str) -> bool:
+        """This worker is running and renewed within a lease (its row locked against a
+        claim that would mark it lost, until the transaction ends)."""
+        row = self._x("SELECT state = 'running' AND heartbeat_at >= clock_timestamp() - "
+                      "make_interval(secs => %s) FROM {s}.workers WHERE run_id=%s AND worker=%s "
+                      "FOR SHARE", [self.db.lease, self.run_id, worker]).fetchone()  # fmt: skip
+        return bool(row and row[0])
+
     def claim(self, worker: str, limit: int, *, retry_timed_out_before: float | None = None
               ) -> list[RowToSend]:
         """Lease up to ``limit`` rows with no outcome that nobody holds (or whose lease
-        expired), in row order; rows locked by another claim right now are skipped."""
+        expired), in row order; rows locked by another claim right now are skipped.
+
+        Only a worker that is running and renewed within its lease claims (else: []).
+        Taking a row whose lease ran out marks its old owner lost in the same
+        transaction: that worker's next renewal fails, and its writes are refused.
+        """
         timed_out = "OR (status = 'timed_out' AND sent_at < %s)" if retry_timed_out_before else ""
         params: list[Any] = [self.run_id]
         if retry_timed_out_before:
             params.append(retry_timed_out_before)
-        params += [limit, worker, self.db.lease, self.run_id]
+        params += [limit]
         with self.transaction():
+            self._short_statements()
+            if not self._me_running(worker):
+                return []
             # MATERIALIZED: the locking SELECT runs once; as a join's inner side it would
             # be rescanned per row, each rescan locking (and handing out) further rows
-            cur = self._x(
-                "WITH c AS MATERIALIZED (SELECT row FROM {s}.records WHERE run_id=%s "
-                f"AND (status IN ('planned', 'sent') {timed_out}) "
-                "AND (lease_until IS NULL OR lease_until < now()) ORDER BY row LIMIT %s "
-                "FOR UPDATE SKIP LOCKED) "
-                "UPDATE {s}.records r SET lease_owner=%s, lease_until=now() + make_interval(secs => %s) "
+            taken = self._x(
+                "WITH c AS MATERIALIZED (SELECT row, lease_owner, lease_until FROM {s}.records "
+                f"WHERE run_id=%s AND (status IN ('planned', 'sent') {timed_out}) "
+                "AND (lease_until IS NULL OR lease_until < clock_timestamp()) ORDER BY row LIMIT %s "
+                "FOR UPDATE SKIP LOCKED), "
+                "gone AS (UPDATE {s}.workers w SET state='lost', rate_share=0 FROM "
+                "(SELECT DISTINCT lease_owner FROM c WHERE lease_until IS NOT NULL "
+                "AND lease_owner IS NOT NULL AND lease_owner <> %s) o "
+                "WHERE w.run_id=%s AND w.worker=o.lease_owner AND w.state='running' RETURNING w.worker) "
+                "UPDATE {s}.records r SET lease_owner=%s, lease_epoch=%s, "
+                "lease_until=clock_timestamp() + make_interval(secs => %s) "
                 "FROM c WHERE r.run_id=%s AND r.row=c.row "
-                f"RETURNING {', '.join('r.' + c for c in RowToSend._fields)}",
-                params,
-            )
-            rows = [RowToSend._make(v) for v in cur.fetchall()]
+                f"RETURNING {', '.join('r.' + c for c in RowToSend._fields)}, "
+                "(SELECT count(*) FROM gone)",
+                [*params, worker, self.run_id, worker, self.owner.epoch, self.db.lease, self.run_id],
+            ).fetchall()
+        rows = [RowToSend._make(v[:-1]) for v in taken]
         rows.sort(key=lambda r: int(r.row))
         return rows
 
@@ -443,99 +596,133 @@ class PgJournal:
     def release(self, worker: str) -> int:
         """Give back the rows this worker holds and has no outcome for (a clean stop)."""
         with self.transaction():
-            return self._set_leases(worker, "lease_owner=NULL, lease_until=NULL", [])
+            return self._set_leases(worker, "lease_owner=NULL, lease_until=NULL", [], only_leased=True)
 
     # -- a fleet: workers ------------------------------------------------------------------
+    def _job_key(self, what: str) -> str:
+        return f"{self.db.schema}/{self.run_id}/{what}"
+
     def join(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
-        """Register this worker; answers (and applies) its first share of the job's rate."""
+        """Register this worker with a new epoch (the job's counter of joins, its fencing
+        token); answers (and applies) its first share of the job's rate."""
         with self.transaction():
-            self._x("INSERT INTO {s}.workers(run_id, worker, host, pid, state) "
-                    "VALUES (%s, %s, %s, %s, 'running')",
-                    [self.run_id, worker, socket.gethostname(), os.getpid()])  # fmt: skip
+            row = self._x("UPDATE {s}.jobs SET epochs = epochs + 1 WHERE run_id=%s RETURNING epochs",
+                          [self.run_id]).fetchone()  # fmt: skip
+            epoch = int(row[0]) if row else 0
+            self._x("INSERT INTO {s}.workers(run_id, worker, host, pid, state, epoch, started_at, "
+                    "heartbeat_at) VALUES (%s, %s, %s, %s, 'running', %s, clock_timestamp(), "
+                    "clock_timestamp())",
+                    [self.run_id, worker, socket.gethostname(), os.getpid(), epoch])  # fmt: skip
+        self.owner.worker, self.owner.epoch = worker, epoch
         return self.heartbeat(worker, job_rate, apply)
 
     def heartbeat(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
-        """Renew this worker's leases and heartbeat, forget dead workers, and take this
-        worker's share of the job's rate: ``min(rate / live, rate - the others' shares)``.
+        """Renew this worker's leases and heartbeat and take its share of the job's rate:
+        ``min(rate / live, rate - the others' shares)``. Raises LeaseLost when a claim
+        marked this worker lost (it took a row whose lease this worker let run out).
 
-        ``apply`` sets the pacer: before the commit when the share goes down, after
-        it when the share goes up, so the declared shares always bound the sending.
+        Never waits on another worker: the rows renewed are this worker's own, and the
+        shares are recomputed only when their advisory lock is free at once (else the
+        share stays as it is until the next beat). ``apply`` sets the pacer: before the
+        commit when the share goes down, after it when it goes up, so the declared
+        shares always bound the sending.
         """
         lease = self.db.lease
+        share = mine = 0.0
         with self.transaction():
-            # one worker at a time decides shares: the job's row is the lock. NO KEY: the
-            # event log's foreign key takes KEY SHARE on that row for every insert, and a
-            # worker's writer must not wait for the heartbeat that waits for its rows
-            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR NO KEY UPDATE", [self.run_id])
-            me = self._x("UPDATE {s}.workers SET heartbeat_at=now() WHERE run_id=%s AND worker=%s "
-                         "RETURNING state", [self.run_id, worker]).fetchone()  # fmt: skip
+            self._short_statements()
+            # the rows first, then the worker's row: a claim locks in the same order
+            self._set_leases(worker, "lease_until=clock_timestamp() + make_interval(secs => %s)", [lease],
+                             only_leased=True)  # fmt: skip
+            me = self._x("UPDATE {s}.workers SET heartbeat_at=clock_timestamp() WHERE run_id=%s AND "
+                         "worker=%s RETURNING state, rate_share",
+                         [self.run_id, worker]).fetchone()  # fmt: skip
             if me is None or me[0] != "running":
                 apply(0.0)
                 raise LeaseLost(f"worker {worker} was silent for more than its lease "
-                                f"({lease:g} s): its rows may have gone to other workers, so it stops")
-            self._set_leases(worker, "lease_until=now() + make_interval(secs => %s)", [lease])
-            self._x("UPDATE {s}.workers SET state='lost', rate_share=0 WHERE run_id=%s AND "
-                    "state='running' AND heartbeat_at < now() - make_interval(secs => %s)",
-                    [self.run_id, lease])  # fmt: skip
-            found = self._x(
-                "SELECT count(*), coalesce(sum(rate_share) FILTER (WHERE worker <> %s), 0), "
-                "coalesce(max(rate_share) FILTER (WHERE worker = %s), 0) FROM {s}.workers "
-                "WHERE run_id=%s AND state='running'", [worker, worker, self.run_id]).fetchone()  # fmt: skip
-            live, others, mine = found if found else (0, 0.0, 0.0)
-            mine = float(mine)
+                                f"({lease:g} s) and another worker took its rows: it stops")  # fmt: skip
+            mine = share = float(me[1])
             if job_rate <= 0:
                 return 0.0  # unlimited: nothing to share
-            share = max(0.0, min(job_rate / max(1, live), job_rate - float(others)))
-            self._x("UPDATE {s}.workers SET rate_share=%s WHERE run_id=%s AND worker=%s",
-                    [share, self.run_id, worker])
+            got = self._x("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                          [self._job_key("shares")]).fetchone()
+            if got and got[0]:
+                found = self._x(
+                    "SELECT count(*), coalesce(sum(rate_share) FILTER (WHERE worker <> %s), 0) "
+                    "FROM {s}.workers WHERE run_id=%s AND state='running' AND heartbeat_at >= "
+                    "clock_timestamp() - make_interval(secs => %s)",
+                    [worker, self.run_id, lease]).fetchone()  # fmt: skip
+                live, others = found if found else (0, 0.0)
+                share = max(0.0, min(job_rate / max(1, int(live)), job_rate - float(others)))
+                self._x("UPDATE {s}.workers SET rate_share=%s WHERE run_id=%s AND worker=%s",
+                        [share, self.run_id, worker])
             if share < mine:
                 apply(share)
         if share >= mine:
             apply(share)
         return share
 
-    def leave(self, worker: str, state: str) -> bool:
+    def leave(self, worker: str, state: str, keep_sent_for: float = 0.0) -> bool:
         """This worker stops (``done`` or ``stopped``); answers True if no other worker of
-        the job is still running (this one is the last to finish)."""
+        the job is still running (this one is the last to finish).
+
+        Rows never sent go back at once; rows sent and awaiting an acknowledgement keep
+        their lease for ``keep_sent_for`` seconds more (the ack timeout): until then an
+        acknowledgement may still come, and another worker must not POST them again.
+        """
         with self.transaction():
-            self._x("SELECT run_id FROM {s}.jobs WHERE run_id=%s FOR NO KEY UPDATE", [self.run_id])
-            self._set_leases(worker, "lease_owner=NULL, lease_until=NULL", [])
-            self._x("UPDATE {s}.workers SET state=%s, rate_share=0, finished_at=now() "
-                    "WHERE run_id=%s AND worker=%s", [state, self.run_id, worker])  # fmt: skip
+            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._job_key("shares")])
+            self._x("WITH held AS MATERIALIZED (SELECT row FROM {s}.records WHERE run_id=%s AND "
+                    "lease_owner=%s AND lease_until IS NOT NULL ORDER BY row FOR UPDATE) "
+                    "UPDATE {s}.records r SET "
+                    "lease_owner = CASE WHEN r.status = 'sent' AND %s > 0 THEN r.lease_owner END, "
+                    "lease_until = CASE WHEN r.status = 'sent' AND %s > 0 THEN "
+                    "greatest(r.lease_until, clock_timestamp() + make_interval(secs => %s)) END "
+                    "FROM held WHERE r.run_id=%s AND r.row=held.row",
+                    [self.run_id, worker, *[keep_sent_for] * 3, self.run_id])  # fmt: skip
+            self._x("UPDATE {s}.workers SET state=%s, rate_share=0, finished_at=clock_timestamp() "
+                    "WHERE run_id=%s AND worker=%s AND state='running'",
+                    [state, self.run_id, worker])  # fmt: skip
             row = self._x("SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' "
-                          "AND heartbeat_at >= now() - make_interval(secs => %s)",
+                          "AND heartbeat_at >= clock_timestamp() - make_interval(secs => %s)",
                           [self.run_id, self.db.lease]).fetchone()  # fmt: skip
         return not row or int(row[0]) == 0
 
-    def _set_leases(self, worker: str, assignment: str, params: list[Any]) -> int:
-        """Update the rows a worker holds, locking them in row order first.
+    def _set_leases(self, worker: str, assignment: str, params: list[Any], *,
+                    only_leased: bool = False) -> int:  # fmt: skip
+        """Update the rows a worker holds (its name and epoch), locking them in row order first.
 
         The worker's writer thread updates the same rows (save_states, also in row
         order) over another connection: locks taken in one order cannot deadlock.
         """
+        leased = "AND lease_until IS NOT NULL " if only_leased else ""
         cur = self._x(
             "WITH held AS MATERIALIZED (SELECT row FROM {s}.records WHERE run_id=%s AND lease_owner=%s "
-            f"ORDER BY row FOR UPDATE) UPDATE {{s}}.records r SET {assignment} FROM held "
-            "WHERE r.run_id=%s AND r.row=held.row",
-            [self.run_id, worker, *params, self.run_id])  # fmt: skip
+            f"AND lease_epoch IS NOT DISTINCT FROM %s {leased}ORDER BY row FOR UPDATE) "
+            f"UPDATE {{s}}.records r SET {assignment} FROM held WHERE r.run_id=%s AND r.row=held.row",
+            [self.run_id, worker, self.owner.epoch, *params, self.run_id])  # fmt: skip
         return cur.rowcount
 
     def running_workers(self) -> int:
         """Workers of the job that are running and alive (heartbeat within a lease)."""
         row = self._x("SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' "
-                      "AND heartbeat_at >= now() - make_interval(secs => %s)",
+                      "AND heartbeat_at >= clock_timestamp() - make_interval(secs => %s)",
                       [self.run_id, self.db.lease]).fetchone()  # fmt: skip
         return int(row[0]) if row else 0
 
     def workers(self) -> list[dict[str, Any]]:
+        """The job's workers; one still ``running`` whose heartbeat is older than a lease
+        shows as ``lost`` (it is, unless it comes back before another takes its rows)."""
         cur = self._x(
-            "SELECT w.worker, w.host, w.pid, w.state, w.started_at, w.heartbeat_at, w.finished_at, "
+            "SELECT w.worker, w.host, w.pid, CASE WHEN w.state = 'running' AND w.heartbeat_at < "
+            "clock_timestamp() - make_interval(secs => %s) THEN 'lost' ELSE w.state END AS state, "
+            "w.epoch, w.started_at, w.heartbeat_at, w.finished_at, "
             "w.rate_share, (SELECT count(*) FROM {s}.records r WHERE r.run_id=w.run_id AND "
-            "r.lease_owner=w.worker AND r.lease_until >= now()) AS leased, "
+            "r.lease_owner=w.worker AND r.lease_until >= clock_timestamp()) AS leased, "
             "(SELECT min(r.lease_until) FROM {s}.records r WHERE r.run_id=w.run_id AND "
             "r.lease_owner=w.worker) AS lease_until, "
-            "extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age "
-            "FROM {s}.workers w WHERE w.run_id=%s ORDER BY w.started_at", [self.run_id])
+            "extract(epoch FROM clock_timestamp() - w.heartbeat_at) AS heartbeat_age "
+            "FROM {s}.workers w WHERE w.run_id=%s ORDER BY w.started_at", [self.db.lease, self.run_id])
         names = [d.name for d in cur.description or []]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
@@ -589,28 +776,57 @@ class PgJournal:
                       "ORDER BY id LIMIT %s", [self.run_id, limit])  # fmt: skip
         return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
 
-    def retry_failed(self, at: float) -> int:
-        """As Journal.retry_failed: failed rows planned again, each with a new referenceId."""
-        from batch_cancel.journal.store import next_round_reference
+    def start_round(self, *, retry_failed: bool, retry_timed_out: bool, at: float,
+                    window: float = 60.0) -> tuple[int, float | None]:
+        """A retry round of the job, one step done once per request, atomically.
 
-        rows = self._x("SELECT row, reference_id, error FROM {s}.records WHERE run_id=%s AND "
-                       "status='failed' ORDER BY row", [self.run_id]).fetchall()  # fmt: skip
-        if not rows:
-            return 0
-        with self.transaction(), self._conn.cursor() as cur:
-            cur.executemany(
-                sql.SQL("UPDATE {s}.records SET status='planned', reference_id=%s, attempts=0, "
-                        "http_status=NULL, status_code=NULL, notification_type=NULL, error=NULL, "
-                        "acked_at=NULL, latency_ms=NULL, record_handle=NULL "
-                        "WHERE run_id=%s AND row=%s").format(s=self._s),
-                [(next_round_reference(str(ref)), self.run_id, row) for row, ref, _ in rows],
-            )
-            cur.executemany(
-                sql.SQL("INSERT INTO {s}.events (run_id, row, at, event, detail) "
-                        "VALUES (%s, %s, %s, 'retry_failed', %s)").format(s=self._s),
-                [(self.run_id, row, at, f"was {ref}: {error or 'failed'}") for row, ref, error in rows],
-            )
-        return len(rows)
+        Workers started together with ``--retry-failed`` (or a worker joining a running
+        fleet) must not each start a round: a second round would hand every row of the
+        first one a new referenceId while it is being sent. So, under the job's round
+        lock, a round starts only when no worker of the job is running and no round
+        began within ``window`` seconds (the database's clock); otherwise this worker
+        joins the round there is. Answers (failed rows planned again by this call, the
+        time before which timed-out rows are sent again: the job's, None without one).
+        """
+        with self.transaction():
+            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._job_key("round")])
+            row = self._x(
+                "SELECT (SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' AND "
+                "heartbeat_at >= clock_timestamp() - make_interval(secs => %s)), "
+                "extract(epoch FROM clock_timestamp())", [self.run_id, self.db.lease]).fetchone()  # fmt: skip
+            live, now = (int(row[0]), float(row[1])) if row else (0, 0.0)
+            last = self.get_meta("round_started_at")
+            joining = live > 0 or (last is not None and now - float(last) < window)
+            again = 0
+            if (retry_failed or retry_timed_out) and not joining:
+                self._put_meta({"round_started_at": now})
+                if retry_timed_out:
+                    self._put_meta({"timed_out_before": at})
+                if retry_failed:
+                    failed = self._x("SELECT row, reference_id, error FROM {s}.records WHERE "
+                                     "run_id=%s AND status='failed' ORDER BY row",
+                                     [self.run_id]).fetchall()  # fmt: skip
+                    updates, events = round_changes(failed, at)
+                    again = len(updates)
+                    if updates:
+                        self._drop_snapshot()
+                        self._x(f"UPDATE {{s}}.records r SET {ROUND_RESET.replace('?1', 'u.ref')} "
+                                "FROM unnest(%s::text[], %s::int8[]) AS u(ref, row) "
+                                "WHERE r.run_id=%s AND r.row=u.row",
+                                [[u[0] for u in updates], [u[1] for u in updates], self.run_id])  # fmt: skip
+                        with self._conn.cursor() as cur:
+                            cur.executemany(
+                                sql.SQL("INSERT INTO {s}.events (run_id, row, at, event, attempt, "
+                                        "http_status, status_code, detail) VALUES (%s, %s, %s, %s, %s, "
+                                        "%s, %s, %s)").format(s=self._s),
+                                [(self.run_id, *e) for e in events],
+                            )
+            elif retry_failed or retry_timed_out:
+                log.info("job %s: a retry round is already under way (a worker is running or one "
+                         "started less than %g s ago): this worker joins it",
+                         self.run_id, window)  # fmt: skip
+            before = self.get_meta("timed_out_before") if retry_timed_out else None
+        return again, None if before is None else float(before)
 
     def events_for(self, row: int) -> list[tuple[Any, ...]]:
         cur = self._x("SELECT at, event, attempt, http_status, status_code, detail FROM {s}.events "
@@ -626,16 +842,17 @@ def _array_type(column: str) -> str:
 class _Locked:
     """A transaction on the shared connection, held under its lock."""
 
-    def __init__(self, lock: threading.RLock, conn: psycopg.Connection[Any]) -> None:
-        self._lock = lock
-        self._conn = conn
+    def __init__(self, journal: PgJournal) -> None:
+        self._journal = journal
+        self._lock = journal._lock
         self._tx: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> None:
         self._lock.acquire()
         try:
-            self._tx = self._conn.transaction()
+            self._tx = self._journal._conn.transaction()
             self._tx.__enter__()
+            self._journal._depth += 1
         except BaseException:
             self._lock.release()
             raise
@@ -643,6 +860,7 @@ class _Locked:
     def __exit__(self, *exc: Any) -> None:
         try:
             assert self._tx is not None
+            self._journal._depth -= 1
             self._tx.__exit__(*exc)
         finally:
             self._lock.release()

@@ -15,13 +15,14 @@ import contextlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
 
-__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "Journal", "next_round_reference"]
+__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "ROUND_RESET", "Journal", "next_round_reference",
+           "round_changes"]  # fmt: skip
 
 SCHEMA_VERSION = "1"
 
@@ -35,6 +36,8 @@ RECORD_COLUMNS = (
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 _SAVE_STATE = (f"UPDATE records SET {', '.join(f'{c}=?' for c in RowState._fields[:-1])} "
                "WHERE row=?")  # fmt: skip
+# Fenced by the run lock's token: a run whose lock was taken over writes nothing.
+_SAVE_STATE_FENCED = _SAVE_STATE + " AND EXISTS (SELECT 1 FROM run_lock WHERE id = 1 AND token = ?)"
 _ADD_EVENT = (f"INSERT INTO events({', '.join(RowEvent._fields)}) "
               f"VALUES({', '.join('?' * len(RowEvent._fields))})")  # fmt: skip
 _SELECT_TO_SEND = f"SELECT {', '.join(RowToSend._fields)} FROM records"
@@ -86,13 +89,24 @@ _ADDED_COLUMNS = (("records", "record_handle", "INTEGER"),)
 class Journal:
     """Thin typed access to the journal file; all SQL lives here."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, fence: str | None = None) -> None:
         self.path = path
         self._db = db
         self._snapshot_live: bool | None = None  # unknown until looked at
+        # the run lock's token (journal/lock.py): every state write carries it
+        self.fence = fence
+
+    def reopen(self, busy_timeout: float = BUSY_TIMEOUT) -> Callable[[], Journal]:
+        """How another thread opens its own connection to this journal, with the same fence."""
+        path, fence = self.path, self.fence
+        return lambda: Journal.open(path, busy_timeout=busy_timeout, fence=fence)
+
+    def running_workers(self) -> int:
+        """Other runs working on this journal now: none (one run per journal, by its lock)."""
+        return 0
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> Journal:
+    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT, fence: str | None = None) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                              check_same_thread=False)  # fmt: skip
@@ -108,7 +122,7 @@ class Journal:
             have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        return cls(path, db)
+        return cls(path, db, fence)
 
     @property
     def location(self) -> str:
@@ -296,39 +310,31 @@ class Journal:
         )
         return [RowToSend._make(values) for values in cur.fetchall()]
 
-    def retry_failed(self, at: float) -> int:
-        """Hand failed rows back for sending (``--retry-failed``), each with a new referenceId.
+    def start_round(self, *, retry_failed: bool, retry_timed_out: bool, at: float,
+                    window: float = 0.0) -> tuple[int, float | None]:
+        """A retry round of the job: failed rows planned again (``--retry-failed``), and the
+        time before which timed-out rows are sent again (``--retry-timed-out``).
 
-        A failure is final for the referenceId it answered: a late or repeated failure
-        message of the first round must not be taken for the outcome of the new one.
-        So the row's referenceId gets a round suffix (``-r1``, ``-r2``…), and the old
-        one stays in the row's events.
+        One run holds the journal's lock, so a round here is always this run's own:
+        answers (failed rows planned again, None: every timed-out row is sent again).
         """
+        if not retry_failed:
+            return 0, None
         rows = self._db.execute(
             "SELECT row, reference_id, error FROM records WHERE status='failed' ORDER BY row"
         ).fetchall()
         if not rows:
-            return 0
-        updates, events = [], []
-        for row, ref, error in rows:
-            new_ref = next_round_reference(str(ref))
-            updates.append((new_ref, row))
-            events.append((row, at, "retry_failed", None, None, None,
-                           f"was {ref}: {error or 'failed'}"))  # fmt: skip
+            return 0, None
+        updates, events = round_changes(rows, at)
         with self.transaction():
             self._drop_snapshot()
-            self._db.executemany(
-                "UPDATE records SET status='planned', reference_id=?, attempts=0, http_status=NULL,"
-                " status_code=NULL, notification_type=NULL, error=NULL, acked_at=NULL,"
-                " latency_ms=NULL, record_handle=NULL WHERE row=?",
-                updates,
-            )
+            self._db.executemany(f"UPDATE records SET {ROUND_RESET} WHERE row=?2", updates)
             self._db.executemany(
                 "INSERT INTO events(row, at, event, attempt, http_status, status_code, detail)"
                 " VALUES(?,?,?,?,?,?,?)",
                 events,
             )
-        return len(rows)
+        return len(rows), None
 
     def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
         """Notifications that matched no row: (time, channel, note, JSON data)."""
@@ -347,19 +353,33 @@ class Journal:
         )
         return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
 
-    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> None:
-        """One transaction: new record states and their events (all or nothing)."""
-        with self.transaction():
-            self._drop_snapshot()
-            if states:
-                self._db.executemany(_SAVE_STATE, states)
-            full = len(events) - len(events) % _ROWS_PER_INSERT
-            if full:
-                flat = itertools.chain.from_iterable(events[:full])
-                width = len(RowEvent._fields) * _ROWS_PER_INSERT
-                self._db.executemany(_ADD_EVENTS, zip(*[flat] * width, strict=True))
-            if full < len(events):
-                self._db.executemany(_ADD_EVENT, events[full:])
+    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> list[int]:
+        """One transaction: new record states and their events (all or nothing).
+
+        With a fence (the run lock's token), the UPDATE itself checks that the lock is
+        still this run's: when another run took it over, nothing is written and every
+        row is answered as refused.
+        """
+        try:
+            with self.transaction():
+                if states and self.fence is not None:
+                    fence = self.fence
+                    cur = self._db.executemany(_SAVE_STATE_FENCED, ((*s, fence) for s in states))
+                    if cur.rowcount < len(states):
+                        raise _Refused  # the lock is the whole journal's: all or nothing
+                elif states:
+                    self._db.executemany(_SAVE_STATE, states)
+                self._drop_snapshot()
+                full = len(events) - len(events) % _ROWS_PER_INSERT
+                if full:
+                    flat = itertools.chain.from_iterable(events[:full])
+                    width = len(RowEvent._fields) * _ROWS_PER_INSERT
+                    self._db.executemany(_ADD_EVENTS, zip(*[flat] * width, strict=True))
+                if full < len(events):
+                    self._db.executemany(_ADD_EVENT, events[full:])
+        except _Refused:
+            return sorted({int(s[-1]) for s in states})
+        return []
 
     # -- reading -------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -399,6 +419,33 @@ class Journal:
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+# What a retry round resets on a failed row (its new referenceId is the first parameter).
+ROUND_RESET = ("status='planned', reference_id=?1, attempts=0, http_status=NULL, status_code=NULL, "
+                "notification_type=NULL, error=NULL, acked_at=NULL, latency_ms=NULL, record_handle=NULL")
+
+
+def round_changes(failed: Iterable[Sequence[Any]], at: float
+                  ) -> tuple[list[tuple[str, int]], list[tuple[Any, ...]]]:  # fmt: skip
+    """A retry round for failed rows ``(row, referenceId, error)``, for either store:
+    (new referenceId, row) per row, and the ``retry_failed`` event of each.
+
+    A failure is final for the referenceId it answered: a late or repeated failure
+    message of the first round must not be taken for the outcome of the new one.
+    So the row's referenceId gets a round suffix (``-r1``, ``-r2``…), and the old
+    one stays in the row's events.
+    """
+    updates, events = [], []
+    for row, ref, error in failed:
+        updates.append((next_round_reference(str(ref)), int(row)))
+        events.append((int(row), at, "retry_failed", None, None, None,
+                       f"was {ref}: {error or 'failed'}"))  # fmt: skip
+    return updates, events
+
+
+class _Refused(Exception):
+    """The fence refused a write (rolled back by the transaction's exit)."""
 
 
 def next_round_reference(ref: str) -> str:

@@ -91,7 +91,8 @@ class Engine:
         path = self._journal.location
         writer = JournalWriter(self._store_opener(), path)
         recorder = Recorder(writer if journaling else None, clock=time.time,
-                            monotonic=time.monotonic, stall_limit=cfg.max_outage)  # fmt: skip
+                            monotonic=time.monotonic, stall_limit=cfg.max_outage,
+                            on_refused=self._fleet.refused_rows if self._fleet else None)  # fmt: skip
         self._recorder = recorder
         session = GwsSession(self._gws, max_connections=cfg.concurrency + 2)
         self._session = session
@@ -169,16 +170,8 @@ class Engine:
 
     def _store_opener(self) -> Callable[[], SendStore]:
         """How the writer's thread opens its own connection to the same journal."""
-        journal = self._journal
-        if isinstance(journal, Journal):
-            path = journal.path
-            # one statement never waits on a lock for longer than the stall the run allows
-            busy = min(BUSY_TIMEOUT, self._config.max_outage / 2)
-            return lambda: Journal.open(path, busy_timeout=busy)
-        from batch_cancel.journal.postgres import PgJournal
-
-        db, run_id = journal.db, journal.run_id
-        return lambda: PgJournal.open(db, run_id)
+        # one statement never waits on a lock for longer than the stall the run allows
+        return self._journal.reopen(min(BUSY_TIMEOUT, self._config.max_outage / 2))
 
     def _on_outcome(self, rec: Record) -> None:
         """Every row's outcome goes past the breaker for systematic failure."""
