@@ -145,7 +145,7 @@ def prepare(
 def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Event | None) -> PgJournal:
     """A job in PostgreSQL: the first worker makes it and plans it; the others check that
     they were given the same inputs and settings, and wait for the plan."""
-    from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.journal.postgres import PgJournal, check_job_rate
 
     assert config.state_db is not None
     if not config.run_id:
@@ -155,11 +155,12 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
         made = journal.create(
             run_id=config.run_id, version=__version__, created_at=time.time(), operator=_operator(),
             inputs=_identity(files), fingerprint=config.fingerprint(), config=config.public(),
-            planned=False, rate=config.rate,
+            planned=False,
         )  # fmt: skip
         if not made:
             _check_resume(journal, files, config)
-            _check_job_rate(journal, config)
+            if journal.running_workers() > 0:  # refused before login; join decides for good
+                check_job_rate(config.run_id, journal.job_rate(), config.rate)
         said = False
         while not journal.get_meta("planned"):
             with journal.plan_lock(wait=1.0, stop=stop.is_set if stop else None) as got:
@@ -175,27 +176,6 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
         journal.close()
         raise
     return journal
-
-
-def _check_job_rate(journal: PgJournal, config: RunConfig) -> None:
-    """The rate is the job's, set by its first worker: a joiner given another is refused
-    before it sends anything (exit 2), naming both.
-
-    Refused rather than adopted: the operator who typed ``--rate 100`` believes the job
-    goes at 100/s, and a worker that silently went at the job's 10/s (or raised the
-    job to 100/s under workers started at 10) would break that belief either way;
-    the message says how to get what they meant (a new job, or the same rate).
-    """
-    job = journal.get_meta("rate")
-    if job is None:  # a job made before the rate was the job's: its first worker's
-        job = (journal.get_meta("config") or {}).get("rate")
-    if job is None or float(job) == config.rate:
-        return
-    def shown(r: float) -> str:
-        return "0 (unlimited)" if r <= 0 else f"{r:g}/s"
-    raise ConfigError(f"job {config.run_id} runs at --rate {shown(float(job))} (set by its first worker); "
-                      f"this worker was given --rate {shown(config.rate)}: start it with --rate "
-                      f"{float(job):g}, or give another --run-id for a job at another rate")  # fmt: skip
 
 
 def _operator() -> str:

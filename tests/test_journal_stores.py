@@ -18,7 +18,6 @@ from helpers import numbers, write_csv
 from pg_server import PgServer
 
 from batch_cancel.config import JobDefaults, RunConfig
-from batch_cancel.exceptions import LeaseLost
 from batch_cancel.input.files import inspect_inputs
 from batch_cancel.job import prepare
 from batch_cancel.journal.postgres import PgJournal, parse_state_url

@@ -49,6 +49,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,15 @@ log = logging.getLogger("batch_cancel.journal")
 STATE_COLUMNS = RowState._fields[:-1]
 _TO_SEND = ", ".join(RowToSend._fields)
 
-__all__ = ["SCHEMA_VERSION", "Ownership", "PgJournal", "connection_settings", "is_state_url",
-           "parse_state_url"]  # fmt: skip
+__all__ = [
+    "SCHEMA_VERSION",
+    "Ownership",
+    "PgJournal",
+    "check_job_rate",
+    "connection_settings",
+    "is_state_url",
+    "parse_state_url",
+]  # fmt: skip
 
 SCHEMA_VERSION = 2
 _OURS = ("schema", "lease")  # URL options for us; every other one goes to libpq
@@ -191,6 +199,25 @@ def connection_settings(db: StateDb) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k not in given}
 
 
+def check_job_rate(run_id: str, job: float | None, mine: float) -> None:
+    """A worker given another rate than the job's is refused (exit 2), naming both.
+
+    Refused rather than adopted: the operator who typed ``--rate 100`` believes the job
+    goes at 100/s, and a worker that silently went at the job's 10/s (or raised the
+    job to 100/s under workers started at 10) would break that belief either way;
+    the message says how to get what they meant.
+    """
+    if job is None or job == mine:
+        return
+
+    def shown(r: float) -> str:
+        return "0 (unlimited)" if r <= 0 else f"{r:g}/s"
+
+    raise ConfigError(f"job {run_id} runs at --rate {shown(job)} (set by its first running worker); "
+                      f"this worker was given --rate {shown(mine)}: start it with --rate {job:g}, "
+                      "or once the job's workers are done, or give another --run-id")  # fmt: skip
+
+
 def _connect(db: StateDb) -> psycopg.Connection[Any]:
     try:
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": "batch-cancel",
@@ -219,6 +246,41 @@ class Ownership:
     epoch: int | None = None
 
 
+class _Watchdog:
+    """Ends database calls that outlive their limit, by shutting their socket down.
+
+    Server-side timeouts cannot end a call whose query never reached the server, and
+    a link that stops forwarding without closing (a proxy, a NAT, a firewall that
+    drops) may even acknowledge what is written: keepalives and ``tcp_user_timeout``
+    then see nothing wrong. Shutting the socket down makes libpq's blocked read
+    fail at once; the connection is broken and the next call opens a new one.
+    """
+
+    def __init__(self) -> None:
+        self._journals: weakref.WeakSet[PgJournal] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, journal: PgJournal) -> None:
+        with self._lock:
+            self._journals.add(journal)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="journal-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)
+            with self._lock:
+                journals = list(self._journals)
+            now = time.monotonic()
+            for journal in journals:
+                journal._end_if_overdue(now)
+
+
+_WATCHDOG = _Watchdog()
+
+
 class PgJournal:
     """One job (run id) in a PostgreSQL journal; the same methods as the SQLite store.
 
@@ -240,6 +302,12 @@ class PgJournal:
         self._plan_lock: psycopg.Connection[Any] | None = None
         self.owner = owner or Ownership()
         self._depth = 0  # transactions open on this connection (under the lock)
+        # how long one call (or transaction) may take before the watchdog ends it; a
+        # worker lowers it once planning is done (its calls are small: claims, renewals)
+        self.call_limit = max(60.0, db.lease * 2) + db.lease
+        self._calls = 0
+        self._due: float | None = None
+        _WATCHDOG.watch(self)
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -312,16 +380,50 @@ class PgJournal:
         """Execute with ``{s}`` standing for the schema (an identifier, never text)."""
         q = sql.SQL(query).format(s=self._s)
         with self._lock:
-            return self._conn.execute(q, params)
+            self._begin_call()
+            try:
+                return self._conn.execute(q, params)
+            finally:
+                self._end_call()
+
+    # -- the watchdog's side (journal lock held, except in _end_if_overdue) -----------------
+    def _begin_call(self) -> None:
+        if self._calls == 0:
+            self._due = time.monotonic() + self.call_limit
+        self._calls += 1
+
+    def _end_call(self) -> None:
+        self._calls -= 1
+        if self._calls == 0:
+            self._due = None
+
+    def _end_if_overdue(self, now: float) -> None:
+        """Called by the watchdog's thread: shut the socket of a call past its limit."""
+        due, conn = self._due, self._conn_
+        if due is None or now < due or conn.closed:
+            return
+        self._due = None  # once per call
+        with contextlib.suppress(Exception):
+            fd = conn.pgconn.socket
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            log.warning("journal %s: a call took more than %g s; its connection was ended",
+                        self.db.display, self.call_limit)  # fmt: skip
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
         return _Locked(self)
 
     def reopen(self, busy_timeout: float = 0.0) -> Callable[[], PgJournal]:
         """How another thread opens its own connection to this job, with the same ownership
-        (``busy_timeout``: SQLite's; here the connection's lock_timeout bounds a wait)."""
-        db, run_id, owner = self.db, self.run_id, self.owner
-        return lambda: PgJournal.open(db, run_id, owner=owner, migrate=False)
+        and call limit (``busy_timeout``: SQLite's; here lock_timeout bounds a wait)."""
+        db, run_id, owner, limit = self.db, self.run_id, self.owner, self.call_limit
+
+        def open_() -> PgJournal:
+            journal = PgJournal.open(db, run_id, owner=owner, migrate=False)
+            journal.call_limit = limit
+            return journal
+
+        return open_
 
     @property
     def spill_dir(self) -> Path:
@@ -537,7 +639,8 @@ class PgJournal:
     def _short_statements(self) -> None:
         """In this transaction no statement may take more than half a lease (a claim or a
         renewal that waits longer than that is worth less than one made again)."""
-        self._x("SELECT set_config('statement_timeout', %s, true)", [f"{max(200, int(self.db.lease * 500))}ms"])
+        limit = f"{max(200, int(self.db.lease * 500))}ms"
+        self._x("SELECT set_config('statement_timeout', %s, true)", [limit])
 
     def _me_running(self, worker: str) -> bool:
         """This worker is running and renewed within a lease (its row locked against a
@@ -602,10 +705,27 @@ class PgJournal:
     def _job_key(self, what: str) -> str:
         return f"{self.db.schema}/{self.run_id}/{what}"
 
+    def job_rate(self) -> float | None:
+        """The job's rate (set by the first worker of those running), None if never set."""
+        rate = self.get_meta("rate")
+        if rate is None:  # a job made before the rate was the job's: its first worker's
+            rate = (self.get_meta("config") or {}).get("rate")
+        return None if rate is None else float(rate)
+
     def join(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
         """Register this worker with a new epoch (the job's counter of joins, its fencing
-        token); answers (and applies) its first share of the job's rate."""
+        token); answers (and applies) its first share of the job's rate.
+
+        The rate is the job's: the first worker of those running sets it, and a worker
+        given another while others run is refused (ConfigError, before it sends), under
+        the lock that the shares are decided under, so two cannot both be first.
+        """
         with self.transaction():
+            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._job_key("shares")])
+            if self.running_workers() > 0:
+                check_job_rate(self.run_id, self.job_rate(), job_rate)
+            else:
+                self._put_meta({"rate": job_rate})
             row = self._x("UPDATE {s}.jobs SET epochs = epochs + 1 WHERE run_id=%s RETURNING epochs",
                           [self.run_id]).fetchone()  # fmt: skip
             epoch = int(row[0]) if row else 0
@@ -849,11 +969,13 @@ class _Locked:
 
     def __enter__(self) -> None:
         self._lock.acquire()
+        self._journal._begin_call()
         try:
             self._tx = self._journal._conn.transaction()
             self._tx.__enter__()
             self._journal._depth += 1
         except BaseException:
+            self._journal._end_call()
             self._lock.release()
             raise
 
@@ -863,5 +985,6 @@ class _Locked:
             self._journal._depth -= 1
             self._tx.__exit__(*exc)
         finally:
+            self._journal._end_call()
             self._lock.release()
 

@@ -62,6 +62,9 @@ class FleetWorker:
         self._keep_sent_for = keep_sent_for
         self._clock = clock
         self.lease = journal.db.lease
+        # planning is over: a worker's calls are small, and one that hangs (a link that
+        # stopped forwarding) is ended after a lease (journal/postgres.py's watchdog)
+        journal.call_limit = max(1.0, self.lease)
         self.heartbeat_every = min(1.0, self.lease / 3)
         self._poll = min(0.5, self.lease / 4)
         self.share = 0.0
@@ -159,6 +162,8 @@ class FleetWorker:
                 raise  # the send phase's task group ends the run (exit 3) naming it
             except Exception as exc:
                 self._check_outage(exc)
+                # never send what the journal cannot record (nor renew): held until it can
+                self._hold(f"journal unreachable ({_one_line(exc)})")
                 self._log.warning("fleet-heartbeat", "journal %s: heartbeat failed, retrying: %s",
                                   self.journal.db.display, _one_line(exc))  # fmt: skip
                 delay = min(0.5, self.heartbeat_every)

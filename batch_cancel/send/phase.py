@@ -226,7 +226,10 @@ class Engine:
     async def _device_path(self, session: GwsSession, writer: JournalWriter) -> str | None:
         if self._config.defaults.device_path:
             return self._config.defaults.device_path
-        saved = await writer.call(lambda s: s.get_meta("device_path"))
+        # a fleet's workers may log in as different users: each uses its own user's device
+        # (one worker's saved device would be refused for another user's session)
+        shared = self._fleet is not None
+        saved = None if shared else await writer.call(lambda s: s.get_meta("device_path"))
         if saved:
             return str(saved)
         devices = await session.devices()
@@ -234,7 +237,8 @@ class Engine:
             raise ConfigError("no --device-path given and GWS lists no device for this user")
         path = f"/devices/{devices[0]['id']}"
         log.info("no device path given: using the user's first device %s", path)
-        await writer.call(lambda s: s.set_meta(device_path=path))
+        if not shared:
+            await writer.call(lambda s: s.set_meta(device_path=path))
         return path
 
     def _on_channel_state(self, up: bool, reason: str) -> None:

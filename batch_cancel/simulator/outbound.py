@@ -99,6 +99,7 @@ class OutboundRecords:
                 fault=refusal.fault,
             )
             return refusal.response
+        entry.user = session.user
         if state.config.service_time > 0:
             await asyncio.sleep(state.config.service_time)
         self._process(entry, req)
