@@ -380,8 +380,19 @@ def _finish(
             unwritten = exc
     else:
         log.info("other workers are still running job %s: the last to finish writes the report", run_id)
-    summary = summarise(journal, run_id, report if last and unwritten is None else None, config, stats,
-                        time.monotonic() - started)  # fmt: skip
+    try:
+        summary = summarise(journal, run_id, report if last and unwritten is None else None, config,
+                            stats, time.monotonic() - started)  # fmt: skip
+    except Exception as exc:
+        if state == "done":
+            raise
+        # the run is stopping because its journal is out of reach: its own error says so,
+        # and the counts are the journal's to tell once it is back (status, report)
+        log.error("journal %s could not be read for the summary: %s", journal.location, exc)
+        summary = Summary(run_id=run_id, total=0, cancelled=0, failed=0, timed_out=0, rejected=0,
+                          duplicate=0, pending=0, report="", state=journal.location,
+                          dry_run=config.dry_run, duplicates_of_unsuccessful=0,
+                          elapsed_s=round(time.monotonic() - started, 3), stats=stats)  # fmt: skip
     if metrics is not None:
         metrics.final(summary)
         metrics.write()

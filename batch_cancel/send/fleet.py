@@ -121,9 +121,14 @@ class FleetWorker:
         self._hold(f"the journal refused {len(rows)} row(s) now held by another worker")
 
     # -- joining and renewing ---------------------------------------------------------
+    def may_send(self) -> bool:
+        """Asked by the pacer right before each request: within this worker's deadline."""
+        return not self.held and self._clock() < self._deadline
+
     async def join(self, pacer: Pacer) -> None:
         self._pacer = pacer
         pacer.set_rate(0)  # held until the first renewal
+        pacer.gate = self.may_send
         began = self._clock()
         self.share = await asyncio.to_thread(self.journal.join, self.id, self._rate, self._apply)
         self._renewed(began)
@@ -134,9 +139,11 @@ class FleetWorker:
     async def heartbeat(self, pacer: Pacer) -> None:
         """Renew leases and the rate share until cancelled, and hold sending whenever the
         worker's own deadline passes; stop the run past ``max_outage`` or when lost."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._guard(), name="fleet-deadline")
+        guard = asyncio.create_task(self._guard(), name="fleet-deadline")  # it never raises
+        try:
             await self._beat()
+        finally:
+            guard.cancel()
 
     async def _guard(self) -> None:
         """Hold sending the moment the deadline passes (a database call may still hang)."""
