@@ -13,7 +13,7 @@ from helpers import job_args
 
 from batch_cancel.simulator import ThreadedSimulator
 
-__all__ = ["finish", "fleet_args", "spawn", "with_option"]
+__all__ = ["figures", "finish", "fleet_args", "spawn", "with_option"]
 
 
 def fleet_args(sim: ThreadedSimulator, tmp: Path, src: Path, url: str, run_id: str,
@@ -46,3 +46,8 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tupl
         last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
         out.append((p.returncode, json.loads(last), stderr))
     return out
+
+
+def figures(test: str, **values: object) -> None:
+    """One line of a test's measured figures (``pytest -s`` shows them)."""
+    print(f"\nFIGURES {test}: " + ", ".join(f"{k}={v}" for k, v in values.items()))

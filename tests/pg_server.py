@@ -60,7 +60,9 @@ class PgServer:
         """Stop the server the way an administrator's restart does (fast shutdown: every
         session ends with AdminShutdown), keep it down ``down`` seconds, start it again
         on the same port and data, and wait until it accepts connections."""
-        self._proc.send_signal(signal.SIGINT)
+        # the postmaster itself: runuser, our child when we run as root, does not pass SIGINT on
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT)
         self._proc.wait(timeout=30)
         time.sleep(down)
         self._proc = subprocess.Popen(self._argv, stdout=self._log.open("ab"), stderr=subprocess.STDOUT)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fleet_helpers import finish, fleet_args, spawn, with_option
+from fleet_helpers import figures, finish, fleet_args, spawn, with_option
 from helpers import ENV, PASSWORD, USER, Faults, make_sim, numbers, read_report, run_cli, write_csv
 from pg_server import PgServer
 from tcp_blackhole import BlackholeProxy
@@ -98,6 +98,10 @@ def test_a_worker_frozen_past_its_lease_then_thawed_overwrites_nothing_and_sends
     assert wrong == {}, list(wrong.items())[:5]
     report = read_report(tmp_path / "report.csv")
     assert {r["status"] for r in report} == {"cancelled"} and len(report) == n
+    figures("frozen", rows=n, frozen_s=round(thawed_at - frozen_at, 1), victim_posts=len(by_victim),
+            victim_posts_after_freeze=len(after), victim_rows_taken_by_others=len(taken),
+            journal_vs_truth_mismatches=len(wrong), victim_exit=results[0][0],
+            others_exit=[r[0] for r in results[1:]])  # fmt: skip
 
 
 @pytest.mark.subprocess
@@ -143,6 +147,9 @@ def test_a_worker_cut_off_from_postgresql_stops_sending_within_its_lease(
     assert max(refs.values()) <= 2
     report = read_report(tmp_path / "report.csv")
     assert {r["status"] for r in report} == {"cancelled"} and len(report) == n
+    figures("cut-off", rows=n, lease_s=lease, last_post_after_cut_s=round(last - cut_at, 2),
+            posted_twice=len(twice), victim_in_flight=len(in_flight), victim_exit=results[0][0],
+            others_exit=[r[0] for r in results[1:]])  # fmt: skip
 
 
 @pytest.mark.subprocess
@@ -159,6 +166,7 @@ def test_postgresql_restarted_mid_run_three_workers_ride_through(
                       max_outage=60)  # fmt: skip
     procs = [spawn(args, env) for _ in range(3)]
     _wait_for("the job never got going", lambda: len(sim.ledger.entries) > n * 0.3)
+    at = len(sim.ledger.entries)
     pg_server.restart(down=5.0)
     results = finish(procs, timeout=180)
     for code, summary, stderr in results:
@@ -170,6 +178,9 @@ def test_postgresql_restarted_mid_run_three_workers_ride_through(
     refs = Counter(e.reference_id for e in sim.ledger.entries)
     assert set(refs) == {r["reference_id"] for r in rows}
     assert max(refs.values()) == 1, [r for r, k in refs.items() if k > 1][:5]
+    figures("restart", rows=n, posted_before_restart=at, down_s=5.0, exits=[r[0] for r in results],
+            held_sending=sum("sending held" in r[2] for r in results), cancelled=len(rows),
+            max_posts_per_ref=max(refs.values()))  # fmt: skip
 
 
 @pytest.mark.subprocess
@@ -196,6 +207,8 @@ def test_a_worker_with_another_rate_is_refused_before_it_sends(
     [(code, summary, stderr)] = finish([first], timeout=120)
     assert code == 0 and summary["cancelled"] == n, stderr[-1500:]
     assert sim3.ledger.peak_rate(1.0) <= rate * 1.1, sim3.ledger.peak_rate(1.0)
+    figures("rates", job_rate=rate, joiners="100/s and 0 refused exit 2", peak_1s=sim3.ledger.peak_rate(1.0),
+            cancelled=summary["cancelled"], rows=n)  # fmt: skip
 
 
 @pytest.mark.subprocess
@@ -228,6 +241,9 @@ def test_two_workers_with_retry_failed_together_make_one_round(
         assert set(again.values()) == {1}
         rows = read_report(tmp_path / "report.csv")
         assert sorted(r["reference_id"] for r in rows if r["status"] == "failed") == sorted(again)
+        figures("retry-failed", failed_rows=len(failing), resent=sum(again.values()),
+                distinct_resent=len(again), max_per_row=max(again.values()),
+                rounds=len({r.rsplit("-", 1)[-1] for r in again}))  # fmt: skip
     finally:
         sim.stop()
 
@@ -255,6 +271,7 @@ def test_status_and_report_with_a_read_only_role(sim: ThreadedSimulator, tmp_pat
     report = run_cli(["report", "--state", ro_url, "--run-id", "ro", "--out", str(out)], env=ro)
     assert report.exit_code == 0, report.stderr
     assert [r["status"] for r in read_report(out)] == ["cancelled"] * 10
+    figures("read-only", status_exit=status.exit_code, report_exit=report.exit_code, rows=10)
     # the role really cannot write: a worker with it is refused, nothing created
     with _connect(pg_server) as conn:
         tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema=%s",
