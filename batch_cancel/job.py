@@ -35,6 +35,7 @@ from batch_cancel.exceptions import (
     RequestError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
@@ -105,7 +106,7 @@ def decide_outputs(config: RunConfig) -> RunConfig:
 
 def prepare(
     config: RunConfig, stop: asyncio.Event | None = None, fence: str | None = None
-) -> tuple[Journal | PgJournal, str, list[InputFile]]:
+) -> tuple[JournalBase, str, list[InputFile]]:
     """Check inputs, open (or create) the journal and make sure the plan is complete.
 
     ``fence``: the run lock's token, carried by every state write (journal/lock.py)."""
@@ -185,7 +186,7 @@ def _operator() -> str:
         return "unknown"
 
 
-def _check_resume(journal: Journal | PgJournal, files: list[InputFile], config: RunConfig) -> None:
+def _check_resume(journal: JournalBase, files: list[InputFile], config: RunConfig) -> None:
     if config.force:
         return
     before = [(i["sha256"], i["size"]) for i in journal.get_meta("inputs") or []]
@@ -351,7 +352,7 @@ async def _run_locked(
 
 
 def _finish(
-    journal: Journal | PgJournal,
+    journal: JournalBase,
     run_id: str,
     report: Path,
     config: RunConfig,

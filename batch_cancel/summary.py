@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batch_cancel.config import RunConfig
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
-from batch_cancel.journal.store import Journal
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
 
 __all__ = ["Summary", "summarise"]
 
@@ -50,7 +47,7 @@ class Summary:
 
 
 def summarise(
-    journal: Journal | PgJournal,
+    journal: JournalBase,
     run_id: str,
     report: Path | None,
     config: RunConfig,

@@ -41,8 +41,15 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tuple[int, dict[str, Any], str]]:
     """Wait for each worker: (exit code, the JSON summary of its last stdout line, stderr)."""
     out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
+    for i, p in enumerate(procs):
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            _, stderr = p.communicate()
+            raise AssertionError(f"worker {i} still running after {timeout} s; its stderr: "
+                                 f"{stderr[-3000:]}") from None  # fmt: skip
         last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
         out.append((p.returncode, json.loads(last), stderr))
     return out

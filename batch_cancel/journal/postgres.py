@@ -60,14 +60,14 @@ from psycopg import sql
 
 from batch_cancel.config import StateDb
 from batch_cancel.exceptions import ConfigError, JournalUnavailable, LeaseLost
+from batch_cancel.journal.base import RECORD_COLUMNS, JournalBase
 from batch_cancel.journal.rows import FINAL, RowEvent, RowState, RowToSend, Status
-from batch_cancel.journal.store import PLAN_COLUMNS, RECORD_COLUMNS, ROUND_RESET, round_changes
+from batch_cancel.journal.store import PLAN_COLUMNS
 
 log = logging.getLogger("batch_cancel.journal")
 
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 STATE_COLUMNS = RowState._fields[:-1]
-_TO_SEND = ", ".join(RowToSend._fields)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -281,8 +281,8 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-class PgJournal:
-    """One job (run id) in a PostgreSQL journal; the same methods as the SQLite store.
+class PgJournal(JournalBase):
+    """The PostgreSQL dialect of the journal (base.py): one job (run id) among many.
 
     One connection, used under a lock so the writer thread and the loop's reads
     can share it (psycopg connections are thread-safe, transactions are not). A
@@ -295,7 +295,7 @@ class PgJournal:
                  owner: Ownership | None = None) -> None:  # fmt: skip
         self.db = db
         self.run_id = run_id
-        self.location = f"{db.display} (run {run_id})"
+        self._location = f"{db.display} (run {run_id})"
         self._conn_ = conn
         self._lock = threading.RLock()
         self._s = sql.Identifier(db.schema)
@@ -376,9 +376,13 @@ class PgJournal:
                 self._conn_ = _connect(self.db)
             return self._conn_
 
-    def _x(self, query: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def _x(self, query: str | sql.Composed, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Execute with ``{s}`` standing for the schema (an identifier, never text)."""
-        q = sql.SQL(query).format(s=self._s)
+        q = sql.SQL(query).format(s=self._s) if isinstance(query, str) else query
         with self._lock:
             self._begin_call()
             try:
@@ -430,6 +434,41 @@ class PgJournal:
         """Where planning may spill temporary files (the journal is on another host)."""
         return Path(tempfile.gettempdir())
 
+    # -- the dialect's primitives (base.py) ------------------------------------------
+    def _compose(self, query: str) -> sql.Composed:
+        return sql.SQL(query.replace("?", "%s")).format(
+            t=sql.SQL("{}.").format(self._s), job=sql.SQL("run_id = {}").format(sql.Literal(self.run_id)))
+
+    def _select(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._x(self._compose(query), params).fetchall())
+
+    def _execute(self, query: str, params: Sequence[Any] = ()) -> int:
+        return int(self._x(self._compose(query), params).rowcount)
+
+    def _add_events(self, events: Sequence[tuple[Any, ...]]) -> None:
+        with self._lock, self._conn.cursor() as cur:
+            cur.executemany(sql.SQL("INSERT INTO {s}.events (run_id, row, at, event, attempt, http_status, "
+                                    "status_code, detail, worker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+                                    "%s)").format(s=self._s),
+                            [(self.run_id, *e, self.owner.worker) for e in events])  # fmt: skip
+
+    @contextlib.contextmanager
+    def _round_guard(self) -> Iterator[tuple[bool, float]]:
+        """Under the job's round lock (until the transaction ends): is another worker
+        running (heartbeat within a lease), and the database's time."""
+        self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._job_key("round")])
+        row = self._x(
+            "SELECT (SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' AND "
+            "heartbeat_at >= clock_timestamp() - make_interval(secs => %s)), "
+            "extract(epoch FROM clock_timestamp())", [self.run_id, self.db.lease]).fetchone()  # fmt: skip
+        live, now = (int(row[0]), float(row[1])) if row else (0, 0.0)
+        if live:
+            log.info("job %s: a worker is running: this worker joins its retry round, if any", self.run_id)
+        yield live > 0, now
+
+    def reading(self) -> contextlib.AbstractContextManager[Any]:
+        return _Locked(self, isolation="REPEATABLE READ, READ ONLY", watched=False)
+
     # -- identity --------------------------------------------------------------------
     def create(self, **values: Any) -> bool:
         """Make the job with its identity unless it exists; True if this call made it."""
@@ -440,26 +479,14 @@ class PgJournal:
                 self._put_meta(values)
         return made is not None
 
-    def get_meta(self, key: str) -> Any:
-        row = self._x("SELECT value FROM {s}.meta WHERE run_id=%s AND key=%s",
-                      [self.run_id, key]).fetchone()  # fmt: skip
-        return None if row is None else json.loads(row[0])
-
-    def set_meta(self, **values: Any) -> None:
-        with self.transaction():
-            self._x("INSERT INTO {s}.jobs(run_id) VALUES (%s) ON CONFLICT DO NOTHING", [self.run_id])
-            self._put_meta(values)
-
     def _put_meta(self, values: Mapping[str, Any]) -> None:
+        self._x("INSERT INTO {s}.jobs(run_id) VALUES (%s) ON CONFLICT DO NOTHING", [self.run_id])
         with self._lock, self._conn.cursor() as cur:
             cur.executemany(
                 sql.SQL("INSERT INTO {s}.meta(run_id, key, value) VALUES (%s, %s, %s) "
                         "ON CONFLICT (run_id, key) DO UPDATE SET value=EXCLUDED.value").format(s=self._s),
                 [(self.run_id, k, json.dumps(v, sort_keys=True)) for k, v in values.items()],
             )
-
-    def is_new(self) -> bool:
-        return self.get_meta("run_id") is None
 
     def jobs(self) -> list[str]:
         return [r[0] for r in self._x("SELECT run_id FROM {s}.jobs ORDER BY created_at")]
@@ -484,12 +511,6 @@ class PgJournal:
             yield True
         finally:
             conn.close()  # releases the lock
-
-    def reset_plan(self) -> None:
-        with self.transaction():
-            for table in ("records", "events", "plan_snapshot"):
-                self._x(f"DELETE FROM {{s}}.{table} WHERE run_id=%s", [self.run_id])
-            self._x("DELETE FROM {s}.meta WHERE run_id=%s AND key='plan_snapshot'", [self.run_id])
 
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
@@ -539,48 +560,10 @@ class PgJournal:
             for row in rows:
                 cp.write_row([self.run_id, *row])
 
-    def duplicates_between(self, first: int, last: int) -> list[tuple[int, int]]:
-        cur = self._x("SELECT row, duplicate_of FROM {s}.records WHERE run_id=%s AND row BETWEEN %s "
-                      "AND %s AND status='duplicate' ORDER BY row", [self.run_id, first, last])  # fmt: skip
-        return [(int(r), int(d)) for r, d in cur.fetchall()]
-
     # -- the plan snapshot (see store.py) ------------------------------------------------
     def add_snapshot(self, first_row: int, data: bytes) -> None:
         self._x("INSERT INTO {s}.plan_snapshot(run_id, first_row, data) VALUES (%s, %s, %s)",
                 [self.run_id, first_row, data])
-
-    def seal_snapshot(self, info: dict[str, Any]) -> None:
-        self.set_meta(plan_snapshot=info)
-
-    def snapshot(self) -> tuple[dict[str, Any], Iterator[bytes]] | None:
-        info = self.get_meta("plan_snapshot")
-        if not info:
-            return None
-
-        def blobs() -> Iterator[bytes]:
-            last = -1
-            while True:
-                row = self._x("SELECT first_row, data FROM {s}.plan_snapshot WHERE run_id=%s AND "
-                              "first_row > %s ORDER BY first_row LIMIT 1", [self.run_id, last]).fetchone()
-                if row is None:
-                    return
-                last = row[0]
-                yield bytes(row[1])
-
-        return info, blobs()
-
-    def _drop_snapshot(self) -> None:
-        self._x("DELETE FROM {s}.meta WHERE run_id=%s AND key='plan_snapshot'", [self.run_id])
-        self._x("DELETE FROM {s}.plan_snapshot WHERE run_id=%s", [self.run_id])
-
-    # -- sending, one process (as the SQLite store) ----------------------------------------
-    def to_send(self, *, after_row: int, limit: int, retry_timed_out: bool) -> list[RowToSend]:
-        """Records with no outcome yet after ``after_row``, in row order; timed-out ones when asked."""
-        statuses = [Status.PLANNED, Status.SENT] + ([Status.TIMED_OUT] if retry_timed_out else [])
-        cur = self._x(f"SELECT {_TO_SEND} FROM {{s}}.records WHERE run_id=%s AND row > %s "
-                      "AND status = ANY(%s) ORDER BY row LIMIT %s",
-                      [self.run_id, after_row, [str(s) for s in statuses], limit])  # fmt: skip
-        return [RowToSend._make(values) for values in cur.fetchall()]
 
     def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> list[int]:
         """One transaction: new record states (STATE_COLUMNS + row) and their events.
@@ -594,8 +577,7 @@ class PgJournal:
         worker, epoch = self.owner.worker, self.owner.epoch
         refused: set[int] = set()
         with self.transaction():
-            if self.get_meta("plan_snapshot") is not None:
-                self._drop_snapshot()
+            self._drop_snapshot()
             if states:
                 cols = [*STATE_COLUMNS, "row"]
                 # a Status is text to PostgreSQL (psycopg would send an Enum by its name)
@@ -846,36 +828,6 @@ class PgJournal:
         names = [d.name for d in cur.description or []]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    # -- reading -------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        cur = self._x("SELECT status, count(*) FROM {s}.records WHERE run_id=%s GROUP BY status",
-                      [self.run_id])
-        return {status: int(n) for status, n in cur.fetchall()}
-
-    def duplicate_of_unsuccessful(self) -> int:
-        row = self._x(
-            "SELECT count(*) FROM {s}.records d JOIN {s}.records f ON f.run_id=d.run_id "
-            "AND d.duplicate_of=f.row WHERE d.run_id=%s AND d.status='duplicate' "
-            "AND f.status <> 'cancelled'", [self.run_id]).fetchone()  # fmt: skip
-        return int(row[0]) if row else 0
-
-    def iter_rows(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        last = -1
-        while True:
-            rows = self._x(f"SELECT {', '.join(RECORD_COLUMNS)} FROM {{s}}.records WHERE run_id=%s "
-                           "AND row > %s ORDER BY row LIMIT %s", [self.run_id, last, batch]).fetchall()
-            if not rows:
-                return
-            for values in rows:
-                yield dict(zip(RECORD_COLUMNS, values, strict=True))
-            last = rows[-1][0]
-
-    def first_rejected(self, limit: int = 10) -> list[tuple[int, str, str]]:
-        cur = self._x("SELECT row, coalesce(phone_number, ''), coalesce(error, '') FROM {s}.records "
-                      "WHERE run_id=%s AND status='rejected' ORDER BY row LIMIT %s",
-                      [self.run_id, limit])  # fmt: skip
-        return [(int(r), str(p), str(e)) for r, p, e in cur.fetchall()]
-
     def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
         """Notifications that matched no row: (time, channel, note, JSON data)."""
         if not rows:
@@ -887,73 +839,6 @@ class PgJournal:
                 [(self.run_id, *r) for r in rows],
             )
 
-    def unmatched_count(self) -> int:
-        row = self._x("SELECT count(*) FROM {s}.unmatched WHERE run_id=%s", [self.run_id]).fetchone()
-        return int(row[0]) if row else 0
-
-    def first_unmatched(self, limit: int = 50) -> list[tuple[float, str | None, str, str]]:
-        cur = self._x("SELECT at, channel, note, data FROM {s}.unmatched WHERE run_id=%s "
-                      "ORDER BY id LIMIT %s", [self.run_id, limit])  # fmt: skip
-        return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
-
-    def start_round(self, *, retry_failed: bool, retry_timed_out: bool, at: float,
-                    window: float = 60.0) -> tuple[int, float | None]:
-        """A retry round of the job, one step done once per request, atomically.
-
-        Workers started together with ``--retry-failed`` (or a worker joining a running
-        fleet) must not each start a round: a second round would hand every row of the
-        first one a new referenceId while it is being sent. So, under the job's round
-        lock, a round starts only when no worker of the job is running and no round
-        began within ``window`` seconds (the database's clock); otherwise this worker
-        joins the round there is. Answers (failed rows planned again by this call, the
-        time before which timed-out rows are sent again: the job's, None without one).
-        """
-        with self.transaction():
-            self._x("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._job_key("round")])
-            row = self._x(
-                "SELECT (SELECT count(*) FROM {s}.workers WHERE run_id=%s AND state='running' AND "
-                "heartbeat_at >= clock_timestamp() - make_interval(secs => %s)), "
-                "extract(epoch FROM clock_timestamp())", [self.run_id, self.db.lease]).fetchone()  # fmt: skip
-            live, now = (int(row[0]), float(row[1])) if row else (0, 0.0)
-            last = self.get_meta("round_started_at")
-            joining = live > 0 or (last is not None and now - float(last) < window)
-            again = 0
-            if (retry_failed or retry_timed_out) and not joining:
-                self._put_meta({"round_started_at": now})
-                if retry_timed_out:
-                    self._put_meta({"timed_out_before": at})
-                if retry_failed:
-                    failed = self._x("SELECT row, reference_id, error FROM {s}.records WHERE "
-                                     "run_id=%s AND status='failed' ORDER BY row",
-                                     [self.run_id]).fetchall()  # fmt: skip
-                    updates, events = round_changes(failed, at)
-                    again = len(updates)
-                    if updates:
-                        self._drop_snapshot()
-                        self._x(f"UPDATE {{s}}.records r SET {ROUND_RESET.replace('?1', 'u.ref')} "
-                                "FROM unnest(%s::text[], %s::int8[]) AS u(ref, row) "
-                                "WHERE r.run_id=%s AND r.row=u.row",
-                                [[u[0] for u in updates], [u[1] for u in updates], self.run_id])  # fmt: skip
-                        with self._conn.cursor() as cur:
-                            cur.executemany(
-                                sql.SQL("INSERT INTO {s}.events (run_id, row, at, event, attempt, "
-                                        "http_status, status_code, detail) VALUES (%s, %s, %s, %s, %s, "
-                                        "%s, %s, %s)").format(s=self._s),
-                                [(self.run_id, *e) for e in events],
-                            )
-            elif retry_failed or retry_timed_out:
-                log.info("job %s: a retry round is already under way (a worker is running or one "
-                         "started less than %g s ago): this worker joins it",
-                         self.run_id, window)  # fmt: skip
-            before = self.get_meta("timed_out_before") if retry_timed_out else None
-        return again, None if before is None else float(before)
-
-    def events_for(self, row: int) -> list[tuple[Any, ...]]:
-        cur = self._x("SELECT at, event, attempt, http_status, status_code, detail FROM {s}.events "
-                      "WHERE run_id=%s AND row=%s ORDER BY id", [self.run_id, row])  # fmt: skip
-        return list(cur.fetchall())
-
-
 def _array_type(column: str) -> str:
     t = _TYPES.get(column, "TEXT").split()[0]
     return {"DOUBLE": "float8", "BIGINT": "int8", "INTEGER": "int4"}.get(t, "text")
@@ -962,20 +847,31 @@ def _array_type(column: str) -> str:
 class _Locked:
     """A transaction on the shared connection, held under its lock."""
 
-    def __init__(self, journal: PgJournal) -> None:
+    def __init__(self, journal: PgJournal, isolation: str | None = None, watched: bool = True) -> None:
         self._journal = journal
         self._lock = journal._lock
         self._tx: contextlib.AbstractContextManager[Any] | None = None
+        # a long read (a report) is watched statement by statement, not as a whole
+        self._watched = watched
+        self._isolation = isolation
 
     def __enter__(self) -> None:
         self._lock.acquire()
-        self._journal._begin_call()
+        if self._watched:
+            self._journal._begin_call()
         try:
             self._tx = self._journal._conn.transaction()
             self._tx.__enter__()
             self._journal._depth += 1
+            if self._isolation:
+                self._journal._x(f"SET TRANSACTION ISOLATION LEVEL {self._isolation}")
         except BaseException:
-            self._journal._end_call()
+            if self._tx is not None and self._journal._depth:
+                self._journal._depth -= 1
+                with contextlib.suppress(Exception):
+                    self._tx.__exit__(None, None, None)
+            if self._watched:
+                self._journal._end_call()
             self._lock.release()
             raise
 
@@ -985,6 +881,7 @@ class _Locked:
             self._journal._depth -= 1
             self._tx.__exit__(*exc)
         finally:
-            self._journal._end_call()
+            if self._watched:
+                self._journal._end_call()
             self._lock.release()
 

@@ -29,18 +29,15 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_cancel.exceptions import ConfigError, ReportUnwritable
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
-from batch_cancel.journal.store import Journal
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.report.csv_text import write_csv_batch
 from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SCHEMA, TIMESTAMPS
 
@@ -66,7 +63,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def report_rows(journal: Journal | PgJournal) -> Iterator[dict[str, Any]]:
+def report_rows(journal: JournalBase) -> Iterator[dict[str, Any]]:
     """The report's rows as dicts, read from the journal's records."""
     for r in journal.iter_rows():
         out = {c: r.get(c) for c in REPORT_COLUMNS}
@@ -87,7 +84,7 @@ def _as_batches(rows: Iterable[dict[str, Any]], size: int = _BATCH) -> Iterator[
         yield pa.RecordBatch.from_pylist(chunk, schema=REPORT_SCHEMA)
 
 
-def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch]:
+def report_batches(journal: JournalBase) -> Iterator[pa.RecordBatch]:
     """The report's rows as Arrow batches (REPORT_COLUMNS), in row order."""
     fast = snapshot_batches(journal)
     return fast if fast is not None else _as_batches(report_rows(journal))
@@ -98,9 +95,11 @@ def check_report_path(path: Path) -> None:
         raise ConfigError(f"report {path}: unknown format {path.suffix!r} (use .csv, .parquet or .jsonl)")
 
 
-def write_report(journal: Journal | PgJournal, path: Path) -> Path:
+def write_report(journal: JournalBase, path: Path) -> Path:
+    """The report file, every row as of one moment (a report taken while workers write)."""
     check_report_path(path)
-    return write_aside(path, lambda tmp: _write(report_batches(journal), tmp, path.suffix.lower()))
+    with journal.reading():
+        return write_aside(path, lambda tmp: _write(report_batches(journal), tmp, path.suffix.lower()))
 
 
 def write_aside(path: Path, write: Callable[[Path], object]) -> Path:

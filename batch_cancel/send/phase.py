@@ -26,8 +26,9 @@ from batch_cancel.exceptions import ConfigError, JournalUnwritable, SystematicFa
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import Status
-from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
+from batch_cancel.journal.store import BUSY_TIMEOUT
 from batch_cancel.journal.writer import JournalWriter, Recorder
 from batch_cancel.send.breaker import Breaker, FailureKind
 from batch_cancel.send.gc_pauses import fewer_gc_pauses
@@ -39,7 +40,6 @@ from batch_cancel.send.supervision import background, one_error
 
 if TYPE_CHECKING:
     from batch_cancel.journal.interface import SendStore
-    from batch_cancel.journal.postgres import PgJournal
     from batch_cancel.send.fleet import FleetWorker
 
 __all__ = ["Engine"]
@@ -54,7 +54,7 @@ class Engine:
         self,
         config: RunConfig,
         gws: GwsConfig,
-        journal: Journal | PgJournal,
+        journal: JournalBase,
         *,
         stop: asyncio.Event,
         progress: Callable[[dict[str, int]], None] | None = None,
