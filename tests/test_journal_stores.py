@@ -107,6 +107,55 @@ def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJou
     assert rows[4]["error"] == "no such record"
 
 
+def test_a_retry_round_plans_failed_rows_again_with_a_new_reference(
+        opener: Callable[[str], AnyJournal], tmp_path: Path) -> None:  # fmt: skip
+    j = opener("r3")
+    j.set_meta(run_id="r3")
+    _plan(j, _input(tmp_path), "r3")
+    t = 1_790_000_000.0
+    failed = [RowState(Status.FAILED, 1, 200, 0, None, "no such record", t, t, 1.0, None, row)
+              for row in (2, 5)]  # fmt: skip
+    j.save_states(failed, [])
+    refs = {r["row"]: r["reference_id"] for r in j.iter_rows()}
+    again, before = j.start_round(retry_failed=True, retry_timed_out=True, at=t + 10)
+    assert again == 2 and before == t + 10
+    rows = {r["row"]: r for r in j.iter_rows()}
+    assert [rows[n]["reference_id"] for n in (2, 5)] == [refs[2] + "-r1", refs[5] + "-r1"]
+    assert {rows[n]["status"] for n in (2, 5)} == {"planned"} and rows[2]["error"] is None
+    assert j.events_for(2)[-1][1] == "retry_failed" and refs[2] in j.events_for(2)[-1][5]
+    assert j.counts()["planned"] == 30 and "failed" not in j.counts()
+
+
+def test_meta_and_a_plan_reset(opener: Callable[[str], AnyJournal], tmp_path: Path) -> None:
+    j = opener("r4")
+    assert j.is_new() and j.get_meta("run_id") is None
+    j.set_meta(run_id="r4", inputs=[{"name": "in.csv"}])
+    assert not j.is_new() and j.get_meta("inputs") == [{"name": "in.csv"}]
+    _plan(j, _input(tmp_path), "r4")
+    assert j.snapshot() is not None and sum(j.counts().values()) == 34
+    j.reset_plan()
+    assert j.counts() == {} and j.snapshot() is None and j.get_meta("run_id") == "r4"
+
+
+def test_a_report_reads_one_moment_while_another_connection_writes(
+        opener: Callable[[str], AnyJournal], tmp_path: Path) -> None:  # fmt: skip
+    j = opener("r5")
+    j.set_meta(run_id="r5")
+    _plan(j, _input(tmp_path), "r5")
+    other = j.reopen(5.0)()
+    try:
+        t = 1_790_000_000.0
+        with j.reading():
+            assert j.counts().get("cancelled") is None
+            first = [r["status"] for r in j.iter_rows()]
+            other.save_states([RowState(Status.CANCELLED, 1, 200, 0, "ack", None, t, t, 1.0, None, 1)], [])
+            assert j.counts().get("cancelled") is None  # still the moment the read began
+            assert [r["status"] for r in j.iter_rows()] == first
+        assert j.counts()["cancelled"] == 1
+    finally:
+        other.close()
+
+
 @pytest.mark.subprocess  # a PostgreSQL server
 def test_both_stores_write_byte_identical_reports(tmp_path: Path, pg_url: str, pg_server: PgServer) -> None:
     """The same plan and the same state changes: the same report, whatever the store."""
