@@ -167,7 +167,7 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
             with journal.plan_lock(wait=1.0, stop=stop.is_set if stop else None) as got:
                 if got and not journal.get_meta("planned"):
                     counts = build_plan(journal, files, config, config.run_id, stop=stop)
-                    journal.set_meta(planned=True, plan_counts=dict(counts))
+                    journal.finish_plan(planned=True, plan_counts=dict(counts))
             if stop is not None and stop.is_set():
                 raise Interrupted("interrupted while waiting for the plan: nothing was sent")
             if not got and not said:

@@ -18,6 +18,7 @@ from helpers import numbers, write_csv
 from pg_server import PgServer
 
 from batch_cancel.config import JobDefaults, RunConfig
+from batch_cancel.exceptions import JournalUnavailable
 from batch_cancel.input.files import inspect_inputs
 from batch_cancel.job import prepare
 from batch_cancel.journal.postgres import PgJournal, parse_state_url
@@ -308,3 +309,29 @@ def test_workers_starting_together_plan_the_job_once(pg_url: str, pg_server: PgS
         assert sum(1 for _ in check.iter_rows()) == 2000  # planned once: no row twice
     finally:
         check.close()
+
+
+@pytest.mark.subprocess  # a PostgreSQL server
+def test_a_planner_that_lost_its_lock_stops_and_never_marks_the_plan_done(
+        pg_url: str, pg_server: PgServer, tmp_path: Path) -> None:  # fmt: skip
+    db = parse_state_url(pg_url, pg_server.password)
+    a, b = PgJournal.open(db, "lost"), PgJournal.open(db, "lost")
+    try:
+        a.set_meta(run_id="lost")
+        with a.plan_lock(wait=1.0) as got:
+            assert got
+            # the lock's connection ends (a proxy, a restart, an administrator)
+            b._x("SELECT pg_terminate_backend(%s)", [a._plan_holder])
+            with pytest.raises(JournalUnavailable, match="planning lock was lost"):
+                _plan(a, _input(tmp_path), "lost")
+            with pytest.raises(JournalUnavailable, match="planning lock was lost"):
+                a.finish_plan(planned=True)
+        assert b.get_meta("planned") is None and b.counts() == {}
+        with b.plan_lock(wait=1.0) as got:  # the next worker plans it, from the start
+            assert got
+            _plan(b, _input(tmp_path), "lost")
+            b.finish_plan(planned=True)
+        assert b.get_meta("planned") is True and sum(b.counts().values()) == 34
+    finally:
+        a.close()
+        b.close()

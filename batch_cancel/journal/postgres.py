@@ -299,7 +299,7 @@ class PgJournal(JournalBase):
         self._conn_ = conn
         self._lock = threading.RLock()
         self._s = sql.Identifier(db.schema)
-        self._plan_lock: psycopg.Connection[Any] | None = None
+        self._plan_holder: int | None = None  # the backend holding our planning lock, while planning
         self.owner = owner or Ownership()
         self._depth = 0  # transactions open on this connection (under the lock)
         # how long one call (or transaction) may take before the watchdog ends it; a
@@ -360,8 +360,6 @@ class PgJournal(JournalBase):
                 self._x("INSERT INTO {s}.schema_version VALUES (%s)", [version])
 
     def close(self) -> None:
-        if self._plan_lock is not None:
-            self._plan_lock.close()
         with contextlib.suppress(Exception):
             self._conn_.close()
 
@@ -508,9 +506,29 @@ class PgJournal(JournalBase):
                     yield False
                     return
                 time.sleep(0.1)
+            self._plan_holder = conn.info.backend_pid
             yield True
         finally:
+            self._plan_holder = None
             conn.close()  # releases the lock
+
+    def _check_plan_lock(self) -> None:
+        """Inside a planning transaction: the planning lock is still this worker's. Its
+        connection may have dropped (then another worker may be planning already, and
+        may reset this plan): planning stops, loudly, instead of writing on."""
+        if self._plan_holder is None:
+            return
+        row = self._x("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                      "AND pid = %s)", [self._plan_holder]).fetchone()  # fmt: skip
+        if not (row and row[0]):
+            raise JournalUnavailable(f"job {self.run_id}: the planning lock was lost (its connection "
+                                     "ended); another worker may plan the job: run again to join it")
+
+    def finish_plan(self, **values: Any) -> None:
+        """Mark the plan complete, only while this worker still holds the planning lock."""
+        with self.transaction():
+            self._check_plan_lock()
+            self._put_meta(values)
 
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
@@ -533,6 +551,7 @@ class PgJournal(JournalBase):
         per_row = [columns[name] for name in order]
         copy = sql.SQL("COPY {s}.records ({cols}) FROM STDIN").format(
             s=self._s, cols=sql.SQL(", ").join(map(sql.Identifier, names)))
+        self._check_plan_lock()  # in the batch's transaction: never a row after the lock is gone
         with self._lock, self._conn.cursor() as cur, cur.copy(copy) as cp:
             for i, values in enumerate(zip(*per_row, strict=True)):
                 ok = errors[i] in ("", None)
