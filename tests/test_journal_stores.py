@@ -335,3 +335,23 @@ def test_a_planner_that_lost_its_lock_stops_and_never_marks_the_plan_done(
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.subprocess  # a PostgreSQL server
+def test_a_leaving_worker_keeps_rows_awaiting_acks_and_its_events_name_it(
+        pg_job: Callable[[], PgJournal]) -> None:  # fmt: skip
+    a, b = pg_job(), pg_job()
+    a.join("A", 0, lambda r: None)
+    b.join("B", 0, lambda r: None)
+    held = [r.row for r in a.claim("A", 4)]
+    t = 1_790_000_000.0
+    sent = [RowState(Status.SENT, 1, None, None, None, None, t, None, None, None, row) for row in held[:2]]
+    assert a.save_states(sent, [RowEvent(row, t, "sent", 1, None, None, None) for row in held[:2]]) == []
+    a.leave("A", "done", keep_sent_for=30.0)
+    time.sleep(0.6)  # past the lease (0.5 s): only the ack timeout keeps the sent rows
+    b.heartbeat("B", 0, lambda r: None)
+    taken = [r.row for r in b.claim("B", 30)]
+    assert not set(held[:2]) & set(taken)  # awaiting their acks: not POSTed again
+    assert set(held[2:]) <= set(taken)  # never sent: back at once
+    worker = b._x("SELECT DISTINCT worker FROM {s}.events WHERE run_id='job' AND event='sent'").fetchall()
+    assert worker == [("A",)]
