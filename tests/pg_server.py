@@ -21,10 +21,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PgServer", "start"]
+__all__ = ["PgServer", "serve", "start"]
 
 PG_USER = "batch"
 PG_PASSWORD = "pg-Secr3t-for-tests"
@@ -157,3 +158,17 @@ def start(*, fsync: bool = False) -> PgServer | str:
         time.sleep(0.1)
     server.stop()
     return "postgres did not accept connections within 30 s"
+
+
+def serve() -> Iterator[PgServer]:
+    """A server for a test session (both suites' fixtures): yields it and stops it after;
+    skips, loudly, only where this machine cannot start one."""
+    import pytest
+
+    server = start()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()

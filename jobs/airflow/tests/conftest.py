@@ -45,13 +45,7 @@ def pg_server() -> Iterator[Any]:
     temporary data directory; skipped, loudly, only where no server can be started."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
     try:
-        from pg_server import start
+        from pg_server import serve
     finally:
         sys.path.pop(0)
-    server = start()
-    if isinstance(server, str):
-        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve()
