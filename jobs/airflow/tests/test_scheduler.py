@@ -80,7 +80,9 @@ def airflow(pg_server: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        # paused until the test unpauses the fleet DAG: the shards DAG, scheduled nightly with
+        # catchup off, would otherwise start its latest run at once and send every number too
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
         # the async engine through psycopg too (Airflow's default for PostgreSQL is asyncpg)
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": meta.replace("+psycopg:", "+psycopg_async:"),
@@ -140,6 +142,8 @@ def test_fleet_dag_under_the_scheduler_runs_its_workers_at_the_same_time(
         _wait("the DAG processor never serialized the fleet DAG",
               lambda: meta.execute("SELECT 1 FROM serialized_dag WHERE dag_id=%s", [FLEET_DAG_ID]).fetchone(),
               180, procs, logs)  # fmt: skip
+        subprocess.run([AIRFLOW, "dags", "unpause", FLEET_DAG_ID], env=env, check=True,
+                       capture_output=True, timeout=120)  # fmt: skip
         run_id = "sched-test"
         subprocess.run([AIRFLOW, "dags", "trigger", FLEET_DAG_ID, "--run-id", run_id], env=env, check=True,
                        capture_output=True, timeout=120)  # fmt: skip
@@ -167,6 +171,7 @@ def test_fleet_dag_under_the_scheduler_runs_its_workers_at_the_same_time(
     report = read_csv(airflow["shared"] / batch_run / "report.csv")
     assert len(report) == ROWS and {r["status"] for r in report} == {"cancelled"}
     ledger = airflow["sim"].ledger()
+    assert {str(e.reference_id).rsplit("-", 1)[0] for e in ledger.entries} == {f"bc-{batch_run}"}
     assert sorted(e.phone_number for e in ledger.entries) == sorted(airflow["numbers"])  # once each
     spans = ", ".join(f"{t[1]}:{t[3]:%H:%M:%S}-{t[4]:%H:%M:%S}" for t in workers)
     print(f"\nFIGURES airflow-scheduler: rows={ROWS}, task_instances={spans}, "
