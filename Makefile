@@ -59,7 +59,8 @@ clean:
 
 # The Airflow DAG (jobs/airflow/) under real Apache Airflow, in a venv of its own
 # so the main suite never needs Airflow. Measured: ~95 s to build the venv from
-# an empty pip cache, ~40 s for the tests.
+# an empty pip cache, ~40 s for the dag.test() tests and ~75 s for the fleet DAG under a
+# real scheduler (API server, DAG processor, scheduler with the LocalExecutor, on PostgreSQL).
 AIRFLOW_VERSION := 3.3.2
 AF_VENV := .venv-airflow
 

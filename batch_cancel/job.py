@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from batch_cancel import __version__
 from batch_cancel.config import GwsConfig, RunConfig
@@ -35,6 +35,7 @@ from batch_cancel.exceptions import (
     RequestError,
 )
 from batch_cancel.input.files import InputFile, inspect_inputs
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
@@ -105,9 +106,11 @@ def decide_outputs(config: RunConfig) -> RunConfig:
 
 
 def prepare(
-    config: RunConfig, stop: asyncio.Event | None = None
-) -> tuple[Journal | PgJournal, str, list[InputFile]]:
-    """Check inputs, open (or create) the journal and make sure the plan is complete."""
+    config: RunConfig, stop: asyncio.Event | None = None, fence: str | None = None
+) -> tuple[JournalBase, str, list[InputFile]]:
+    """Check inputs, open (or create) the journal and make sure the plan is complete.
+
+    ``fence``: the run lock's token, carried by every state write (journal/lock.py)."""
     if config.report is not None:
         check_report_path(config.report)
     files = inspect_inputs(config.inputs, phone_column=config.phone_column, encoding=config.encoding,
@@ -116,7 +119,7 @@ def prepare(
         return _prepare_shared(config, files, stop), str(config.run_id), files
     run_id = config.run_id or new_run_id()
     state = config.state or Path("state") / f"{run_id}.sqlite"
-    journal = Journal.open(state)
+    journal = Journal.open(state, fence=fence)
     try:
         if journal.is_new():
             journal.set_meta(
@@ -144,7 +147,7 @@ def prepare(
 def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Event | None) -> PgJournal:
     """A job in PostgreSQL: the first worker makes it and plans it; the others check that
     they were given the same inputs and settings, and wait for the plan."""
-    from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.journal.postgres import PgJournal, check_job_rate
 
     assert config.state_db is not None
     if not config.run_id:
@@ -158,12 +161,14 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
         )  # fmt: skip
         if not made:
             _check_resume(journal, files, config)
+            if journal.running_workers() > 0:  # refused before login; join decides for good
+                check_job_rate(config.run_id, journal.job_rate(), config.rate)
         said = False
         while not journal.get_meta("planned"):
             with journal.plan_lock(wait=1.0, stop=stop.is_set if stop else None) as got:
                 if got and not journal.get_meta("planned"):
                     counts = build_plan(journal, files, config, config.run_id, stop=stop)
-                    journal.set_meta(planned=True, plan_counts=dict(counts))
+                    journal.finish_plan(planned=True, plan_counts=dict(counts))
             if stop is not None and stop.is_set():
                 raise Interrupted("interrupted while waiting for the plan: nothing was sent")
             if not got and not said:
@@ -175,12 +180,6 @@ def _prepare_shared(config: RunConfig, files: list[InputFile], stop: asyncio.Eve
     return journal
 
 
-def _other_workers_running(journal: Journal | PgJournal) -> bool:
-    from batch_cancel.journal.postgres import PgJournal
-
-    return isinstance(journal, PgJournal) and journal.running_workers() > 0
-
-
 def _operator() -> str:
     try:
         return getpass.getuser()
@@ -188,7 +187,7 @@ def _operator() -> str:
         return "unknown"
 
 
-def _check_resume(journal: Journal | PgJournal, files: list[InputFile], config: RunConfig) -> None:
+def _check_resume(journal: JournalBase, files: list[InputFile], config: RunConfig) -> None:
     if config.force:
         return
     before = [(i["sha256"], i["size"]) for i in journal.get_meta("inputs") or []]
@@ -250,7 +249,7 @@ async def run_job(
 
     lock.on_lost(lost)
     try:
-        return await _run_locked(config, gws, stop, progress, journaling)
+        return await _run_locked(config, gws, stop, progress, journaling, lock.holder.token)
     except Interrupted as exc:
         if not lock.lost.is_set():
             raise
@@ -285,10 +284,11 @@ async def _run_locked(
     stop: asyncio.Event,
     progress: ProgressFactory | None,
     journaling: bool,
+    fence: str | None = None,
 ) -> Summary:
     started = time.monotonic()
     try:
-        journal, run_id, _files = await asyncio.to_thread(prepare, config, stop)
+        journal, run_id, _files = await asyncio.to_thread(prepare, config, stop, fence)
     except sqlite3.DatabaseError as exc:
         raise _journal_error(exc, config.state) from None
     RUN_ID.set(run_id)  # every log line of the run carries it (JSON logs)
@@ -296,8 +296,10 @@ async def _run_locked(
     metrics: RunMetrics | None = None
     fleet: FleetWorker | None = None
     try:
-        if config.retry_failed and not config.dry_run:
-            again = journal.retry_failed(time.time())
+        timed_out_before: float | None = None
+        if (config.retry_failed or config.retry_timed_out) and not config.dry_run:
+            again, timed_out_before = journal.start_round(
+                retry_failed=config.retry_failed, retry_timed_out=config.retry_timed_out, at=time.time())
             if again:
                 log.info("--retry-failed: %d failed row(s) will be sent again, each with a new "
                          "referenceId (suffix -r<round>)", again)  # fmt: skip
@@ -317,12 +319,13 @@ async def _run_locked(
 
             view = progress(to_send) if progress is not None else None
             if config.state_db is not None:
-                from batch_cancel.journal.postgres import PgJournal
                 from batch_cancel.send.fleet import FleetWorker
 
-                assert isinstance(journal, PgJournal)
-                fleet = FleetWorker(journal, rate=config.rate, batch=config.concurrency,
-                                    retry_timed_out=config.retry_timed_out, stop=stop)  # fmt: skip
+                # a journal given as postgresql://… is a PgJournal (prepare made it so)
+                fleet = FleetWorker(cast("PgJournal", journal), rate=config.rate,
+                                    batch=config.concurrency, retry_timed_out_before=timed_out_before,
+                                    stop=stop, max_outage=config.max_outage,
+                                    keep_sent_for=config.ack_timeout)  # fmt: skip
             engine = Engine(config, gws, journal, stop=stop, progress=view,
                             on_latency=metrics.observe_latency if metrics else None,
                             fleet=fleet)  # fmt: skip
@@ -359,7 +362,7 @@ async def _run_locked(
 
 
 def _finish(
-    journal: Journal | PgJournal,
+    journal: JournalBase,
     run_id: str,
     report: Location,
     config: RunConfig,
@@ -376,8 +379,8 @@ def _finish(
     last = True
     if fleet is not None:
         last = fleet.leave(state)
-    elif shared and config.state_db is not None:
-        last = not _other_workers_running(journal)
+    elif shared:
+        last = journal.running_workers() == 0
     unwritten: ReportUnwritable | None = None
     if last:
         with contextlib.suppress(Exception):
@@ -388,8 +391,19 @@ def _finish(
             unwritten = exc
     else:
         log.info("other workers are still running job %s: the last to finish writes the report", run_id)
-    summary = summarise(journal, run_id, report if last and unwritten is None else None, config, stats,
-                        time.monotonic() - started)  # fmt: skip
+    try:
+        summary = summarise(journal, run_id, report if last and unwritten is None else None, config,
+                            stats, time.monotonic() - started)  # fmt: skip
+    except Exception as exc:
+        if state == "done":
+            raise
+        # the run is stopping because its journal is out of reach: its own error says so,
+        # and the counts are the journal's to tell once it is back (status, report)
+        log.error("journal %s could not be read for the summary: %s", journal.location, exc)
+        summary = Summary(run_id=run_id, total=0, cancelled=0, failed=0, timed_out=0, rejected=0,
+                          duplicate=0, pending=0, report="", state=journal.location,
+                          dry_run=config.dry_run, duplicates_of_unsuccessful=0,
+                          elapsed_s=round(time.monotonic() - started, 3), stats=stats)  # fmt: skip
     if metrics is not None:
         metrics.final(summary)
         metrics.write()

@@ -6,11 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batch_cancel.config import RunConfig
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
-from batch_cancel.journal.store import Journal
 
 if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
     from batch_cancel.object_store import Location
 
 __all__ = ["Summary", "summarise"]
@@ -50,7 +49,7 @@ class Summary:
 
 
 def summarise(
-    journal: Journal | PgJournal,
+    journal: JournalBase,
     run_id: str,
     report: Location | None,
     config: RunConfig,

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import make_sim
-from pg_server import PgServer
-from pg_server import start as pg_start
+from pg_server import PgServer, serve
 from s3_server import S3Server
 from s3_server import start as s3_start
 
@@ -41,13 +40,7 @@ def sim() -> Iterator[ThreadedSimulator]:
 def pg_server() -> Iterator[PgServer]:
     """One real PostgreSQL server for the session (tests/pg_server.py); skipped, loudly, only
     when this machine cannot start one."""
-    server = pg_start()
-    if isinstance(server, str):
-        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve()
 
 
 @pytest.fixture

@@ -16,14 +16,16 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PgServer", "start"]
+__all__ = ["PgServer", "serve", "start"]
 
 PG_USER = "batch"
 PG_PASSWORD = "pg-Secr3t-for-tests"
@@ -39,6 +41,7 @@ class PgServer:
     _proc: subprocess.Popen[bytes]
     _log: Path
     _root: Path
+    _argv: list[str]
 
     def url(self, db: str = "postgres", **options: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in options.items())
@@ -53,6 +56,25 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def restart(self, down: float) -> None:
+        """Stop the server the way an administrator's restart does (fast shutdown: every
+        session ends with AdminShutdown), keep it down ``down`` seconds, start it again
+        on the same port and data, and wait until it accepts connections."""
+        # the postmaster itself: runuser, our child when we run as root, does not pass SIGINT on
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT)
+        self._proc.wait(timeout=30)
+        time.sleep(down)
+        self._proc = subprocess.Popen(self._argv, stdout=self._log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready = subprocess.run([str(Path(self._argv[self._argv.index("-D") - 1]).parent / "pg_isready"),
+                                    "-h", self.host, "-p", str(self.port)], capture_output=True)  # fmt: skip
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("postgres did not come back within 30 s")
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -118,12 +140,10 @@ def start(*, fsync: bool = False) -> PgServer | str:
     port = _free_port()
     durability = [] if fsync else ["-c", "fsync=off", "-c", "synchronous_commit=off",
                                    "-c", "full_page_writes=off"]  # fmt: skip
-    proc = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
-         "-k", str(sockdir), *durability, "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = PgServer("127.0.0.1", port, PG_USER, PG_PASSWORD, datadir, proc, log, root)
+    argv = [*as_user, str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
+            "-k", str(sockdir), *durability, "-c", "max_connections=200", "-c", "shared_buffers=64MB"]
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = PgServer("127.0.0.1", port, PG_USER, PG_PASSWORD, datadir, proc, log, root, argv)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -138,3 +158,17 @@ def start(*, fsync: bool = False) -> PgServer | str:
         time.sleep(0.1)
     server.stop()
     return "postgres did not accept connections within 30 s"
+
+
+def serve() -> Iterator[PgServer]:
+    """A server for a test session (both suites' fixtures): yields it and stops it after;
+    skips, loudly, only where this machine cannot start one."""
+    import pytest
+
+    server = start()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,29 +9,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import ENV, job_args, numbers, read_report, run_cli, write_csv
+from fleet_helpers import finish, fleet_args, spawn
+from helpers import ENV, numbers, read_report, run_cli, write_csv
 from pg_server import PgServer
 
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.simulator import ThreadedSimulator
-
-
-def _fleet_args(sim: ThreadedSimulator, tmp: Path, src: Path, url: str, run_id: str,
-                **opts: object) -> list[str]:
-    args = job_args(sim.base_url, tmp, src, **opts)
-    i = args.index("--state")
-    args[i + 1] = url
-    return [*args, "--run-id", run_id]
 
 
 @pytest.mark.subprocess  # a PostgreSQL server
@@ -39,7 +28,7 @@ def test_one_worker_runs_a_job_in_postgresql(sim: ThreadedSimulator, tmp_path: P
                                              pg_server: PgServer) -> None:
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(40)])
     env = {**ENV, "PGPASSWORD": pg_server.password}
-    result = run_cli(_fleet_args(sim, tmp_path, src, pg_url, "job-1", rate=0, concurrency=8), env=env)
+    result = run_cli(fleet_args(sim, tmp_path, src, pg_url, "job-1", rate=0, concurrency=8), env=env)
     assert result.exit_code == 0, result.stderr
     summary = result.summary
     assert summary["cancelled"] == 40 and summary["pending"] == 0
@@ -97,20 +86,6 @@ async def test_a_new_share_sets_the_spacing_at_once() -> None:
 
 
 # -- fleets of CLI workers -------------------------------------------------------------------
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "batch_cancel", *args], env={**os.environ, **env},
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def _finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tuple[int, dict[str, Any], str]]:
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
-        out.append((p.returncode, json.loads(last), stderr))
-    return out
-
-
 N_FLEET = 6000
 FLEET_RATE = 600
 
@@ -124,10 +99,10 @@ def test_three_workers_drain_one_job_once_each_within_the_jobs_rate(
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(N_FLEET)])
     url = pg_server.url("postgres", schema="fleet3", lease="3")
     env = {**ENV, "PGPASSWORD": pg_server.password}
-    args = _fleet_args(sim, tmp_path, src, url, "fleet-3", rate=FLEET_RATE, concurrency=16,
+    args = fleet_args(sim, tmp_path, src, url, "fleet-3", rate=FLEET_RATE, concurrency=16,
                        ack_timeout=10)  # fmt: skip
-    procs = [_spawn(args, env) for _ in range(3)]
-    results = _finish(procs)
+    procs = [spawn(args, env) for _ in range(3)]
+    results = finish(procs)
     for code, summary, stderr in results:
         assert code == 0, stderr[-2000:]
         assert summary["cancelled"] == N_FLEET and summary["pending"] == 0, summary
@@ -171,9 +146,9 @@ def test_kill_9_of_a_worker_its_rows_in_flight_are_resent_by_the_others(
     src = write_csv(tmp_path / "in.csv", ["phone"], [[x] for x in numbers(n)])
     url = pg_server.url("postgres", schema="fleetkill", lease="2")
     env = {**ENV, "PGPASSWORD": pg_server.password}
-    args = _fleet_args(sim, tmp_path, src, url, "fleet-kill", rate=600, concurrency=16,
+    args = fleet_args(sim, tmp_path, src, url, "fleet-kill", rate=600, concurrency=16,
                        ack_timeout=10)  # fmt: skip
-    procs = [_spawn(args, env) for _ in range(3)]
+    procs = [spawn(args, env) for _ in range(3)]
     deadline = time.monotonic() + 60
     while len(sim.ledger.entries) < n // 3:
         assert time.monotonic() < deadline, "the job never got going"
@@ -184,7 +159,7 @@ def test_kill_9_of_a_worker_its_rows_in_flight_are_resent_by_the_others(
     killed_at = time.time()
     in_flight = _leased_open(pg_server, "fleetkill", "fleet-kill", victim.pid)
     assert in_flight, "the killed worker held no rows: the test proves nothing"
-    results = _finish(procs[1:])
+    results = finish(procs[1:])
     for code, summary, stderr in results:
         assert code == 0, stderr[-2000:]
         assert summary["cancelled"] == n and summary["pending"] == 0
@@ -216,7 +191,7 @@ def test_password_from_a_file_and_never_in_the_url(sim: ThreadedSimulator, tmp_p
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(5)])
     pw = tmp_path / "pgpass"
     pw.write_text(pg_server.password + "\n")
-    args = _fleet_args(sim, tmp_path, src, pg_url, "pw-file", rate=0)
+    args = fleet_args(sim, tmp_path, src, pg_url, "pw-file", rate=0)
     # without PGPASSWORD and without the file: refused by the server, exit 2, nothing sent
     env = {**ENV, "PGPASSWORD": ""}
     refused = run_cli(args, env=env)
@@ -232,7 +207,7 @@ def test_password_from_a_file_and_never_in_the_url(sim: ThreadedSimulator, tmp_p
     assert pg_server.password not in ok.stdout + ok.stderr
     # a password inside the URL is refused before anything else (it would be logged)
     inline = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:{pg_server.password}@")
-    bad = run_cli(_fleet_args(sim, tmp_path, src, inline, "pw-url"), env=env)
+    bad = run_cli(fleet_args(sim, tmp_path, src, inline, "pw-url"), env=env)
     assert bad.exit_code == 2 and "PGPASSWORD" in bad.stderr
     assert pg_server.password not in bad.stdout + bad.stderr
 
@@ -242,12 +217,12 @@ def test_a_fleet_job_needs_a_run_id_and_the_same_inputs(sim: ThreadedSimulator, 
                                                         pg_url: str, pg_server: PgServer) -> None:
     env = {**ENV, "PGPASSWORD": pg_server.password}
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(5)])
-    args = _fleet_args(sim, tmp_path, src, pg_url, "same-inputs", rate=0)
+    args = fleet_args(sim, tmp_path, src, pg_url, "same-inputs", rate=0)
     no_id = run_cli(args[:-2], env=env)
     assert no_id.exit_code == 2 and "--run-id" in no_id.stderr
     assert run_cli(args, env=env).exit_code == 0
     other = write_csv(tmp_path / "other.csv", ["phone"], [[n] for n in numbers(6)])
-    joined = run_cli(_fleet_args(sim, tmp_path, other, pg_url, "same-inputs", rate=0), env=env)
+    joined = run_cli(fleet_args(sim, tmp_path, other, pg_url, "same-inputs", rate=0), env=env)
     assert joined.exit_code == 2 and "other input files" in joined.stderr
     # a worker that comes when the job is complete sends nothing and is the last: it reports
     again = run_cli([*args[:args.index("--report") + 1], str(tmp_path / "again.csv"),
@@ -261,7 +236,7 @@ def test_report_at_any_time_shows_pending_rows(sim: ThreadedSimulator, tmp_path:
                                                pg_server: PgServer) -> None:
     env = {**ENV, "PGPASSWORD": pg_server.password}
     src = write_csv(tmp_path / "in.csv", ["phone"], [[n] for n in numbers(20)] + [["x"]])
-    planned = run_cli(_fleet_args(sim, tmp_path, src, pg_url, "rep", dry_run=True), env=env)
+    planned = run_cli(fleet_args(sim, tmp_path, src, pg_url, "rep", dry_run=True), env=env)
     assert planned.exit_code == 1  # a dry run with a rejected row
     out = tmp_path / "mid.csv"
     mid = run_cli(["report", "--state", pg_url, "--run-id", "rep", "--out", str(out),
@@ -270,7 +245,7 @@ def test_report_at_any_time_shows_pending_rows(sim: ThreadedSimulator, tmp_path:
     assert mid.summary["pending"] == 20 and mid.summary["rejected"] == 1
     assert [r["status"] for r in read_report(out)].count("pending") == 20
     assert "rep" in (tmp_path / "mid.html").read_text()
-    done = run_cli(_fleet_args(sim, tmp_path, src, pg_url, "rep", rate=0), env=env)
+    done = run_cli(fleet_args(sim, tmp_path, src, pg_url, "rep", rate=0), env=env)
     assert done.exit_code == 1 and done.summary["cancelled"] == 20
     final = run_cli(["report", "--state", pg_url, "--run-id", "rep", "--out", str(tmp_path / "f.jsonl")],
                     env=env)  # fmt: skip

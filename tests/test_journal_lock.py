@@ -18,7 +18,7 @@ import pytest
 from helpers import ENV, job_args, make_sim, numbers, run_cli, write_csv
 
 from batch_cancel.exceptions import Interrupted, JournalLocked
-from batch_cancel.journal.lock import JournalLock, lock_holder
+from batch_cancel.journal.lock import Holder, JournalLock, _why_stale, lock_holder
 from batch_cancel.simulator import ThreadedSimulator
 
 FINAL = {"cancelled", "failed", "timed_out", "rejected", "duplicate"}
@@ -201,3 +201,43 @@ def test_a_holder_whose_lock_was_taken_over_is_told(tmp_path: Path) -> None:
     assert lock.lost.wait(5.0) and told == [True]
     lock.release()
     assert lock_holder(state) is not None  # the other run's lock is left alone
+
+
+# -- who is alive: the pid counts only in the same process space --------------------------
+def _holder(host: str, pid: int, heartbeat: float, boot: str | None, ns: str | None) -> Holder:
+    return Holder("t", host, pid, None, heartbeat - 5, heartbeat, boot, ns)
+
+
+def test_a_live_run_in_another_pid_namespace_on_this_host_is_judged_by_its_heartbeat() -> None:
+    me = _holder("box", os.getpid(), 1000.0, "boot-1", "pid:[4026531836]")
+    # pid 999999 does not exist in our namespace; in its own it is running and beating
+    other = _holder("box", 999_999, 995.0, "boot-1", "pid:[4026532999]")
+    assert _why_stale(other, me, 60.0, 1000.0) is None
+    assert "no heartbeat from box (another PID namespace or boot)" in str(
+        _why_stale(other, me, 60.0, 1100.0))
+
+
+def test_a_restarted_container_is_not_alive_because_its_pid_matches() -> None:
+    me = _holder("box", 1, 1000.0, "boot-1", "pid:[4026532100]")  # pid 1 of the new container
+    before = _holder("box", 1, 900.0, "boot-1", "pid:[4026532007]")  # pid 1 of the old one
+    assert "no heartbeat" in str(_why_stale(before, me, 60.0, 1000.0))
+    # the same pid in the same namespace is this very process: alive
+    assert _why_stale(_holder("box", 1, 900.0, "boot-1", "pid:[4026532100]"), me, 60.0, 1000.0) is None
+
+
+def test_a_host_rebooted_since_judges_the_old_holder_by_its_heartbeat() -> None:
+    me = _holder("box", os.getpid(), 1000.0, "boot-2", "pid:[4026531836]")
+    old = _holder("box", os.getpid(), 100.0, "boot-1", "pid:[4026531836]")  # same ns inode after a reboot
+    assert "no heartbeat" in str(_why_stale(old, me, 60.0, 1000.0))
+
+
+def test_the_lock_records_boot_id_and_pid_namespace(tmp_path: Path) -> None:
+    state = tmp_path / "j.sqlite"
+    lock = JournalLock.acquire(state)
+    try:
+        held = lock_holder(state)
+        assert held is not None and held.pid == os.getpid()
+        assert held.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert held.pid_ns == os.readlink("/proc/self/ns/pid")
+    finally:
+        lock.release()

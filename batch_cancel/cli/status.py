@@ -83,7 +83,7 @@ def describe_shared(db: Any, run_id: str | None) -> dict[str, Any]:
     from batch_cancel.exceptions import ConfigError
     from batch_cancel.journal.postgres import PgJournal
 
-    journal = PgJournal.open(db, run_id or "")
+    journal = PgJournal.open(db, run_id or "", migrate=False)
     try:
         if run_id is None:
             jobs = journal.jobs()
@@ -91,7 +91,7 @@ def describe_shared(db: Any, run_id: str | None) -> dict[str, Any]:
                 raise ConfigError(f"{db.display} holds {len(jobs)} jobs; name one with --run-id "
                                   f"({', '.join(jobs[-10:]) or 'none'})")  # fmt: skip
             journal.close()
-            journal = PgJournal.open(db, jobs[0])
+            journal = PgJournal.open(db, jobs[0], migrate=False)
         if journal.is_new():
             raise ConfigError(f"{db.display} has no job {journal.run_id!r}")
         counts = journal.counts()

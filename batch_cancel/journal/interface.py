@@ -25,8 +25,12 @@ class SendStore(Protocol):
         """Where the journal is, for messages (a path; a DSN without its password)."""
         ...
 
-    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> None:
-        """Write new record states and their events in one transaction, or raise and write nothing."""
+    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> Sequence[int]:
+        """Write new record states and their events in one transaction, or raise and write nothing.
+
+        Fenced: a row this writer no longer owns (another worker holds it, or another
+        run took the journal's lock) is not written, nor its events; those rows are
+        answered, and the writer drops them (it never overwrites another's outcome)."""
         ...
 
     def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:

@@ -14,9 +14,13 @@ heartbeat, refreshed every few seconds by a thread of the holder. A holder that
 died without releasing (kill -9, a machine lost) is recognised and its lock
 taken over, saying so:
 
-* on the same host, when its pid is gone (or is another process now: the start
-  time of the pid differs from the one recorded);
-* on another host, when its heartbeat is older than ``stale_after`` seconds.
+* in the same process space (the same host name, the same boot of its kernel and
+  the same PID namespace), when its pid is gone (or is another process now: the
+  start time of the pid differs from the one recorded);
+* anywhere else (another host; another container on this host, whose pids are not
+  ours to look up; a container restarted with a new PID namespace, whose pid 1 is
+  not the old pid 1; a host rebooted since), when its heartbeat is older than
+  ``stale_after`` seconds.
   This compares the other host's clock with ours, so the hosts' clocks must agree
   to well within that bound (NTP does).
 
@@ -57,9 +61,13 @@ _POLL_S = 0.2  # how often a waiting run looks again
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (
     id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL, host TEXT NOT NULL,
-    pid INTEGER NOT NULL, pid_start TEXT, since REAL NOT NULL, heartbeat REAL NOT NULL
+    pid INTEGER NOT NULL, pid_start TEXT, since REAL NOT NULL, heartbeat REAL NOT NULL,
+    boot_id TEXT, pid_ns TEXT
 )
 """
+# columns a lock table made by an earlier batch-cancel lacks (NULL: judged as before, by host)
+_ADDED = (("boot_id", "TEXT"), ("pid_ns", "TEXT"))
+_COLUMNS = "token, host, pid, pid_start, since, heartbeat, boot_id, pid_ns"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Holder:
     pid_start: str | None
     since: float
     heartbeat: float
+    boot_id: str | None = None  # /proc/sys/kernel/random/boot_id: which boot of the kernel
+    pid_ns: str | None = None  # readlink /proc/self/ns/pid: which PID namespace its pid is in
 
     def describe(self, now: float) -> str:
         since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -88,6 +98,20 @@ def _pid_start(pid: int) -> str | None:
     # the command name (field 2) may hold spaces and parentheses: split after its last ")"
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_ns() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -142,13 +166,18 @@ class JournalLock:
             # power cut could lose the last heartbeat (which errs toward "holder gone")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({LOCK_TABLE})")}
+            for column, kind in _ADDED:
+                if column not in have:
+                    db.execute(f"ALTER TABLE {LOCK_TABLE} ADD COLUMN {column} {kind}")
             me = socket.gethostname()
+            boot, ns = _boot_id(), _pid_ns()
             pid = os.getpid()
             deadline = clock() + wait
             told = False
             while True:
                 now = clock()
-                ours = Holder(secrets.token_hex(8), me, pid, _pid_start(pid), now, now)
+                ours = Holder(secrets.token_hex(8), me, pid, _pid_start(pid), now, now, boot, ns)
                 other = cls._try_take(db, ours, stale_after, now)
                 if other is None:
                     return cls(path, db, ours, heartbeat=heartbeat, clock=clock)
@@ -173,8 +202,7 @@ class JournalLock:
         """Take the lock in one transaction; None when taken, else the live holder."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(f"SELECT token, host, pid, pid_start, since, heartbeat FROM {LOCK_TABLE}"
-                             " WHERE id = 1").fetchone()  # fmt: skip
+            row = db.execute(f"SELECT {_COLUMNS} FROM {LOCK_TABLE} WHERE id = 1").fetchone()
             if row is not None:
                 other = Holder(*row)
                 why = _why_stale(other, ours, stale_after, now)
@@ -183,9 +211,9 @@ class JournalLock:
                     return other
                 log.warning("journal lock left by %s: %s; taking it over", other.describe(now), why)
             db.execute(
-                f"INSERT OR REPLACE INTO {LOCK_TABLE}(id, token, host, pid, pid_start, since, heartbeat)"
-                " VALUES(1, ?, ?, ?, ?, ?, ?)",
-                (ours.token, ours.host, ours.pid, ours.pid_start, ours.since, ours.heartbeat),
+                f"INSERT OR REPLACE INTO {LOCK_TABLE}(id, {_COLUMNS}) VALUES(1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ours.token, ours.host, ours.pid, ours.pid_start, ours.since, ours.heartbeat,
+                 ours.boot_id, ours.pid_ns),
             )
             db.execute("COMMIT")
             return None
@@ -231,7 +259,12 @@ class JournalLock:
 
 def _why_stale(other: Holder, ours: Holder, stale_after: float, now: float) -> str | None:
     """Why ``other`` is certainly gone, or None while it may be alive."""
-    if other.host == ours.host:
+    # its pid means something here only in the same process space: the same host, the
+    # same boot and the same PID namespace (unknown, from an earlier batch-cancel: as before)
+    local = other.host == ours.host and all(
+        theirs is None or theirs == mine
+        for theirs, mine in ((other.boot_id, ours.boot_id), (other.pid_ns, ours.pid_ns)))
+    if local:
         if other.pid == ours.pid:
             return None  # this very process holds it (another run in the same process)
         if not _pid_alive(other.pid):
@@ -241,7 +274,8 @@ def _why_stale(other: Holder, ours: Holder, stale_after: float, now: float) -> s
         return None
     age = now - other.heartbeat
     if age > stale_after:
-        return f"no heartbeat from {other.host} for {age:.0f} s (more than {stale_after:.0f} s)"
+        where = other.host if other.host != ours.host else f"{other.host} (another PID namespace or boot)"
+        return f"no heartbeat from {where} for {age:.0f} s (more than {stale_after:.0f} s)"
     return None
 
 
@@ -252,8 +286,11 @@ def lock_holder(path: Path) -> Holder | None:
     except sqlite3.Error:
         return None
     try:
-        row = db.execute(f"SELECT token, host, pid, pid_start, since, heartbeat FROM {LOCK_TABLE}"
-                         " WHERE id = 1").fetchone()  # fmt: skip
+        try:
+            row = db.execute(f"SELECT {_COLUMNS} FROM {LOCK_TABLE} WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:  # a lock table of an earlier batch-cancel
+            row = db.execute(f"SELECT token, host, pid, pid_start, since, heartbeat FROM {LOCK_TABLE}"
+                             " WHERE id = 1").fetchone()  # fmt: skip
     except sqlite3.Error:  # a journal made before the lock existed has no such table
         return None
     finally:

@@ -7,26 +7,27 @@ from typing import TYPE_CHECKING
 
 from batch_cancel.config import StateDb
 from batch_cancel.exceptions import ConfigError
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.store import Journal
 
 if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
+    pass
 
 __all__ = ["open_existing"]
 
 
-def open_existing(path: Path | None, db: StateDb | None, run_id: str | None) -> Journal | PgJournal:
+def open_existing(path: Path | None, db: StateDb | None, run_id: str | None) -> JournalBase:
     """The journal of one job: a SQLite file, or a run id in a PostgreSQL journal.
 
     Raises ConfigError (exit 2) when there is no such journal or job; nothing is created.
     """
-    journal: Journal | PgJournal
+    journal: JournalBase
     if db is not None:
         from batch_cancel.journal.postgres import PgJournal
 
         if not run_id:
             raise ConfigError("--run-id is required with --state postgresql://…")
-        journal = PgJournal.open(db, run_id)
+        journal = PgJournal.open(db, run_id, migrate=False)
         where = f"{db.display} has no job {run_id!r}"
     else:
         if path is None or not path.is_file():

@@ -11,15 +11,12 @@ and the planner's Arrow columns never hold "" (the reader makes blanks null).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_cancel.journal.store import Journal
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.report.schema import REPORT_SCHEMA
 
 __all__ = ["encode", "report_batches"]
@@ -51,7 +48,7 @@ def encode(columns: Mapping[str, pa.Array | Any], source: str) -> bytes:
     return data
 
 
-def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch] | None:
+def report_batches(journal: JournalBase) -> Iterator[pa.RecordBatch] | None:
     """The report's rows (REPORT_SCHEMA) from the snapshot; None when there is none."""
     found = journal.snapshot()
     if found is None:
@@ -68,7 +65,7 @@ def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch] | N
     return batches()
 
 
-def _report_batch(journal: Journal | PgJournal, stored: pa.RecordBatch, prefix: str) -> pa.RecordBatch:
+def _report_batch(journal: JournalBase, stored: pa.RecordBatch, prefix: str) -> pa.RecordBatch:
     n = stored.num_rows
     rows = stored.column("row")
     planned = pc.is_null(stored.column("error"))

@@ -15,29 +15,32 @@ import contextlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from batch_cancel.journal.rows import RowEvent, RowState, RowToSend, Status
+from batch_cancel.journal.base import (
+    RECORD_COLUMNS,
+    ROUND_RESET,
+    JournalBase,
+    next_round_reference,
+    round_changes,
+)
+from batch_cancel.journal.rows import RowEvent, RowState, Status
 
-__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "Journal", "next_round_reference"]
+__all__ = ["BUSY_TIMEOUT", "PLAN_COLUMNS", "RECORD_COLUMNS", "ROUND_RESET", "Journal", "next_round_reference",
+           "round_changes"]  # fmt: skip
 
 SCHEMA_VERSION = "1"
 
-# Order matters: it is the column order of `records` and of planned-row tuples.
-RECORD_COLUMNS = (
-    "row", "source", "phone_number", "phone_e164", "phone_sent", "application_id",
-    "campaign", "calling_list", "chain_attribute", "device_path", "reference_id",
-    "status", "attempts", "http_status", "status_code", "notification_type", "error",
-    "warnings", "duplicate_of", "sent_at", "acked_at", "latency_ms", "record_handle",
-)  # fmt: skip
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 _SAVE_STATE = (f"UPDATE records SET {', '.join(f'{c}=?' for c in RowState._fields[:-1])} "
                "WHERE row=?")  # fmt: skip
+# Fenced by the run lock's token: a run whose lock was taken over writes nothing.
+_SAVE_STATE_FENCED = _SAVE_STATE + " AND EXISTS (SELECT 1 FROM run_lock WHERE id = 1 AND token = ?)"
 _ADD_EVENT = (f"INSERT INTO events({', '.join(RowEvent._fields)}) "
               f"VALUES({', '.join('?' * len(RowEvent._fields))})")  # fmt: skip
-_SELECT_TO_SEND = f"SELECT {', '.join(RowToSend._fields)} FROM records"
 # What the planner supplies per row; status and reference_id follow from them.
 PLAN_COLUMNS = (
     "row", "source", "phone_number", "phone_e164", "phone_sent", "application_id",
@@ -83,16 +86,29 @@ CREATE TABLE IF NOT EXISTS unmatched (
 _ADDED_COLUMNS = (("records", "record_handle", "INTEGER"),)
 
 
-class Journal:
-    """Thin typed access to the journal file; all SQL lives here."""
+class Journal(JournalBase):
+    """The SQLite dialect of the journal (base.py): one run per file."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    # one run holds the file's lock: a retry round asked for is always this run's own
+    _rounds_shared = False
+
+    def __init__(self, path: Path, db: sqlite3.Connection, fence: str | None = None) -> None:
         self.path = path
         self._db = db
-        self._snapshot_live: bool | None = None  # unknown until looked at
+        # the run lock's token (journal/lock.py): every state write carries it
+        self.fence = fence
+
+    def reopen(self, busy_timeout: float = BUSY_TIMEOUT) -> Callable[[], Journal]:
+        """How another thread opens its own connection to this journal, with the same fence."""
+        path, fence = self.path, self.fence
+        return lambda: Journal.open(path, busy_timeout=busy_timeout, fence=fence)
+
+    def running_workers(self) -> int:
+        """Other runs working on this journal now: none (one run per journal, by its lock)."""
+        return 0
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> Journal:
+    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT, fence: str | None = None) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                              check_same_thread=False)  # fmt: skip
@@ -108,7 +124,7 @@ class Journal:
             have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        return cls(path, db)
+        return cls(path, db, fence)
 
     @property
     def location(self) -> str:
@@ -122,29 +138,33 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
-    # -- identity --------------------------------------------------------------
-    def get_meta(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+    # -- the dialect's primitives (base.py) ------------------------------------------
+    def _sql(self, query: str) -> str:
+        return query.format(t="", job="1=1", run="")
 
-    def set_meta(self, **values: Any) -> None:
-        with self.transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
-                [(k, json.dumps(v, sort_keys=True)) for k, v in values.items()],
-            )
+    def _select(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(self._sql(query), params).fetchall())
 
-    def is_new(self) -> bool:
-        return self.get_meta("run_id") is None
+    def _execute(self, query: str, params: Sequence[Any] = ()) -> int:
+        return int(self._db.execute(self._sql(query), params).rowcount)
+
+    def _put_meta(self, values: Mapping[str, Any]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                             [(k, json.dumps(v, sort_keys=True)) for k, v in values.items()])  # fmt: skip
+
+    def _add_events(self, events: Sequence[tuple[Any, ...]]) -> None:
+        self._db.executemany("INSERT INTO events(row, at, event, attempt, http_status, status_code, detail)"
+                             " VALUES(?,?,?,?,?,?,?)", events)  # fmt: skip
+
+    @contextlib.contextmanager
+    def _round_guard(self) -> Iterator[tuple[bool, float]]:
+        yield False, time.time()
+
+    def reading(self) -> contextlib.AbstractContextManager[Any]:
+        """A read transaction: in WAL mode every read inside sees one commit's state."""
+        return _Transaction(self._db, "BEGIN DEFERRED")
 
     # -- planning ----------------------------------------------------------------
-    def reset_plan(self) -> None:
-        """Forget a plan that was interrupted half-way (nothing was sent from it)."""
-        with self.transaction():
-            self._db.execute("DELETE FROM records")
-            self._db.execute("DELETE FROM events")
-            self._drop_snapshot()
-
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
         """While a plan is written, its commits need not reach the disk one by one.
@@ -235,101 +255,11 @@ class Journal:
         marks = ",".join("?" * len(RECORD_COLUMNS))
         self._db.executemany(f"INSERT INTO records VALUES({marks})", rows)
 
-    def duplicates_between(self, first: int, last: int) -> list[tuple[int, int]]:
-        """(row, duplicate_of) of the duplicates among rows first..last, in row order."""
-        cur = self._db.execute(
-            "SELECT row, duplicate_of FROM records WHERE row BETWEEN ? AND ? "
-            "AND status='duplicate' ORDER BY row",
-            (first, last),
-        )
-        return [(int(r), int(d)) for r, d in cur.fetchall()]
-
-    # -- the plan snapshot ---------------------------------------------------------
-    # Reading a million rows back out of SQLite costs the sqlite3 module far more
-    # than planning them, so the planner also stores each batch as it went in
-    # (opaque bytes, see snapshot.py). It describes the records exactly until the
-    # first state change, which drops it: save_states, add_records, reset_plan.
     def add_snapshot(self, first_row: int, data: bytes) -> None:
         self._db.execute("INSERT INTO plan_snapshot(first_row, data) VALUES(?, ?)",
                          (first_row, data))
 
-    def seal_snapshot(self, info: dict[str, Any]) -> None:
-        """Planning is over: the snapshot (with ``info``) now stands for the records."""
-        self.set_meta(plan_snapshot=info)
-        self._snapshot_live = True
-
-    def snapshot(self) -> tuple[dict[str, Any], Iterator[bytes]] | None:
-        """The sealed snapshot's info and its batches in row order; None if there is none."""
-        info = self.get_meta("plan_snapshot")
-        if not info:
-            return None
-
-        def blobs() -> Iterator[bytes]:
-            last = None
-            while True:
-                cur = self._db.execute(
-                    "SELECT first_row, data FROM plan_snapshot WHERE first_row > ? "
-                    "ORDER BY first_row LIMIT 1", (-1 if last is None else last,))
-                row = cur.fetchone()
-                if row is None:
-                    return
-                last = row[0]
-                yield bytes(row[1])
-
-        return info, blobs()
-
-    def _drop_snapshot(self) -> None:
-        if self._snapshot_live is False:
-            return
-        self._db.execute("DELETE FROM meta WHERE key='plan_snapshot'")
-        self._db.execute("DELETE FROM plan_snapshot")
-        self._snapshot_live = False
-
     # -- sending -----------------------------------------------------------------
-    def to_send(self, *, after_row: int, limit: int, retry_timed_out: bool) -> list[RowToSend]:
-        """Records with no outcome yet after ``after_row``, in input order; timed-out ones when asked."""
-        statuses = [Status.PLANNED, Status.SENT] + ([Status.TIMED_OUT] if retry_timed_out else [])
-        marks = ",".join("?" * len(statuses))
-        cur = self._db.execute(
-            f"{_SELECT_TO_SEND} WHERE row > ? AND status IN ({marks}) ORDER BY row LIMIT ?",
-            (after_row, *statuses, limit),
-        )
-        return [RowToSend._make(values) for values in cur.fetchall()]
-
-    def retry_failed(self, at: float) -> int:
-        """Hand failed rows back for sending (``--retry-failed``), each with a new referenceId.
-
-        A failure is final for the referenceId it answered: a late or repeated failure
-        message of the first round must not be taken for the outcome of the new one.
-        So the row's referenceId gets a round suffix (``-r1``, ``-r2``…), and the old
-        one stays in the row's events.
-        """
-        rows = self._db.execute(
-            "SELECT row, reference_id, error FROM records WHERE status='failed' ORDER BY row"
-        ).fetchall()
-        if not rows:
-            return 0
-        updates, events = [], []
-        for row, ref, error in rows:
-            new_ref = next_round_reference(str(ref))
-            updates.append((new_ref, row))
-            events.append((row, at, "retry_failed", None, None, None,
-                           f"was {ref}: {error or 'failed'}"))  # fmt: skip
-        with self.transaction():
-            self._drop_snapshot()
-            self._db.executemany(
-                "UPDATE records SET status='planned', reference_id=?, attempts=0, http_status=NULL,"
-                " status_code=NULL, notification_type=NULL, error=NULL, acked_at=NULL,"
-                " latency_ms=NULL, record_handle=NULL WHERE row=?",
-                updates,
-            )
-            self._db.executemany(
-                "INSERT INTO events(row, at, event, attempt, http_status, status_code, detail)"
-                " VALUES(?,?,?,?,?,?,?)",
-                events,
-            )
-        return len(rows)
-
     def add_unmatched(self, rows: Sequence[tuple[float, str | None, str, str]]) -> None:
         """Notifications that matched no row: (time, channel, note, JSON data)."""
         if rows:
@@ -338,83 +268,49 @@ class Journal:
                     "INSERT INTO unmatched(at, channel, note, data) VALUES(?,?,?,?)", rows
                 )
 
-    def unmatched_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM unmatched").fetchone()[0])
+    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> list[int]:
+        """One transaction: new record states and their events (all or nothing).
 
-    def first_unmatched(self, limit: int = 50) -> list[tuple[float, str | None, str, str]]:
-        cur = self._db.execute(
-            "SELECT at, channel, note, data FROM unmatched ORDER BY id LIMIT ?", (limit,)
-        )
-        return [(float(a), c, str(n or ""), str(d)) for a, c, n, d in cur.fetchall()]
-
-    def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> None:
-        """One transaction: new record states and their events (all or nothing)."""
-        with self.transaction():
-            self._drop_snapshot()
-            if states:
-                self._db.executemany(_SAVE_STATE, states)
-            full = len(events) - len(events) % _ROWS_PER_INSERT
-            if full:
-                flat = itertools.chain.from_iterable(events[:full])
-                width = len(RowEvent._fields) * _ROWS_PER_INSERT
-                self._db.executemany(_ADD_EVENTS, zip(*[flat] * width, strict=True))
-            if full < len(events):
-                self._db.executemany(_ADD_EVENT, events[full:])
-
-    # -- reading -------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        cur = self._db.execute("SELECT status, COUNT(*) FROM records GROUP BY status")
-        return {status: int(n) for status, n in cur.fetchall()}
-
-    def duplicate_of_unsuccessful(self) -> int:
-        """Duplicates whose first row did not end cancelled (they spoil a green run)."""
-        cur = self._db.execute(
-            "SELECT COUNT(*) FROM records d JOIN records f ON d.duplicate_of = f.row "
-            "WHERE d.status='duplicate' AND f.status != 'cancelled'"
-        )
-        return int(cur.fetchone()[0])
-
-    def iter_rows(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        cur = self._db.execute("SELECT * FROM records ORDER BY row")
-        names = [d[0] for d in cur.description]
-        while rows := cur.fetchmany(batch):
-            for values in rows:
-                yield dict(zip(names, values, strict=True))
-
-    def first_rejected(self, limit: int = 10) -> list[tuple[int, str, str]]:
-        cur = self._db.execute(
-            "SELECT row, COALESCE(phone_number, ''), COALESCE(error, '') FROM records "
-            "WHERE status='rejected' ORDER BY row LIMIT ?",
-            (limit,),
-        )
-        return [(int(r), str(p), str(e)) for r, p, e in cur.fetchall()]
-
-    def events_for(self, row: int) -> list[tuple[Any, ...]]:
-        cur = self._db.execute(
-            "SELECT at, event, attempt, http_status, status_code, detail FROM events "
-            "WHERE row=? ORDER BY id",
-            (row,),
-        )
-        return list(cur.fetchall())
+        With a fence (the run lock's token), the UPDATE itself checks that the lock is
+        still this run's: when another run took it over, nothing is written and every
+        row is answered as refused.
+        """
+        try:
+            with self.transaction():
+                if states and self.fence is not None:
+                    fence = self.fence
+                    cur = self._db.executemany(_SAVE_STATE_FENCED, ((*s, fence) for s in states))
+                    if cur.rowcount < len(states):
+                        raise _Refused  # the lock is the whole journal's: all or nothing
+                elif states:
+                    self._db.executemany(_SAVE_STATE, states)
+                self._drop_snapshot()
+                full = len(events) - len(events) % _ROWS_PER_INSERT
+                if full:
+                    flat = itertools.chain.from_iterable(events[:full])
+                    width = len(RowEvent._fields) * _ROWS_PER_INSERT
+                    self._db.executemany(_ADD_EVENTS, zip(*[flat] * width, strict=True))
+                if full < len(events):
+                    self._db.executemany(_ADD_EVENT, events[full:])
+        except _Refused:
+            return sorted({int(s[-1]) for s in states})
+        return []
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
 
-def next_round_reference(ref: str) -> str:
-    """``R`` -> ``R-r1`` -> ``R-r2``: the referenceId of a failed row's next round."""
-    stem, sep, number = ref.rpartition("-r")
-    if sep and number.isdigit() and stem:
-        return f"{stem}-r{int(number) + 1}"
-    return f"{ref}-r1"
+class _Refused(Exception):
+    """The fence refused a write (rolled back by the transaction's exit)."""
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> None:
         self._db = db
+        self._begin = begin
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(self._begin)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is not None:

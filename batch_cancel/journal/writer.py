@@ -105,6 +105,7 @@ class Recorder:
         interval: float = 0.05,
         stall_limit: float = 300.0,
         high_water: int = 20_000,
+        on_refused: Callable[[Sequence[int]], None] | None = None,
     ) -> None:
         self._writer = writer
         self._clock = clock
@@ -129,6 +130,8 @@ class Recorder:
         self.outcomes: Counter[str] = Counter()
         self.commits = 0
         self.failed_commits = 0
+        self.refused = 0  # state changes the store refused: rows this writer no longer owns
+        self._on_refused = on_refused
 
     # -- what the matcher and the sender report ---------------------------------------
     def event(self, rec: Record, event: str, detail: str | None = None) -> None:
@@ -190,10 +193,11 @@ class Recorder:
             if self._writer is not None:
                 batch = [rec.state() for rec in states.values()]
 
-                def save(store: SendStore) -> None:
-                    store.save_states(batch, events)
+                def save(store: SendStore) -> Sequence[int]:
+                    refused = store.save_states(batch, events)
                     if unmatched:
                         store.add_unmatched(unmatched)
+                    return refused
 
                 future = self._writer.submit(save)
                 try:
@@ -203,6 +207,8 @@ class Recorder:
                     # batch is neither lost nor written twice (the cancellation goes on)
                     await _settle(future)
                     committed = future.exception() is None
+                if committed and future.result():
+                    self._dropped(future.result())
         finally:
             if committed:
                 self.commits += 1
@@ -217,6 +223,15 @@ class Recorder:
                 self.failed_commits += 1
             if len(self._states) < self._high_water:
                 self._room.set()
+
+    def _dropped(self, rows: Sequence[int]) -> None:
+        """Rows the store refused (fenced): dropped, never written again from here."""
+        self.refused += len(rows)
+        where = self._writer.location if self._writer is not None else "journal"
+        log.error("journal %s: %d state change(s) refused: those rows are no longer this run's "
+                  "(another worker or run holds them); dropped", where, len(rows))  # fmt: skip
+        if self._on_refused is not None:
+            self._on_refused(rows)
 
     async def _flush_or_give_up(self) -> None:
         started = self._monotonic()

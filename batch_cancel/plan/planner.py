@@ -19,7 +19,7 @@ import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,11 +28,8 @@ from batch_cancel.config import CHAIN_ATTRIBUTES, JobDefaults, RunConfig
 from batch_cancel.exceptions import Interrupted
 from batch_cancel.input.files import InputFile, read_batches
 from batch_cancel.journal import snapshot
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import Status
-from batch_cancel.journal.store import Journal
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.plan.columns import TEXT, BatchPlan, Const, parse_application_id, plan_batch
 from batch_cancel.plan.dedupe import Deduper, partitions_for
 from batch_cancel.plan.phones import ForeignFormat, Phone, PhoneFormat, normalise, region_ok
@@ -151,7 +148,7 @@ def _estimated_rows(files: Sequence[InputFile]) -> int:
 
 
 def build_plan(
-    journal: Journal | PgJournal,
+    journal: JournalBase,
     files: Sequence[InputFile],
     config: RunConfig,
     run_id: str,

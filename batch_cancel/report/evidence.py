@@ -21,14 +21,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batch_cancel import __version__
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED, REPORTED_PENDING, Status
-from batch_cancel.journal.store import Journal
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.object_store import Location
 from batch_cancel.report.charts import STATUS_COLOURS, LatencyHistogram, TimeBins, latency_svg, status_svg
 from batch_cancel.report.writers import write_aside
@@ -66,7 +63,7 @@ _HANDLES_SHOWN = 50
 _UNMATCHED_SHOWN = 50
 
 
-def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
+def _scan(journal: JournalBase, limit: int) -> _Scan:
     scan = _Scan(examples={s: [] for s in ATTENTION})
     # locals, not attribute look-ups: this loop runs once per row of a possibly huge run
     counts, per_source, examples = scan.counts, scan.per_source, scan.examples
@@ -97,15 +94,16 @@ def _scan(journal: Journal | PgJournal, limit: int) -> _Scan:
     return scan
 
 
-def write_html(journal: Journal | PgJournal, summary: Summary, path: Location, *,
+def write_html(journal: JournalBase, summary: Summary, path: Location, *,
                limit: int = 200) -> Location:
     """Write the evidence page for the journal's run; answer its path.
 
     ``limit`` bounds the rows listed per problem status; the page says how many
     there are in all, and the report has every one.
     """
-    scan = _scan(journal, limit)
-    page = "\n".join(_page(journal, summary, scan, limit))
+    with journal.reading():  # one moment of the journal, also while workers write
+        scan = _scan(journal, limit)
+        page = "\n".join(_page(journal, summary, scan, limit))
     # written aside and renamed, like the report: a reader never sees half a page
     return write_aside(path, lambda f: f.write(page.encode("utf-8")))
 
@@ -158,7 +156,7 @@ def _setting(value: Any) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------------
-def _page(journal: Journal | PgJournal, summary: Summary, scan: _Scan, limit: int) -> Iterator[str]:
+def _page(journal: JournalBase, summary: Summary, scan: _Scan, limit: int) -> Iterator[str]:
     run_id = journal.get_meta("run_id") or summary.run_id
     yield "<!DOCTYPE html>"
     yield '<html lang="en"><head><meta charset="utf-8">'
@@ -206,7 +204,7 @@ def _verdict(summary: Summary, scan: _Scan) -> str:
     return f'<p class="verdict {cls}" id="verdict" data-exit-code="{summary.exit_code}">{escape(text)}</p>'
 
 
-def _run_section(journal: Journal | PgJournal, summary: Summary, scan: _Scan) -> Iterator[str]:
+def _run_section(journal: JournalBase, summary: Summary, scan: _Scan) -> Iterator[str]:
     made_by = journal.get_meta("version")
     rows = [
         ("Run id", f'<span class="mono">{_e(journal.get_meta("run_id") or summary.run_id)}</span>'),
@@ -231,7 +229,7 @@ def _run_section(journal: Journal | PgJournal, summary: Summary, scan: _Scan) ->
 _STORED = (("version_id", "version"), ("etag", "ETag"), ("sheet", "sheet"))
 
 
-def _inputs_section(journal: Journal | PgJournal, scan: _Scan) -> Iterator[str]:
+def _inputs_section(journal: JournalBase, scan: _Scan) -> Iterator[str]:
     files = list(journal.get_meta("inputs") or [])
     known = {str(f.get("path")) for f in files}
     # rows from a source the identity does not list would be a bug; show them rather than hide them
@@ -353,7 +351,7 @@ def _handles_section(scan: _Scan) -> Iterator[str]:
     yield "</tbody></table></section>"
 
 
-def _unmatched_section(journal: Journal | PgJournal) -> Iterator[str]:
+def _unmatched_section(journal: JournalBase) -> Iterator[str]:
     total = journal.unmatched_count()
     shown = journal.first_unmatched(_UNMATCHED_SHOWN)
     yield (f'<section id="unmatched" data-total="{total}" data-shown="{len(shown)}">'
@@ -373,7 +371,7 @@ def _unmatched_section(journal: Journal | PgJournal) -> Iterator[str]:
     yield "</tbody></table></section>"
 
 
-def _config_section(journal: Journal | PgJournal) -> Iterator[str]:
+def _config_section(journal: JournalBase) -> Iterator[str]:
     config = journal.get_meta("config")
     yield "<section><h2>Effective configuration</h2>"
     if not config:

@@ -29,19 +29,16 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_cancel.exceptions import ConfigError, ReportUnwritable
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
-from batch_cancel.journal.store import Journal
 from batch_cancel.object_store import Location, ObjectUrl, write_object
-
-if TYPE_CHECKING:
-    from batch_cancel.journal.postgres import PgJournal
 from batch_cancel.report.csv_text import write_csv_batch
 from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SCHEMA, TIMESTAMPS
 
@@ -67,7 +64,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def report_rows(journal: Journal | PgJournal) -> Iterator[dict[str, Any]]:
+def report_rows(journal: JournalBase) -> Iterator[dict[str, Any]]:
     """The report's rows as dicts, read from the journal's records."""
     for r in journal.iter_rows():
         out = {c: r.get(c) for c in REPORT_COLUMNS}
@@ -88,7 +85,7 @@ def _as_batches(rows: Iterable[dict[str, Any]], size: int = _BATCH) -> Iterator[
         yield pa.RecordBatch.from_pylist(chunk, schema=REPORT_SCHEMA)
 
 
-def report_batches(journal: Journal | PgJournal) -> Iterator[pa.RecordBatch]:
+def report_batches(journal: JournalBase) -> Iterator[pa.RecordBatch]:
     """The report's rows as Arrow batches (REPORT_COLUMNS), in row order."""
     fast = snapshot_batches(journal)
     return fast if fast is not None else _as_batches(report_rows(journal))
@@ -99,9 +96,11 @@ def check_report_path(path: Location) -> None:
         raise ConfigError(f"report {path}: unknown format {path.suffix!r} (use .csv, .parquet or .jsonl)")
 
 
-def write_report(journal: Journal | PgJournal, path: Location) -> Location:
+def write_report(journal: JournalBase, path: Location) -> Location:
+    """The report file, every row as of one moment (a report taken while workers write)."""
     check_report_path(path)
-    return write_aside(path, lambda f: _write(report_batches(journal), f, path.suffix.lower()))
+    with journal.reading():
+        return write_aside(path, lambda f: _write(report_batches(journal), f, path.suffix.lower()))
 
 
 def write_aside(path: Location, write: Callable[[BinaryIO], object]) -> Location:

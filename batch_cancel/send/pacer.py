@@ -33,6 +33,10 @@ __all__ = ["Pacer"]
 _BURST_SHARE = 0.01
 
 
+def _always() -> bool:
+    return True
+
+
 class Pacer:
     def __init__(
         self,
@@ -72,6 +76,9 @@ class Pacer:
         self._probe_needed = False
         self._probe_out: asyncio.Event | None = None
         self.probes = 0
+        # a fleet worker's deadline (send/fleet.py): asked right before a request goes, so
+        # a worker whose lease may have run out (a frozen process that thaws) sends nothing
+        self.gate: Callable[[], bool] = _always
 
     # -- throttling pause --------------------------------------------------------
     def pause(self, retry_after: float | None) -> float:
@@ -162,7 +169,7 @@ class Pacer:
 
         Without a rate limit this is every request of a calm run; answering it here
         spares each of them the coroutines of the general path."""
-        if self.held or self._probe_needed or not math.isinf(self.current):
+        if self.held or self._probe_needed or not math.isinf(self.current) or not self.gate():
             return False
         now = self._clock()
         if self.paused_until > now:
@@ -180,13 +187,14 @@ class Pacer:
     async def acquire(self) -> None:
         """Wait out any pause, then for this request's slot in the schedule."""
         while True:
-            while self.held:
+            while self.held or not self.gate():
                 await self._sleep(0.05)
             changes = self._rate_changes
             await self._acquire_slot()
             # a fleet share lowered while this request slept: its slot was of the old
-            # schedule, so it takes one of the new (the declared share bounds the sending)
-            if changes == self._rate_changes:
+            # schedule, so it takes one of the new (the declared share bounds the sending);
+            # and the gate is asked again after the sleep, with nothing awaited after it
+            if changes == self._rate_changes and self.gate():
                 return
 
     async def _acquire_slot(self) -> None:

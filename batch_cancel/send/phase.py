@@ -37,8 +37,9 @@ from batch_cancel.exceptions import (
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.network import route_for, trust_store
 from batch_cancel.gws.session import GwsSession
+from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import Status
-from batch_cancel.journal.store import BUSY_TIMEOUT, Journal
+from batch_cancel.journal.store import BUSY_TIMEOUT
 from batch_cancel.journal.writer import JournalWriter, Recorder
 from batch_cancel.send.breaker import Breaker, FailureKind, Verdict
 from batch_cancel.send.controller import Controller
@@ -48,7 +49,6 @@ from batch_cancel.send.sender import Sender, SenderSettings
 
 if TYPE_CHECKING:
     from batch_cancel.journal.interface import SendStore
-    from batch_cancel.journal.postgres import PgJournal
     from batch_cancel.send.fleet import FleetWorker
 
 __all__ = ["Engine", "background", "fewer_gc_pauses", "one_error"]
@@ -63,7 +63,7 @@ class Engine:
         self,
         config: RunConfig,
         gws: GwsConfig,
-        journal: Journal | PgJournal,
+        journal: JournalBase,
         *,
         stop: asyncio.Event,
         progress: Callable[[dict[str, int]], None] | None = None,
@@ -107,7 +107,8 @@ class Engine:
         path = self._journal.location
         writer = JournalWriter(self._store_opener(), path)
         recorder = Recorder(writer if journaling else None, clock=time.time,
-                            monotonic=time.monotonic, stall_limit=cfg.max_outage)  # fmt: skip
+                            monotonic=time.monotonic, stall_limit=cfg.max_outage,
+                            on_refused=self._fleet.refused_rows if self._fleet else None)  # fmt: skip
         self._recorder = recorder
         session = GwsSession(self._gws, max_connections=cfg.concurrency + 2)
         self._session = session
@@ -193,16 +194,8 @@ class Engine:
 
     def _store_opener(self) -> Callable[[], SendStore]:
         """How the writer's thread opens its own connection to the same journal."""
-        journal = self._journal
-        if isinstance(journal, Journal):
-            path = journal.path
-            # one statement never waits on a lock for longer than the stall the run allows
-            busy = min(BUSY_TIMEOUT, self._config.max_outage / 2)
-            return lambda: Journal.open(path, busy_timeout=busy)
-        from batch_cancel.journal.postgres import PgJournal
-
-        db, run_id = journal.db, journal.run_id
-        return lambda: PgJournal.open(db, run_id)
+        # one statement never waits on a lock for longer than the stall the run allows
+        return self._journal.reopen(min(BUSY_TIMEOUT, self._config.max_outage / 2))
 
     def _on_outcome(self, rec: Record) -> None:
         """Every row's outcome goes past the breaker for systematic failure."""
@@ -259,8 +252,8 @@ class Engine:
                 self._read_up_to = None  # a fleet worker sends only the rows it claimed: no probes
                 await sender.run(fleet.records(device))
             else:
-                if isinstance(self._journal, Journal):
-                    self._last_row = sum(self._journal.counts().values())
+                # the list's extent, for the breaker's probes from elsewhere in it
+                self._last_row = sum(self._journal.counts().values())
                 await sender.run(self._records(writer, device))
             if self._stop.is_set() and self._outcomes is not None:
                 await self._grace(self._outcomes, since=sender.stopped_at)
@@ -313,7 +306,10 @@ class Engine:
     async def _device_path(self, session: GwsSession, writer: JournalWriter) -> str | None:
         if self._config.defaults.device_path:
             return self._config.defaults.device_path
-        saved = await writer.call(lambda s: s.get_meta("device_path"))
+        # a fleet's workers may log in as different users: each uses its own user's device
+        # (one worker's saved device would be refused for another user's session)
+        shared = self._fleet is not None
+        saved = None if shared else await writer.call(lambda s: s.get_meta("device_path"))
         if saved:
             return str(saved)
         devices = await session.devices()
@@ -321,7 +317,8 @@ class Engine:
             raise ConfigError("no --device-path given and GWS lists no device for this user")
         path = f"/devices/{devices[0]['id']}"
         log.info("no device path given: using the user's first device %s", path)
-        await writer.call(lambda s: s.set_meta(device_path=path))
+        if not shared:
+            await writer.call(lambda s: s.set_meta(device_path=path))
         return path
 
     def _on_channel_state(self, up: bool, reason: str) -> None:

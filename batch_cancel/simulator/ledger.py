@@ -52,6 +52,8 @@ class RequestEntry:
     listeners: int | None = None
     # Seconds the DoS filter held the request back before looking at it.
     dos_wait: float = 0.0
+    # The user whose session sent it (a fleet's workers may log in as different users).
+    user: str | None = None
 
 
 @dataclass

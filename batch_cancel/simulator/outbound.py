@@ -105,6 +105,7 @@ class OutboundRecords:
                 fault=refusal.fault,
             )
             return refusal.response
+        entry.user = session.user
         if state.config.service_time > 0:
             await asyncio.sleep(state.config.service_time)
         incomplete = state.chance(faults.incomplete_rate)

@@ -10,7 +10,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
 os.environ.update({
@@ -33,3 +37,15 @@ def pytest_configure() -> None:
 
 def pytest_unconfigure() -> None:
     shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The main suite's PostgreSQL server helper (tests/pg_server.py): Debian's binaries in a
+    temporary data directory; skipped, loudly, only where no server can be started."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+    try:
+        from pg_server import serve
+    finally:
+        sys.path.pop(0)
+    yield from serve()

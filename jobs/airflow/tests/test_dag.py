@@ -219,24 +219,6 @@ def test_no_input_fails_the_run(setup: dict[str, Any], monkeypatch: pytest.Monke
 FLEET_DAG_ID = "batch_cancel_nightly_dnc_fleet"
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    """The main suite's PostgreSQL server helper (tests/pg_server.py): Debian's binaries in a
-    temporary data directory; skipped, loudly, only where no server can be started."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-    try:
-        from pg_server import start
-    finally:
-        sys.path.pop(0)
-    server = start()
-    if isinstance(server, str):
-        pytest.skip(f"PostgreSQL TESTS SKIPPED: cannot start a server here: {server}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def use_journal_connection(monkeypatch: pytest.MonkeyPatch, server: Any, journal_schema: str) -> None:
     conn = {"conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
             "password": server.password, "schema": "postgres",
@@ -283,7 +265,7 @@ def test_fleet_dag_run_in_postgresql_mode(setup: dict[str, Any], monkeypatch: py
         assert (folder / "report.html").is_file()
         assert not list(folder.glob("*.sqlite"))  # no SQLite journal: the job lives in PostgreSQL
         # dag.test() runs mapped tasks one after another: the first worker drains the job, the
-        # others join a complete job and send nothing (overlapping workers: tests/test_fleet.py)
+        # others join a complete job and send nothing (workers at once: test_scheduler.py)
         pushed = xcoms_of(dag_run, FLEET_DAG_ID, "run_worker")
         assert [p["exit_code"] for p in pushed] == [0, 0, 0]
         assert all(p["cancelled"] == 14 and p["pending"] == 0 for p in pushed)
