@@ -18,7 +18,7 @@ from helpers import numbers, write_csv
 from pg_server import PgServer
 
 from batch_cancel.config import JobDefaults, RunConfig
-from batch_cancel.exceptions import JournalUnavailable
+from batch_cancel.exceptions import JournalUnavailable, LeaseLost
 from batch_cancel.input.files import inspect_inputs
 from batch_cancel.job import prepare
 from batch_cancel.journal.postgres import PgJournal, parse_state_url
@@ -355,3 +355,20 @@ def test_a_leaving_worker_keeps_rows_awaiting_acks_and_its_events_name_it(
     assert set(held[2:]) <= set(taken)  # never sent: back at once
     worker = b._x("SELECT DISTINCT worker FROM {s}.events WHERE run_id='job' AND event='sent'").fetchall()
     assert worker == [("A",)]
+
+
+@pytest.mark.subprocess  # a PostgreSQL server
+def test_a_worker_that_cannot_send_lets_its_rows_leases_run_out_while_it_stays_alive(
+        pg_job: Callable[[], PgJournal]) -> None:  # fmt: skip
+    a, b = pg_job(), pg_job()
+    a.join("A", 0, lambda r: None)
+    b.join("B", 0, lambda r: None)
+    held = {r.row for r in a.claim("A", 5)}
+    time.sleep(0.3)
+    a.heartbeat("A", 0, lambda r: None, renew_rows=False)  # alive, but its rows are not renewed
+    b.heartbeat("B", 0, lambda r: None)
+    time.sleep(0.3)  # 0.6 s since the claim: past the lease (0.5 s)
+    b.heartbeat("B", 0, lambda r: None)
+    assert held <= {r.row for r in b.claim("B", 30)}
+    with pytest.raises(LeaseLost):  # taking them marked A lost: it stops at its next renewal
+        a.heartbeat("A", 0, lambda r: None)

@@ -737,7 +737,8 @@ class PgJournal(JournalBase):
         self.owner.worker, self.owner.epoch = worker, epoch
         return self.heartbeat(worker, job_rate, apply)
 
-    def heartbeat(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
+    def heartbeat(self, worker: str, job_rate: float, apply: Callable[[float], None], *,
+                  renew_rows: bool = True) -> float:  # fmt: skip
         """Renew this worker's leases and heartbeat and take its share of the job's rate:
         ``min(rate / live, rate - the others' shares)``. Raises LeaseLost when a claim
         marked this worker lost (it took a row whose lease this worker let run out).
@@ -746,15 +747,17 @@ class PgJournal(JournalBase):
         shares are recomputed only when their advisory lock is free at once (else the
         share stays as it is until the next beat). ``apply`` sets the pacer: before the
         commit when the share goes down, after it when it goes up, so the declared
-        shares always bound the sending.
+        shares always bound the sending. ``renew_rows`` False: the worker stays alive but lets
+        its rows' leases run out (it has been unable to send for a lease: others take them).
         """
         lease = self.db.lease
         share = mine = 0.0
         with self.transaction():
             self._short_statements()
             # the rows first, then the worker's row: a claim locks in the same order
-            self._set_leases(worker, "lease_until=clock_timestamp() + make_interval(secs => %s)", [lease],
-                             only_leased=True)  # fmt: skip
+            if renew_rows:
+                self._set_leases(worker, "lease_until=clock_timestamp() + make_interval(secs => %s)",
+                                 [lease], only_leased=True)  # fmt: skip
             me = self._x("UPDATE {s}.workers SET heartbeat_at=clock_timestamp() WHERE run_id=%s AND "
                          "worker=%s RETURNING state, rate_share",
                          [self.run_id, worker]).fetchone()  # fmt: skip
