@@ -183,7 +183,9 @@ def connection_settings(db: StateDb) -> dict[str, Any]:
     A half-open socket (a cut cable, a firewall that drops without answering) would
     otherwise keep a call waiting for TCP's retries (~15 min): ``tcp_user_timeout``
     ends a write nobody acknowledges, keepalives an idle read. The server ends a
-    statement or a lock wait that takes too long. Options given in the URL win.
+    statement or a lock wait that takes too long, and a session left idle in a
+    transaction (its row locks would keep other workers off its rows). Options given
+    in the URL win.
     """
     given = dict(parse_qsl(urlsplit(db.conninfo).query))
     lease = db.lease
@@ -194,7 +196,11 @@ def connection_settings(db: StateDb) -> dict[str, Any]:
         # planning copies batches of tens of thousands of rows: minutes would be wrong,
         # a minute is plenty; a lock is never worth more than a third of a lease
         "options": f"-c statement_timeout={max(60_000, int(lease * 2000))} "
-                   f"-c lock_timeout={max(500, int(lease * 1000 / 3))}",
+                   f"-c lock_timeout={max(500, int(lease * 1000 / 3))} "
+                   # a worker cut off in the middle of a transaction (a link that stops
+                   # forwarding) would hold its row locks for as long as the server sees
+                   # its socket, and the others skip locked rows: the server ends it
+                   f"-c idle_in_transaction_session_timeout={max(10_000, int(lease * 2000))}",
     }  # fmt: skip
     return {k: v for k, v in out.items() if k not in given}
 
