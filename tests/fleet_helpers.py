@@ -47,9 +47,9 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tupl
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            _, stderr = p.communicate()
-            raise AssertionError(f"worker {i} still running after {timeout} s; its stderr: "
-                                 f"{stderr[-3000:]}") from None  # fmt: skip
+            tails = [f"worker {j}: {q.communicate()[1][-2500:]}" for j, q in enumerate(procs) if j >= i]
+            raise AssertionError(f"worker {i} still running after {timeout} s; stderr: "
+                                 + "\n".join(tails)) from None  # fmt: skip
         last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
         out.append((p.returncode, json.loads(last), stderr))
     return out

@@ -18,7 +18,7 @@ from helpers import numbers, write_csv
 from pg_server import PgServer
 
 from batch_cancel.config import JobDefaults, RunConfig
-from batch_cancel.exceptions import JournalUnavailable
+from batch_cancel.exceptions import JournalUnavailable, LeaseLost
 from batch_cancel.input.files import inspect_inputs
 from batch_cancel.job import prepare
 from batch_cancel.journal.postgres import PgJournal, parse_state_url
@@ -337,13 +337,18 @@ def test_a_planner_that_lost_its_lock_stops_and_never_marks_the_plan_done(
         b.close()
 
 
-@pytest.mark.subprocess  # a PostgreSQL server
-def test_a_leaving_worker_keeps_rows_awaiting_acks_and_its_events_name_it(
-        pg_job: Callable[[], PgJournal]) -> None:  # fmt: skip
+def _a_holds(pg_job: Callable[[], PgJournal], n: int) -> tuple[PgJournal, PgJournal, list[int]]:
+    """Workers A and B of the job; A has claimed ``n`` rows (answered)."""
     a, b = pg_job(), pg_job()
     a.join("A", 0, lambda r: None)
     b.join("B", 0, lambda r: None)
-    held = [r.row for r in a.claim("A", 4)]
+    return a, b, [r.row for r in a.claim("A", n)]
+
+
+@pytest.mark.subprocess  # a PostgreSQL server
+def test_a_leaving_worker_keeps_rows_awaiting_acks_and_its_events_name_it(
+        pg_job: Callable[[], PgJournal]) -> None:  # fmt: skip
+    a, b, held = _a_holds(pg_job, 4)
     t = 1_790_000_000.0
     sent = [RowState(Status.SENT, 1, None, None, None, None, t, None, None, None, row) for row in held[:2]]
     assert a.save_states(sent, [RowEvent(row, t, "sent", 1, None, None, None) for row in held[:2]]) == []
@@ -355,3 +360,17 @@ def test_a_leaving_worker_keeps_rows_awaiting_acks_and_its_events_name_it(
     assert set(held[2:]) <= set(taken)  # never sent: back at once
     worker = b._x("SELECT DISTINCT worker FROM {s}.events WHERE run_id='job' AND event='sent'").fetchall()
     assert worker == [("A",)]
+
+
+@pytest.mark.subprocess  # a PostgreSQL server
+def test_a_worker_that_cannot_send_lets_its_rows_leases_run_out_while_it_stays_alive(
+        pg_job: Callable[[], PgJournal]) -> None:  # fmt: skip
+    a, b, held = _a_holds(pg_job, 5)
+    time.sleep(0.3)
+    a.heartbeat("A", 0, lambda r: None, renew_rows=False)  # alive, but its rows are not renewed
+    b.heartbeat("B", 0, lambda r: None)
+    time.sleep(0.3)  # 0.6 s since the claim: past the lease (0.5 s)
+    b.heartbeat("B", 0, lambda r: None)
+    assert set(held) <= {r.row for r in b.claim("B", 30)}
+    with pytest.raises(LeaseLost):  # taking them marked A lost: it stops at its next renewal
+        a.heartbeat("A", 0, lambda r: None)

@@ -183,7 +183,9 @@ def connection_settings(db: StateDb) -> dict[str, Any]:
     A half-open socket (a cut cable, a firewall that drops without answering) would
     otherwise keep a call waiting for TCP's retries (~15 min): ``tcp_user_timeout``
     ends a write nobody acknowledges, keepalives an idle read. The server ends a
-    statement or a lock wait that takes too long. Options given in the URL win.
+    statement or a lock wait that takes too long, and a session left idle in a
+    transaction (its row locks would keep other workers off its rows). Options given
+    in the URL win.
     """
     given = dict(parse_qsl(urlsplit(db.conninfo).query))
     lease = db.lease
@@ -194,7 +196,11 @@ def connection_settings(db: StateDb) -> dict[str, Any]:
         # planning copies batches of tens of thousands of rows: minutes would be wrong,
         # a minute is plenty; a lock is never worth more than a third of a lease
         "options": f"-c statement_timeout={max(60_000, int(lease * 2000))} "
-                   f"-c lock_timeout={max(500, int(lease * 1000 / 3))}",
+                   f"-c lock_timeout={max(500, int(lease * 1000 / 3))} "
+                   # a worker cut off in the middle of a transaction (a link that stops
+                   # forwarding) would hold its row locks for as long as the server sees
+                   # its socket, and the others skip locked rows: the server ends it
+                   f"-c idle_in_transaction_session_timeout={max(10_000, int(lease * 2000))}",
     }  # fmt: skip
     return {k: v for k, v in out.items() if k not in given}
 
@@ -737,7 +743,8 @@ class PgJournal(JournalBase):
         self.owner.worker, self.owner.epoch = worker, epoch
         return self.heartbeat(worker, job_rate, apply)
 
-    def heartbeat(self, worker: str, job_rate: float, apply: Callable[[float], None]) -> float:
+    def heartbeat(self, worker: str, job_rate: float, apply: Callable[[float], None], *,
+                  renew_rows: bool = True) -> float:  # fmt: skip
         """Renew this worker's leases and heartbeat and take its share of the job's rate:
         ``min(rate / live, rate - the others' shares)``. Raises LeaseLost when a claim
         marked this worker lost (it took a row whose lease this worker let run out).
@@ -746,15 +753,17 @@ class PgJournal(JournalBase):
         shares are recomputed only when their advisory lock is free at once (else the
         share stays as it is until the next beat). ``apply`` sets the pacer: before the
         commit when the share goes down, after it when it goes up, so the declared
-        shares always bound the sending.
+        shares always bound the sending. ``renew_rows`` False: the worker stays alive but lets
+        its rows' leases run out (it has been unable to send for a lease: others take them).
         """
         lease = self.db.lease
         share = mine = 0.0
         with self.transaction():
             self._short_statements()
             # the rows first, then the worker's row: a claim locks in the same order
-            self._set_leases(worker, "lease_until=clock_timestamp() + make_interval(secs => %s)", [lease],
-                             only_leased=True)  # fmt: skip
+            if renew_rows:
+                self._set_leases(worker, "lease_until=clock_timestamp() + make_interval(secs => %s)",
+                                 [lease], only_leased=True)  # fmt: skip
             me = self._x("UPDATE {s}.workers SET heartbeat_at=clock_timestamp() WHERE run_id=%s AND "
                          "worker=%s RETURNING state, rate_share",
                          [self.run_id, worker]).fetchone()  # fmt: skip

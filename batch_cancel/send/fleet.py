@@ -22,6 +22,7 @@ seconds; past that the worker stops with exit 3 and one line saying so.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -75,6 +76,7 @@ class FleetWorker:
         self._deadline = -math.inf  # nothing may be sent before joining
         self._last_ok = clock()
         self.held = True
+        self._held_since = clock()
         self._log = OncePerInterval(log)
 
     # -- the gate -------------------------------------------------------------------
@@ -98,6 +100,7 @@ class FleetWorker:
         if self.held:
             return
         self.held = True
+        self._held_since = self._clock()
         self.holds += 1
         if self._pacer is not None:
             self._pacer.set_rate(0)
@@ -162,8 +165,13 @@ class FleetWorker:
             await asyncio.sleep(delay)
             delay = self.heartbeat_every
             began = self._clock()
+            # renewals that succeed but come back too late to open the gate (a database call
+            # slower than the deadline's margin) would keep this worker's rows forever while
+            # it sends none of them: after a lease of that, its rows' leases are let run out
+            stuck = self.held and began - self._held_since > self.lease
             try:
-                share = await asyncio.to_thread(self.journal.heartbeat, self.id, self._rate, self._apply)
+                share = await asyncio.to_thread(functools.partial(
+                    self.journal.heartbeat, self.id, self._rate, self._apply, renew_rows=not stuck))
             except LeaseLost:
                 self._hold("this worker was taken for lost")
                 raise  # the send phase's task group ends the run (exit 3) naming it
