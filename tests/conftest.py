@@ -8,7 +8,7 @@ import pytest
 from helpers import make_sim
 from pg_server import PgServer, serve
 from s3_server import S3Server
-from s3_server import start as s3_start
+from s3_server import serve as s3_serve
 
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -53,13 +53,7 @@ def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """One real S3-compatible server (moto's, tests/s3_server.py) for the session."""
-    server = s3_start()
-    if isinstance(server, str):
-        pytest.skip(f"S3 TESTS SKIPPED: cannot start a server here: {server}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from s3_serve()
 
 
 @pytest.fixture

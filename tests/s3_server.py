@@ -18,10 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["S3Server", "start"]
+__all__ = ["S3Server", "serve", "start"]
 
 # make_user's three IAM calls, then the server wants signatures
 _UNSIGNED_CALLS = 3
@@ -105,3 +106,17 @@ def start(timeout: float = 30.0) -> S3Server | str:
             time.sleep(0.1)
     key_id, secret = _make_user(endpoint)
     return S3Server(endpoint, key_id, secret, proc)
+
+
+def serve() -> Iterator[S3Server]:
+    """A server for a test session (both suites' fixtures): yields it and stops it after;
+    skips, loudly, only where this machine cannot start one."""
+    import pytest
+
+    server = start()
+    if isinstance(server, str):
+        pytest.skip(f"S3 TESTS SKIPPED: cannot start a server here: {server}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -30,16 +30,10 @@ STORE_CONN = "dnc_store"
 def s3_server() -> Iterator[Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
     try:
-        from s3_server import start
+        from s3_server import serve
     finally:
         sys.path.pop(0)
-    server = start()
-    if isinstance(server, str):
-        pytest.skip(f"S3 TESTS SKIPPED: cannot start a server here: {server}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve()
 
 
 def _csv(nums: list[str]) -> bytes:
