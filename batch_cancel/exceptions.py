@@ -23,6 +23,7 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── SystematicFailure          the last --breaker outcomes all failed alike
     │   ├── ReportUnwritable           the report or evidence page could not be written (a full disk)
     │   └── Interrupted                SIGINT / SIGTERM
+    ├── NotWritten                     a CancelRecord stopped before it was written: sending held
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/408/429: the request itself is wrong
         ├── SessionExpired             401 or CSRF 403: log in again, then retry
@@ -58,6 +59,7 @@ __all__ = [
     "JournalUnusable",
     "JournalUnwritable",
     "LeaseLost",
+    "NotWritten",
     "NotificationChannelLost",
     "ReportUnwritable",
     "RequestError",
@@ -165,6 +167,12 @@ class ReportUnwritable(AbortedError):
 
 class Interrupted(AbortedError):
     """SIGINT or SIGTERM stopped the run."""
+
+
+class NotWritten(BatchCancelError):
+    """A CancelRecord POST was stopped before any of it was written (a fleet worker's
+    sending was held meanwhile, its lease's deadline passed): GWS never saw it, so it is
+    no attempt, and the row is not in doubt. Never escapes a run."""
 
 
 class RequestError(BatchCancelError):

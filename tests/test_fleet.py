@@ -15,10 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fake_time import FakeTime
 from fleet_helpers import finish, fleet_args, spawn
-from helpers import ENV, numbers, read_report, run_cli, write_csv
+from helpers import ENV, PASSWORD, USER, numbers, read_report, run_cli, write_csv
 from pg_server import PgServer
 
+from batch_cancel.config import Credentials, GwsConfig
+from batch_cancel.exceptions import NotWritten
+from batch_cancel.gws.session import GwsSession
 from batch_cancel.send.pacer import Pacer
 from batch_cancel.simulator import ThreadedSimulator
 
@@ -83,6 +87,74 @@ async def test_a_new_share_sets_the_spacing_at_once() -> None:
     assert gaps[3:5] == [0.5, 0.5]
     assert gaps[6:] == [0.05, 0.05]
     assert gaps[5] <= 0.05 + 1e-9
+
+
+def _peak(times: list[float], window: float = 1.0) -> int:
+    """Most of ``times`` (sorted) within any ``window`` seconds."""
+    best = low = 0
+    for high, at in enumerate(times):
+        while at - times[low] >= window:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
+async def test_requests_woken_late_by_a_stall_or_a_hold_never_go_together() -> None:
+    """The rate bounds when requests really go, not only their slots. A worker at 40/s,
+    8 requests at a time: its process stalls 0.4 s (a loaded box, SIGSTOP), later its
+    share is held for 1 s (its deadline gate, a database hiccup). Sending every request
+    whose slot passed in the stall at once put 47 in one second; missed slots are not
+    credited, nor is the time held."""
+    t = FakeTime()
+    start = t.now
+    p = Pacer(40, clock=t.clock, sleep=t.sleep)
+    sent: list[float] = []
+
+    async def worker() -> None:
+        while t.now < start + 8:
+            await p.acquire()
+            sent.append(t.now)
+            await t.sleep(0.003)  # the POST
+
+    async def stall() -> None:
+        await t.sleep(2.0)
+        t.now += 0.4  # the process did not run: every timer due meanwhile fires late
+
+    async def hold() -> None:
+        await t.sleep(4.5)
+        p.set_rate(0)
+        await t.sleep(1.0)
+        p.set_rate(40)
+
+    await t.run(asyncio.gather(*(worker() for _ in range(8)), stall(), hold()))
+    assert len(sent) > 40 * 6  # it did send, before, between and after
+    assert _peak(sorted(sent)) <= 42  # 40 + 1 % + 1, and one woken within its margin
+    after_hold = [s for s in sent if s >= start + 5.5]
+    assert _peak(after_hold, 0.1) <= 5  # no burst when the hold ends
+
+
+async def test_a_record_is_not_written_once_the_gate_shut_after_its_pacer_let_it_go(
+        sim: ThreadedSimulator) -> None:
+    """A worker frozen between its pacer's check and the write, thawed past its lease: the
+    session's write fence asks the gate again when the connection is in hand (real aiohttp,
+    real HTTP to the simulator) and nothing reaches GWS; log-ins are not fenced."""
+    gate_open = False
+    gws = GwsConfig(base_url=sim.base_url, credentials=Credentials(USER, PASSWORD))
+    async with GwsSession(gws, max_connections=2, write_gate=lambda: gate_open) as session:
+        await session.login()  # not a record: the fence lets it through
+        device = (await session.devices())[0]["id"]
+        body = {"operationName": "CancelRecord", "applicationId": 1, "campaignName": "C", "callingList": "L",
+                "phoneNumber": "2125550100", "devicePath": f"/devices/{device}", "referenceId": "fence-1"}
+        with pytest.raises(NotWritten):
+            await session.post_record(body)
+        assert sim.ledger.entries == []  # GWS saw nothing of it
+        gate_open = True
+        await session.post_record(body)
+        assert [e.reference_id for e in sim.ledger.entries] == ["fence-1"]
+        gate_open = False  # a pooled connection now: fenced as well
+        with pytest.raises(NotWritten):
+            await session.post_record({**body, "referenceId": "fence-2"})
+        assert [e.reference_id for e in sim.ledger.entries] == ["fence-1"]
 
 
 # -- fleets of CLI workers -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from fake_time import FakeTime
 from helpers import PASSWORD, USER
 
 from batch_cancel.config import Credentials, GwsConfig
-from batch_cancel.exceptions import JournalUnwritable, SessionExpired, TransientError
+from batch_cancel.exceptions import JournalUnwritable, NotWritten, SessionExpired, TransientError
 from batch_cancel.gws.ack_channel import AckChannel
 from batch_cancel.gws.session import Answer, GwsSession
 from batch_cancel.journal.rows import Status
@@ -159,6 +159,11 @@ class ScriptedGws:
 
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         ref = str(body["referenceId"])
+        script = self.scripts.get(ref)
+        if script and script[0] == "unwritten":  # the fleet's write fence stopped it: GWS saw nothing
+            script.pop(0)
+            await self.t.sleep(0)
+            raise NotWritten("not written: sending is held")
         self.posts.append((self.t.now, ref))
         await self.t.sleep(self.service)
         script = self.scripts.get(ref)
@@ -216,6 +221,18 @@ async def run_sender(scripts: dict[str, list[str]], n: int, *, concurrency: int,
 
     await t.run(sender.run(feed()))
     return gws, records, sender, t
+
+
+async def test_a_post_the_write_fence_stopped_is_no_attempt_and_no_doubt() -> None:
+    """A fleet worker's gate shut between its pacer and the write: the POST stopped before
+    it was written counts as nothing sent (no attempt, not in doubt, no retry counted), and
+    the row goes again under the same referenceId once it may."""
+    gws, records, sender, _ = await run_sender({"ref-1": ["unwritten", "unwritten"]}, 2, concurrency=2,
+                                               max_attempts=3)  # fmt: skip
+    rec = records[0]
+    assert gws.sent("ref-1") == 1 and rec.status == Status.CANCELLED
+    assert (rec.attempts, rec.counted_attempts, rec.doubt) == (1, 0, False)
+    assert (sender.not_written, sender.retries, sender.requests) == (2, 0, 2)
 
 
 async def test_sender_gives_up_after_max_attempts_posts() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -28,6 +28,7 @@ from batch_cancel.config import DEFAULT_MAX_OUTAGE, GwsConfig
 from batch_cancel.exceptions import (
     AuthenticationError,
     GwsUnavailable,
+    NotWritten,
     RequestError,
     TransientError,
 )
@@ -48,6 +49,9 @@ from batch_cancel.gws.responses import (
 
 __all__ = ["Answer", "GwsSession"]
 
+# marks a CancelRecord's POST for the write fence (GwsSession._write_fence)
+_RECORD_POST = object()
+
 log = logging.getLogger("batch_cancel.gws")
 
 
@@ -66,8 +70,12 @@ class GwsSession:
     """Login, CSRF token, cookies and the outbound-records POST."""
 
     def __init__(self, config: GwsConfig, *, max_connections: int = 16,
-                 max_outage: float = DEFAULT_MAX_OUTAGE, gate: LoginGate | None = None) -> None:  # fmt: skip
+                 max_outage: float = DEFAULT_MAX_OUTAGE, gate: LoginGate | None = None,
+                 write_gate: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self._config = config
+        # a fleet worker's deadline (send/fleet.py), asked once more for each CancelRecord
+        # when its connection is in hand, the last moment before aiohttp writes it
+        self._write_gate = write_gate
         creds = config.credentials
         token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
         self._basic = f"Basic {token}"
@@ -109,8 +117,26 @@ class GwsSession:
                 # per request (no session kept) works too, and one that keeps sessions
                 # ignores it while the JSESSIONID is valid
                 headers={"Accept": "application/json", "Authorization": self._basic},
+                trace_configs=[self._write_fence(self._write_gate)] if self._write_gate else None,
             )  # fmt: skip
         return self._client
+
+    @staticmethod
+    def _write_fence(gate: Callable[[], bool]) -> aiohttp.TraceConfig:
+        """Stop a record's POST when its connection is acquired (pooled or new) if the gate
+        shut meanwhile: from there aiohttp writes the request at once (Python 3.12+: an eager
+        task) or in the event loop's next turn (3.11), so a worker frozen between its pacer's
+        check and this one (SIGSTOP, a VM pause) and thawed past its lease writes nothing.
+        Log-ins and other requests are not stopped."""
+
+        async def check(_session: object, ctx: Any, _params: object) -> None:
+            if ctx.trace_request_ctx is _RECORD_POST and not gate():
+                raise NotWritten("not written: sending is held (this worker's lease deadline passed)")
+
+        fence = aiohttp.TraceConfig()
+        fence.on_connection_reuseconn.append(check)
+        fence.on_connection_create_end.append(check)
+        return fence
 
     async def __aenter__(self) -> GwsSession:
         return self
@@ -127,10 +153,12 @@ class GwsSession:
                 await client.close()
 
     async def _request(
-        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None,
+        trace: object = None,
     ) -> Reply:
         """One request, read in full; transport failures raise aiohttp's errors."""
-        async with self._http().request(method, self._base + path, headers=headers, data=data) as resp:
+        async with self._http().request(method, self._base + path, headers=headers, data=data,
+                                        trace_request_ctx=trace) as resp:  # fmt: skip
             content = await resp.read()
             for hop in (*resp.history, resp):
                 if "Set-Cookie" in hop.headers and self._cookies.take(hop.headers.getall("Set-Cookie")):
@@ -294,12 +322,12 @@ class GwsSession:
 
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         """POST /api/v2/me/outbound-records; raises a RequestError subclass unless accepted."""
-        return await self._post("/api/v2/me/outbound-records", body)
+        return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> Answer:
+    async def _post(self, path: str, body: Mapping[str, Any], trace: object = None) -> Answer:
         payload = json_codec.dumps(body)
         try:
-            reply = await self._request("POST", path, headers=self._post_headers, data=payload)
+            reply = await self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
         data = body_json(reply)

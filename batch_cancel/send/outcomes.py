@@ -324,6 +324,15 @@ class Outcomes:
         self._deadlines.append((rec.deadline, rec.reference_id))
         self._recorder.event(rec, "accepted")
 
+    def not_written(self, rec: Record, error: str) -> None:
+        """The attempt stopped before any of it was written (the fleet's write fence): it is
+        not counted, and the row is not in doubt (retried, if ever, with the same referenceId)."""
+        if rec.final:
+            return
+        rec.attempts = max(0, rec.attempts - 1)
+        apply(rec, Event.NOT_PROCESSED)
+        self._recorder.event(rec, "retry", f"not processed: {error}")
+
     def retrying(self, rec: Record, maybe_processed: bool, error: str) -> None:
         """The attempt failed in a way a retry (same referenceId) may get past."""
         if rec.final:

@@ -10,7 +10,14 @@ a server that is still overloaded hears one request per pause, not a storm.
 Pacing is virtual scheduling (GCRA): each request reserves the next free slot,
 ``1/rate`` after the previous one, and sleeps until it. Requests may run up to
 1% of a second's slots ahead of schedule, so any 1 s window holds at most
-``rate`` + 1% (+ 1) of them. It replaces aiolimiter, measured at 2000/s against the
+``rate`` + 1% (+ 1) of them. That bound holds for the moments requests really go,
+not only for their slots: a request that wakes late (its process was stalled or
+frozen, the event loop busy) by more than a slot or 10 ms has missed its slot and
+takes a new one; were it sent anyway, every request whose slot passed during the
+stall would go at once, on top of the next second's full schedule (a loaded fleet
+worker at 40/s put 45-47 requests in one second, up to its concurrency at once).
+Likewise a hold (a fleet worker's share of 0) restarts the schedule from the moment
+it ends: no credit for the time held. It replaces aiolimiter, measured at 2000/s against the
 simulator: aiolimiter's futures and timers held the run to about 900/s, and it
 reads the event loop's clock, which a unit test cannot fake.
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +39,10 @@ __all__ = ["Pacer"]
 # Share of a second's requests that may go at once: about 10 ms of them keeps
 # high rates free of timer resolution while a 1 s window holds at most rate + 1%.
 _BURST_SHARE = 0.01
+# A request that wakes later than this past its slot (or than one slot, at low rates)
+# missed it and takes a new one: a window then holds at most ``rate`` * (1 + 1%) + 1
+# slots' requests, plus what wakes within this margin.
+_LATE = 0.01
 
 
 def _always() -> bool:
@@ -63,6 +75,9 @@ class Pacer:
         self.ceiling = rate if rate > 0 else math.inf
         self.current = rate if rate > 0 else math.inf
         self._next_slot = -math.inf
+        # set_rate runs on the journal's thread while requests reserve slots on the loop's:
+        # the schedule's read-modify-writes must not interleave (a lost update is a doubled slot)
+        self._slots = threading.Lock()
         # send times over the last second, only needed to find an unlimited run's ceiling
         self._recent: deque[float] | None = deque() if adaptive and rate <= 0 else None
         self.paused_until = 0.0
@@ -158,8 +173,12 @@ class Pacer:
         self.ceiling = rate
         # an adaptive rate stays where the controller put it, within the new share
         self.current = min(self.current, rate) if self.adaptive else rate
-        self._next_slot = min(self._next_slot, self._clock() + 1.0 / self.current)
-        self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
+        with self._slots:
+            now = self._clock()
+            # pulled in to the new interval (a raise applies at once), but never before now:
+            # a schedule that fell behind during a hold gets no credit for the time held
+            self._next_slot = max(now, min(self._next_slot, now + 1.0 / self.current))
+            self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
         self.held = False
 
     # -- pacing ------------------------------------------------------------------
@@ -206,11 +225,19 @@ class Pacer:
             return
         interval = 1.0 / rate
         ahead = (max(1, math.floor(rate * _BURST_SHARE)) - 1) * interval
-        now = self._clock()
-        # the slot is reserved before sleeping, so concurrent callers queue in order
-        slot = max(self._next_slot, now - ahead)
-        self._next_slot = slot + interval
-        if slot > now:
+        late = max(interval, _LATE)
+        while True:
+            with self._slots:
+                now = self._clock()
+                # the slot is reserved before sleeping, so concurrent callers queue in order
+                slot = max(self._next_slot, now - ahead)
+                self._next_slot = slot + interval
+            if slot <= now:
+                return
             await self._sleep(slot - now)
             # a throttling pause may have started while this request waited its turn
             await self.wait_pause()
+            if self._clock() - slot <= late:
+                return
+            # woken late (a stalled loop or process): the slot passed unused; sent now, it
+            # would go together with every other request whose slot passed meanwhile

@@ -110,7 +110,8 @@ class Engine:
                             monotonic=time.monotonic, stall_limit=cfg.max_outage,
                             on_refused=self._fleet.refused_rows if self._fleet else None)  # fmt: skip
         self._recorder = recorder
-        session = GwsSession(self._gws, max_connections=cfg.concurrency + 2)
+        session = GwsSession(self._gws, max_connections=cfg.concurrency + 2,
+                             write_gate=self._fleet.may_send if self._fleet else None)  # fmt: skip
         self._session = session
         channel: AckChannel | None = None
         failed = True

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from batch_cancel.exceptions import (
     GwsUnavailable,
     NotificationChannelLost,
+    NotWritten,
     RequestError,
     RequestRejected,
     SessionExpired,
@@ -128,6 +129,7 @@ class Sender:
         self.lone_failures = 0
         self.post_latency_ms = LatencyHistogram()  # POST -> its HTTP answer, answered ones
         self.stopped_at: float | None = None  # when the senders saw the stop (self._clock)
+        self.not_written = 0  # POSTs the fleet's write fence stopped before they were written
         self.abandoned = 0  # requests still unanswered when the grace after a stop ran out
 
     def resend(self, rec: Record) -> None:
@@ -244,6 +246,14 @@ class Sender:
             try:
                 await self._attempt(rec)
                 return
+            except NotWritten as exc:
+                # stopped before a byte was written: no attempt, no doubt; the row waits for
+                # the gate (or goes to another worker with the same referenceId when this one stops)
+                self.requests -= 1
+                self.not_written += 1
+                self._outcomes.not_written(rec, str(exc))
+                first = True
+                continue
             except SessionExpired as exc:
                 # GWS did nothing with it: not an attempt, but a row cannot bounce between
                 # log-ins forever
@@ -310,9 +320,14 @@ class Sender:
                 return
 
     async def _attempt(self, rec: Record) -> None:
-        await self._ready()
-        if rec.final or self._stop.is_set():
-            return
+        while True:
+            await self._ready()
+            if rec.final or self._stop.is_set():
+                return
+            # the fleet's gate once more, with nothing awaited between it and journaling the
+            # attempt and handing the POST to aiohttp (whose write fence asks it a last time)
+            if self._pacer.gate():
+                break
         self._outcomes.posting(rec)
         if rec.settled is None or rec.settled.done():
             rec.settled = asyncio.get_running_loop().create_future()
