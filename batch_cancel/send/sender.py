@@ -297,8 +297,11 @@ class Sender:
         while not self._stop.is_set():
             if not self._channel.up.is_set():
                 if self._channel.outage() > self._s.max_outage:
+                    # GWS restarting loses both the channel and the log-ins: whichever limit
+                    # is met first ends the run, and both name the bound that ended it
                     raise NotificationChannelLost(
-                        f"CometD subscription lost for more than {self._s.max_outage:g} s"
+                        f"CometD subscription lost for more than {self._s.max_outage:g} s "
+                        f"(--max-outage {self._s.max_outage:g} s)"
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._channel.up.wait(), 0.5)
