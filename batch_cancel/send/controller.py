@@ -189,8 +189,11 @@ class Controller:
         if verdict is not Latency.SLOW:
             return
         # what GWS answered over the last second is what it serves
-        # (a window of one second holds one answer more than a rate of one a second: both ends)
-        served = float(max(0, len(self._answers) - 1))
+        # the rate between the first and the last answer of the last second: a count
+        # would be one off (both ends), 10 % at 10/s
+        answers = self._answers
+        span = answers[-1] - answers[0]
+        served = (len(answers) - 1) / span if span >= 0.5 else float(max(0, len(answers) - 1))
         if math.isinf(self.current):
             self.pacer.ceiling = self.current = max(self._floor, served)
         if served and (self.knee is None or served < self._held_share * self.current):
@@ -286,7 +289,8 @@ class FailureCluster:
 # (with a median of the last five, such stalls read as slow answers about once a few
 # seconds at 100/s, and each cut the rate: 62/s held under a limit of 100/s).
 #
-# The calm figures come from the first ``baseline_samples`` answers; a throttle that
+# The calm figures come from the first ``baseline_samples`` answers (judging starts with
+# the ``recent``-th, against the figures so far); a throttle that
 # acts within the first second can only have delayed some of them, so the fastest
 # quarter bounds them (the median at most twice, the p90 at most four times it). Later
 # every calm judgement moves them towards its window's figures, over ``settle`` seconds,
@@ -324,17 +328,17 @@ class DelayWatch:
         self._moved_at: float | None = None
 
     def answered(self, latency: float, now: float) -> Latency:
-        if self.baseline is None or self.calm_p90 is None:
+        learning = len(self._first) < self._needed
+        if learning:
+            # judged from the fifth answer on against what the first ones say so far: a
+            # throttle met at the start is noticed within its first slow answers
             self._first.append(latency)
-            if len(self._first) < self._needed:
-                return Latency.LEARNING
             ordered = sorted(self._first)
             fast = _quantile(ordered, 0.25)
             self.baseline = min(_quantile(ordered, 0.5), 2 * fast)
             self.calm_p90 = min(_quantile(ordered, 0.9), 4 * fast)
-            self._first.clear()
             self._moved_at = now
-            return Latency.CALM
+        assert self.baseline is not None and self.calm_p90 is not None
         recent = self._recent
         recent.append((now, latency))
         while len(recent) > self._min_recent and recent[0][0] < now - self._span:
@@ -345,6 +349,8 @@ class DelayWatch:
         typical = _quantile(ordered, 0.5)
         if typical > self._factor * self.calm_p90:
             return Latency.SLOW
+        if learning:
+            return Latency.CALM
         # a calm judgement: the calm figures follow it, slowly
         share = min(1.0, (now - (self._moved_at or now)) / self._settle)
         self.baseline += (typical - self.baseline) * share
