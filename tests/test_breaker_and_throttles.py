@@ -162,21 +162,12 @@ def test_delay_watch_a_stall_at_a_high_rate_is_not_slow() -> None:
     """At 100 answers/s the median is over a quarter second's answers: a 40 ms stall of
     the box slows the eight answers in flight, which a median of five would call slow."""
     w = DelayWatch(baseline_samples=20, recent=5, span=0.25, factor=2.0)
-    t = 0.0
-    for _ in range(60):
-        t += 0.01
-        w.answered(0.002, t)
-    verdicts = []
-    for i in range(60):
-        t += 0.01
-        verdicts.append(w.answered(0.040 if 20 <= i < 28 else 0.002, t))
-    assert Latency.SLOW not in verdicts
+    t = FakeTime()
+    _judge(w, t, [0.002] * 60, 0.01)
+    stall = [0.040 if 20 <= i < 28 else 0.002 for i in range(60)]
+    assert Latency.SLOW not in _judge(w, t, stall, 0.01)
     # a server that keeps answering late is slow within the quarter second
-    slow = []
-    for _ in range(30):
-        t += 0.01
-        slow.append(w.answered(0.040, t))
-    assert Latency.SLOW in slow[:15]
+    assert Latency.SLOW in _judge(w, t, [0.040] * 15, 0.01)
 
 
 def test_delay_watch_a_throttle_in_the_first_second_does_not_set_the_baseline() -> None:
@@ -194,16 +185,10 @@ def test_delay_watch_a_throttle_in_the_first_second_does_not_set_the_baseline() 
 
 def test_delay_watch_follows_a_box_that_gets_busier() -> None:
     w = DelayWatch(baseline_samples=20, recent=5, span=0.25, factor=2.0, settle=10.0)
-    t = 0.0
-    for _ in range(20):
-        t += 0.01
-        w.answered(0.002, t)
+    t = FakeTime()
+    _judge(w, t, [0.002] * 20, 0.01)
     # the box gets slower step by step over a minute: the calm figures follow
-    verdicts = []
-    for i in range(6000):
-        t += 0.01
-        verdicts.append(w.answered(0.002 + 0.004 * i / 6000, t))
-    assert Latency.SLOW not in verdicts
+    assert Latency.SLOW not in _judge(w, t, [0.002 + 0.004 * i / 6000 for i in range(6000)], 0.01)
     assert w.baseline == pytest.approx(0.006, rel=0.2)
 
 
