@@ -188,9 +188,8 @@ class Controller:
                 self._draining_since = None
         if verdict is not Latency.SLOW:
             return
-        # what GWS answered over the last second is what it serves
-        # the rate between the first and the last answer of the last second: a count
-        # would be one off (both ends), 10 % at 10/s
+        # what GWS answered over the last second: the rate between its first and last
+        # answer (a count would be one off, both ends: 10 % at 10/s)
         answers = self._answers
         span = answers[-1] - answers[0]
         served = (len(answers) - 1) / span if span >= 0.5 else float(max(0, len(answers) - 1))
