@@ -15,17 +15,20 @@ Three signals feed it:
 - **failure clusters** (:class:`FailureCluster`): a lone 503 is one request's bad luck;
   only when a high share of the latest answers fail does GWS need silence from all;
 - **delay watch** (:class:`DelayWatch`): a throttle that only delays (Jetty's DoS
-  filter) refuses nothing, so POST latency is judged against the calm latency of the
-  start;
+  filter) refuses nothing, so POST latency is judged against calm latency, as measured
+  on this link and box (no number of milliseconds);
 - **AIMD** (adaptive mode, ``--adaptive-rate``, as TCP does): a throttling answer halves
   the rate (not below ``floor``), at most once per ``cooldown`` seconds because the
   requests in flight answer 429 together for one overload; every calm second adds
   ``increase`` of the ceiling back. The ceiling is ``--rate``; with ``--rate 0``
   requests go unpaced until the first throttling, and the rate observed over the last
-  second then becomes the ceiling. A lone 503 lowers the rate a little
-  (``lone_decrease``), not by half. When answers get slow, the rate GWS answered at over
-  the last second is the rate it serves (the knee): the rate drops to ``drain_share``
-  of it, so the queue the server built drains, and latency is not judged again until
+  second then becomes the ceiling. A lone 503 does not lower the rate (one request's
+  bad luck; 5 % of them, each cutting 10 %, held 200/s to 104/s). When answers get slow
+  and GWS answered fewer than ``held_share`` of the pace over the last second, what it
+  answered is the rate it serves (the knee); answers slow at the pace say nothing about
+  its rate, so the knee then only rises (a busy box made it ratchet down: 62/s held
+  under a limit of 100/s). The rate drops to ``drain_share`` of the knee, so the queue
+  the server built drains, and latency is not judged again until
   it has (a calm verdict) or ``drain_timeout`` passed. It then recovers up to
   ``hold_share`` of the knee and holds there ``hold`` seconds after the last slow
   answers; only then does it probe above, slowly (``probe_increase`` a second). So it
@@ -37,7 +40,6 @@ Without adaptive mode the rate is fixed: only the failure clusters act (a shared
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
@@ -66,12 +68,12 @@ class Controller:
         decrease: float = 0.5,
         increase: float = 0.05,
         cooldown: float = 1.0,
-        lone_decrease: float = 0.9,
         drain_share: float = 0.7,
         hold_share: float = 0.95,
         hold: float = 30.0,
         probe_increase: float = 0.02,
         drain_timeout: float = 5.0,
+        held_share: float = 0.95,
     ) -> None:
         self.pacer = pacer
         self._clock = clock
@@ -80,12 +82,12 @@ class Controller:
         self._decrease = decrease
         self._increase = increase
         self._cooldown = cooldown
-        self._lone_decrease = lone_decrease
         self._drain_share = drain_share
         self._hold_share = hold_share
         self._hold = hold
         self._probe_increase = probe_increase
         self._drain_timeout = drain_timeout
+        self._held_share = held_share
         self.cluster = FailureCluster(clock)
         self.delays = DelayWatch()
         self.minimum = pacer.current
@@ -133,8 +135,9 @@ class Controller:
             why = "failures cluster" if clustered and http_status != 429 else "GWS throttled"
             return Reaction(waited, why)
         if http_status is not None and http_status >= 500:
-            # a lone 503: this request backs off on its own; the rate adapts a little
-            self.throttled(lone=True)
+            # a lone 503: this request backs off on its own; the rate stays (one request's bad
+            # luck says nothing about the rate: with 5 % of answers failing, cutting 10 % for
+            # each held 200/s to 104/s)
             self.pacer.answered_any()
             return Reaction(None, "lone")
         return Reaction(None, "retry")
@@ -147,12 +150,9 @@ class Controller:
         if self.adaptive and self.current < self.ceiling and self._draining_since is None:
             self._raise(self._clock())
 
-    def throttled(self, *, lone: bool = False) -> None:
-        """GWS answered 429 or 503: multiplicative decrease (adaptive mode only).
-
-        ``lone``: a 503 without Retry-After while the others go through; it counts,
-        but lowers the rate only a little.
-        """
+    def throttled(self) -> None:
+        """GWS answered 429, a Retry-After, or failures cluster: multiplicative decrease
+        (adaptive mode only)."""
         if not self.adaptive:
             return
         now = self._clock()
@@ -161,8 +161,7 @@ class Controller:
         if math.isinf(self.current):
             observed = self.pacer.observed_rate(now)
             self.pacer.ceiling = self.current = max(self._floor, observed)
-        factor = self._lone_decrease if lone else self._decrease
-        self._lower(now, self.current * factor)
+        self._lower(now, self.current * self._decrease)
 
     def _lower(self, now: float, rate: float) -> None:
         self.current = max(self._floor, min(self.current, rate))
@@ -178,7 +177,7 @@ class Controller:
         self._answers.append(now)
         while self._answers and self._answers[0] <= now - 1.0:
             self._answers.popleft()
-        verdict = self.delays.answered(latency)
+        verdict = self.delays.answered(latency, now)
         if self._draining_since is not None:
             if verdict is Latency.CALM:
                 self._draining_since = None
@@ -189,12 +188,20 @@ class Controller:
                 self._draining_since = None
         if verdict is not Latency.SLOW:
             return
-        # what GWS answered over the last second is what it serves
-        served = float(len(self._answers))
+        # what GWS answered over the last second: the rate between its first and last
+        # answer (a count would be one off, both ends: 10 % at 10/s)
+        answers = self._answers
+        span = answers[-1] - answers[0]
+        served = (len(answers) - 1) / span if span >= 0.5 else float(max(0, len(answers) - 1))
         if math.isinf(self.current):
             self.pacer.ceiling = self.current = max(self._floor, served)
-        if served:
+        if served and (self.knee is None or served < self._held_share * self.current):
+            # GWS held the answers under the pace: what it served is its rate
             self.knee = served
+        elif served:
+            # it answered as fast as it was asked: no sign its rate is lower than known
+            # (answers slow for another reason: the knee does not ratchet down)
+            self.knee = max(self.knee or 0.0, served)
         target = self._drain_share * self.knee if self.knee else 0.0
         # already below the drain rate and still slow: the knee was misjudged
         self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
@@ -269,21 +276,33 @@ class FailureCluster:
 
 
 # -- delay watch ----------------------------------------------------------------------------
-# A throttle that only delays: POST latency against the calm latency of the start.
+# A throttle that only delays: POST latency against the calm latency, both measured here.
 #
 # Jetty's DoS filter (in front of GWS) holds requests over its per-session rate back
-# before it refuses any, so the first sign of it is answers that get slower. The
-# calm baseline is the median latency of the first ``baseline_samples`` answers,
-# lowered later whenever a calm stretch is faster still. The answers are slow when
-# the median of the last ``recent`` is more than ``factor`` times the baseline and
-# at least ``min_extra`` seconds above it: on loopback a calm answer takes a few
-# milliseconds, and on a busy box scheduling noise alone can triple one (measured: p50
-# 3.4 ms, p95 9.5 ms at 20/s), so one slow answer says nothing; three of five do.
+# before it refuses any, so the first sign of it is answers that get slower. The answers
+# are slow when the median of the recent ones (those of the last ``span`` seconds, at
+# least ``recent`` of them) is more than ``factor`` times the calm p90: relative to what
+# calm looks like on this link and this box, not a number of milliseconds. The window
+# is one of time, so at a high rate the median is over many answers: a scheduling
+# stall on a busy box slows the few answers in flight, not half of a quarter second's
+# (with a median of the last five, such stalls read as slow answers about once a few
+# seconds at 100/s, and each cut the rate: 62/s held under a limit of 100/s).
+#
+# The calm figures come from the first ``baseline_samples`` answers (judging starts with
+# the ``recent``-th, against the figures so far); a throttle that
+# acts within the first second can only have delayed some of them, so the fastest
+# quarter bounds them (the median at most twice, the p90 at most four times it). Later
+# every calm judgement moves them towards its window's figures, over ``settle`` seconds,
+# so they follow a box whose load changes.
 
 class Latency(StrEnum):
     LEARNING = "learning"  # the baseline, or enough recent answers, not known yet
     CALM = "calm"
     SLOW = "slow"
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class DelayWatch:
@@ -292,32 +311,50 @@ class DelayWatch:
         *,
         baseline_samples: int = 20,
         recent: int = 5,
+        span: float = 0.25,
         factor: float = 2.0,
-        min_extra: float = 0.008,
+        settle: float = 10.0,
     ) -> None:
         self._needed = baseline_samples
         self._first: list[float] = []
-        self._recent: deque[float] = deque(maxlen=recent)
+        self._recent: deque[tuple[float, float]] = deque()
+        self._min_recent = recent
+        self._span = span
         self._factor = factor
-        self._min_extra = min_extra
-        self.baseline: float | None = None
+        self._settle = settle
+        self.baseline: float | None = None  # calm median
+        self.calm_p90: float | None = None
+        self._moved_at: float | None = None
 
-    def answered(self, latency: float) -> Latency:
-        if self.baseline is None:
+    def answered(self, latency: float, now: float) -> Latency:
+        learning = len(self._first) < self._needed
+        if learning:
+            # judged from the fifth answer on against what the first ones say so far: a
+            # throttle met at the start is noticed within its first slow answers
             self._first.append(latency)
-            if len(self._first) < self._needed:
-                return Latency.LEARNING
-            self.baseline = statistics.median(self._first)
-            self._first.clear()
-            return Latency.CALM
-        self._recent.append(latency)
-        if len(self._recent) < (self._recent.maxlen or 1):
+            ordered = sorted(self._first)
+            fast = _quantile(ordered, 0.25)
+            self.baseline = min(_quantile(ordered, 0.5), 2 * fast)
+            self.calm_p90 = min(_quantile(ordered, 0.9), 4 * fast)
+            self._moved_at = now
+        assert self.baseline is not None and self.calm_p90 is not None
+        recent = self._recent
+        recent.append((now, latency))
+        while len(recent) > self._min_recent and recent[0][0] < now - self._span:
+            recent.popleft()
+        if len(recent) < self._min_recent:
             return Latency.LEARNING  # too few answers since the last judgement
-        typical = statistics.median(self._recent)
-        if typical > self.baseline * self._factor and typical > self.baseline + self._min_extra:
+        ordered = sorted(x for _, x in recent)
+        typical = _quantile(ordered, 0.5)
+        if typical > self._factor * self.calm_p90:
             return Latency.SLOW
-        # a calm stretch faster than the first answers becomes the new baseline
-        self.baseline = min(self.baseline, typical)
+        if learning:
+            return Latency.CALM
+        # a calm judgement: the calm figures follow it, slowly
+        share = min(1.0, (now - (self._moved_at or now)) / self._settle)
+        self.baseline += (typical - self.baseline) * share
+        self.calm_p90 += (_quantile(ordered, 0.9) - self.calm_p90) * share
+        self._moved_at = now
         return Latency.CALM
 
     def forget_recent(self) -> None:
