@@ -40,7 +40,6 @@ from batch_cancel.journal.lock import JournalLock
 from batch_cancel.journal.rows import Status
 from batch_cancel.journal.store import Journal
 from batch_cancel.log_records import RUN_ID
-from batch_cancel.metrics import RunMetrics
 from batch_cancel.object_store import Location
 from batch_cancel.output_paths import check_outputs, journal_run_id
 from batch_cancel.phase_cpu import PhaseClock
@@ -50,6 +49,7 @@ from batch_cancel.summary import Summary, summarise
 
 if TYPE_CHECKING:
     from batch_cancel.journal.postgres import PgJournal
+    from batch_cancel.metrics import RunMetrics
     from batch_cancel.send.fleet import FleetWorker
 
 __all__ = ["decide_outputs", "new_run_id", "prepare", "run_job"]
@@ -316,6 +316,8 @@ async def _run_locked(
         if config.retry_timed_out:
             to_send += counts.get(Status.TIMED_OUT, 0)
         if config.metrics_file is not None:
+            from batch_cancel.metrics import RunMetrics  # prometheus_client: only for --metrics-file
+
             metrics = RunMetrics(config.metrics_file, run_id, counts, retry_timed_out=config.retry_timed_out,
                                  rate_limit=config.rate, interval=config.metrics_interval)  # fmt: skip
             metrics.write(strict=True)  # an unwritable path fails here, before anything is sent
