@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_cancel.phase_cpu import ENV as PHASE_ENV
+from batch_cancel.phase_cpu import PHASES
 from benchmarks.sim import (
     PASSWORD,
     USER,
@@ -87,6 +89,7 @@ class Run:
     cpu_s: float = 0.0  # the client process's user + system CPU seconds
     peak_rss_mb: float = 0.0  # the client process's peak resident memory
     sim_cpu_s: float = 0.0  # the simulator's CPU while this client ran (its start-up excluded)
+    phases: dict[str, float] | None = None  # the tool's CPU per phase (batch_cancel/phase_cpu.py)
 
     @property
     def cpu_per_1000(self) -> float:
@@ -97,11 +100,12 @@ class Run:
         return self.sim_cpu_s / self.figures.acked * 1000 if self.figures.acked else 0.0
 
 
-def _measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
+def _measured(cmd: list[str], env: dict[str, str] | None = None,
+              ) -> tuple[subprocess.CompletedProcess[str], float, float]:  # fmt: skip
     """Run ``cmd``; answer its output, CPU seconds and peak RSS (MB) from the kernel's
     accounting of that one child (wait4), not a sampler's guess."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env or ENV)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -116,16 +120,18 @@ def _run(cmd_for: Callable[[str, Path], list[str]], records: int, *, read_report
     with tempfile.TemporaryDirectory(prefix="bc-bench-") as name:
         tmp = Path(name)
         write_numbers(tmp / "in.csv", records)
+        split = tmp / "phase_cpu.json"  # written by batch-cancel only; the baselines ignore it
         with SimProcess(*sim_args) as sim:
             sim_before = sim.cpu_seconds()
             started = time.monotonic()
-            out, cpu, rss = _measured(cmd_for(sim.base_url, tmp))
+            out, cpu, rss = _measured(cmd_for(sim.base_url, tmp), {**ENV, PHASE_ENV: str(split)})
             wall = time.monotonic() - started
             sim_cpu = sim.cpu_seconds() - sim_before
             data = _last_json(out)
             figures = ledger_figures(sim.ledger())
         latency = _report_latency(tmp / "report.csv") if read_report else []
-    return Run(figures, wall, data, latency, cpu, rss, sim_cpu)
+        phases = json.loads(split.read_text()) if split.exists() else None
+    return Run(figures, wall, data, latency, cpu, rss, sim_cpu, phases)
 
 
 def _report_latency(path: Path) -> list[float]:
@@ -315,6 +321,14 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
                      f" 95 % {low:4.2f}-{high:4.2f})")  # fmt: skip
         out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  "
             f"sim cpu {sim_cpu:5.2f} s/1000 ({busy:3.0f} % of a core)  {ratio}")  # fmt: skip
+    split = [r for r in runs["tool"] if r.phases and r.figures.acked]
+    if split:
+        per = {p: _med([r.phases[p] / r.figures.acked * 1000 for r in split if r.phases and p in r.phases])
+               for p in PHASES}  # fmt: skip
+        lean = _med([r.cpu_per_1000 for r in runs.get("lean-aiohttp", [])])
+        out("   batch-cancel CPU by phase, s/1000 acked (process-wide, every thread; medians): "
+            + "  ".join(f"{p} {v:5.3f}" for p, v in per.items())
+            + (f"  | send phase / lean script's whole process {per['send'] / lean:4.2f}" if lean else ""))
     wall = _med([r.wall for r in runs["tool"]])
     out(f"   batch-cancel wall time incl. start-up, plan, report: {wall:.2f} s for {sizes.records} records")
     rss_line = "" if rss is None else (
