@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import click
 
 from batch_cancel import config as defaults
+from batch_cancel import event_loop
 from batch_cancel.cli._common import (
     JsonLineCommand,
     error_summary,
@@ -396,8 +397,8 @@ def run(inputs: tuple[Any, ...], **opts: Any) -> None:
                         cometd_url=opts["cometd_url"], request_timeout=opts["request_timeout"],
                         **network_options(opts))  # fmt: skip
     if opts["check_first"] and gws is not None:
-        asyncio.run(check_first(cfg, gws))
-    summary = asyncio.run(execute(cfg, gws))
+        event_loop.run(check_first(cfg, gws))
+    summary = event_loop.run(execute(cfg, gws))
     print_summary(summary)
     raise SystemExit(summary.exit_code)
 
