@@ -1,6 +1,6 @@
 """batch-cancel's figures against the GWS simulator on loopback: ``python -m benchmarks``.
 
-    python -m benchmarks [--repeat 3] [--quick] [--records N] [--json OUT]
+    python -m benchmarks [--pairs 15] [--repeat 3] [--quick] [--records N] [--json OUT]
 
 Every figure is the median of ``--repeat`` runs. The simulator runs in a process of
 its own (a fresh one per run, so ledgers never mix) and batch-cancel runs through
@@ -146,11 +146,18 @@ def _tool(extra: Sequence[str]) -> Callable[[str, Path], list[str]]:
     return lambda url, tmp: _tool_args(tmp / "in.csv", url, tmp, *extra)
 
 
-def _lean(http: str, *, internal: bool = False) -> Callable[[str, Path], list[str]]:
+def _lean(http: str, *, internal: bool = False, journal: bool = False) -> Callable[[str, Path], list[str]]:
+    """The lean script, unchanged; run through benchmarks.lean_phases (its CPU split by
+    phase) or benchmarks.lean_journal (plus a SQLite journal: the informative row)."""
     also = ["--internal"] if internal else []
-    return lambda url, tmp: _python("-m", "benchmarks.lean_baseline", str(tmp / "in.csv"), "--base-url", url,
-                                    "--username", USER, "--concurrency", "64", "--http", http,
-                                    *also)  # fmt: skip
+
+    def cmd(url: str, tmp: Path) -> list[str]:
+        runner = ["benchmarks.lean_journal", "--journal", str(tmp / "lean.sqlite")] if journal else [
+            "benchmarks.lean_phases"]  # fmt: skip
+        return _python("-m", *runner, str(tmp / "in.csv"), "--base-url", url, "--username", USER,
+                       "--concurrency", "64", "--http", http, *also)  # fmt: skip
+
+    return cmd
 
 
 def _sequential(url: str, tmp: Path) -> list[str]:
@@ -182,8 +189,10 @@ SERVICE_MS = 5.0  # the simulator's service time per request in the throughput c
 SERVED = ("--service-time", f"{SERVICE_MS / 1000:g}")
 
 
-def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
+def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *, pairs: int = 15,
             only_throughput: bool = False) -> dict[str, list[Run]]:  # fmt: skip
+    """``pairs`` repeats of the compared clients (batch-cancel and the lean script's
+    variants, back to back, the order flipped every repeat) and ``repeat`` of the rest."""
     runs: dict[str, list[Run]] = {}
 
     def add(key: str, run: Run) -> None:
@@ -193,20 +202,23 @@ def measure(sizes: Sizes, repeat: int, log: Callable[[str], None], *,
             f"peak1s {f.peak_1s:>5}  wall {run.wall:6.2f} s  cpu {run.cpu_s:6.2f} s  "
             f"sim cpu {run.sim_cpu_s:6.2f} s  rss {run.peak_rss_mb:5.0f} MB")  # fmt: skip
 
-    for i in range(repeat):
-        log(f"repeat {i + 1}/{repeat}")
+    for i in range(max(pairs, 0 if only_throughput else repeat)):
+        log(f"repeat {i + 1}/{max(pairs, repeat)}")
         # the pair the issue asks about, back to back in each repeat, same simulator
-        # settings, and the same script listening to /me/internal too (as the protocol
-        # notes now ask); the order flips every repeat, so a box that speeds up or slows
-        # down over the series (it does, by a third here) favours neither side
+        # settings, with the lean script's two informative variants; the order flips
+        # every repeat, so a box that speeds up or slows down over the series (it
+        # does, by a third here) favours none of them
         compared = [
             ("tool", lambda: _run(_tool(FAST), sizes.records, read_report=True, sim_args=SERVED)),
             ("lean-aiohttp", lambda: _run(_lean("aiohttp"), sizes.records, sim_args=SERVED)),
             ("lean-internal", lambda: _run(_lean("aiohttp", internal=True), sizes.records, sim_args=SERVED)),
+            ("lean-journal", lambda: _run(_lean("aiohttp", internal=True, journal=True), sizes.records,
+                                          sim_args=SERVED)),
         ]
-        for key, run in compared if i % 2 == 0 else reversed(compared):
-            add(key, run())
-        if only_throughput:
+        if i < pairs:
+            for key, run in compared if i % 2 == 0 else reversed(compared):
+                add(key, run())
+        if only_throughput or i >= repeat:
             continue
         add("observed", _run(_observed, sizes.records, sim_args=SERVED))
         add("lean-httpx", _run(_lean("httpx"), sizes.httpx_records))
@@ -265,6 +277,13 @@ def _ratios(runs: dict[str, list[Run]], key: str) -> list[float]:
     return [t.figures.throughput / b.figures.throughput for t, b in pairs if b.figures.throughput]
 
 
+def _phase_cpu(runs: Sequence[Run]) -> dict[str, float]:
+    """Median CPU seconds per 1,000 acked records in each phase (phase_cpu.py's split)."""
+    split = [r for r in runs if r.phases and r.figures.acked]
+    return {p: _med([r.phases[p] / r.figures.acked * 1000 for r in split if r.phases and p in r.phases])
+            for p in PHASES} if split else {}  # fmt: skip
+
+
 def _paired(runs: dict[str, list[Run]], key: str) -> float:
     return _med(_ratios(runs, key))
 
@@ -289,7 +308,9 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
 
     rows: list[str] = []
     out = rows.append
-    out(f"batch-cancel benchmarks: medians of {repeat} run(s), simulator on loopback in its own process")
+    pairs = len(runs.get("tool", []))
+    out(f"batch-cancel benchmarks: medians of {pairs} order-flipped repeats of batch-cancel and the lean "
+        f"script, {repeat} of the other rows; simulator on loopback in its own process")
     out(f"   load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
         f"({os.cpu_count()} CPUs)")  # fmt: skip
     out("")
@@ -304,6 +325,7 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
         ("  + --log-format json --metrics-file (1 s)", "observed", sizes.records),
         ("lean baseline, aiohttp (same HTTP stack)", "lean-aiohttp", sizes.records),
         ("  + subscribed to /me/internal too", "lean-internal", sizes.records),
+        ("  + /me/internal + a SQLite journal", "lean-journal", sizes.records),
         ("lean baseline, stock httpx (0 ms service)", "lean-httpx", sizes.httpx_records),
         ("sequential baseline (1 at a time, 0 ms)", "sequential", sizes.sequential_records),
     ]
@@ -321,14 +343,22 @@ def table(runs: dict[str, list[Run]], start: dict[str, Any] | None, dry: str | N
                      f" 95 % {low:4.2f}-{high:4.2f})")  # fmt: skip
         out(f"   {label:<42} {thr(key):8.1f}/s  acked {acked:>7.0f}/{n:<6} cpu {cpu:5.2f} s/1000  "
             f"sim cpu {sim_cpu:5.2f} s/1000 ({busy:3.0f} % of a core)  {ratio}")  # fmt: skip
-    split = [r for r in runs["tool"] if r.phases and r.figures.acked]
-    if split:
-        per = {p: _med([r.phases[p] / r.figures.acked * 1000 for r in split if r.phases and p in r.phases])
-               for p in PHASES}  # fmt: skip
-        lean = _med([r.cpu_per_1000 for r in runs.get("lean-aiohttp", [])])
-        out("   batch-cancel CPU by phase, s/1000 acked (process-wide, every thread; medians): "
-            + "  ".join(f"{p} {v:5.3f}" for p, v in per.items())
-            + (f"  | send phase / lean script's whole process {per['send'] / lean:4.2f}" if lean else ""))
+    per = {key: _phase_cpu(runs.get(key, [])) for key in ("tool", "lean-aiohttp")}
+    if per["tool"]:
+        out("   CPU by phase, s/1000 acked (process-wide, every thread; medians):")
+        for label, key in (("batch-cancel", "tool"), ("lean script", "lean-aiohttp")):
+            if per[key]:
+                out(f"     {label:<14}" + "  ".join(f"{p} {v:5.3f}" for p, v in per[key].items()))
+        if per["lean-aiohttp"].get("send"):
+            whole = _med([r.cpu_per_1000 for r in runs["tool"]]) / _med(
+                [r.cpu_per_1000 for r in runs["lean-aiohttp"]])  # fmt: skip
+            out(f"     send phase, batch-cancel / lean script: "
+                f"{per['tool']['send'] / per['lean-aiohttp']['send']:4.2f}   (whole process: {whole:4.2f})")
+    if "lean-aiohttp" in runs:
+        ratios = _ratios(runs, "lean-aiohttp")
+        low, high = interval(ratios)
+        out(f"   => batch-cancel / lean script, median of {len(ratios)} order-flipped pairs: "
+            f"{_paired(runs, 'lean-aiohttp'):4.2f} (95 % interval {low:4.2f}-{high:4.2f})")  # fmt: skip
     wall = _med([r.wall for r in runs["tool"]])
     out(f"   batch-cancel wall time incl. start-up, plan, report: {wall:.2f} s for {sizes.records} records")
     rss_line = "" if rss is None else (
@@ -380,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is shown)")
+    parser.add_argument("--pairs", type=int, default=15,
+                        help="repeats of batch-cancel against the lean script (order flipped each time)")
     parser.add_argument("--quick", action="store_true", help="small runs, one repeat: a smoke test")
     parser.add_argument("--records", type=int, help="records per throughput run")
     parser.add_argument("--json", type=Path, help="also write the raw medians here")
@@ -397,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    runs = measure(sizes, repeat, log, only_throughput=args.only_throughput)
+    pairs = 1 if args.quick else args.pairs
+    runs = measure(sizes, repeat, log, pairs=pairs, only_throughput=args.only_throughput)
     rss_records = args.rss_records if args.rss_records is not None else (5_000 if args.quick else 300_000)
     rss = None
     if rss_records:
