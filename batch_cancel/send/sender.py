@@ -370,25 +370,32 @@ class Sender:
         self._outcomes.accepted(rec)
 
     async def _answer(self, rec: Record, post: asyncio.Future[Answer]) -> Answer | None:
-        """The POST's answer, awaited together with the row's outcome: when the outcome comes
-        first, the answer gets a moment more (it normally follows within milliseconds), then
-        the POST is abandoned; nothing more is to be learnt from it."""
+        """The POST's answer; when the row's outcome comes first, the answer gets a moment
+        more (it normally follows within milliseconds), then the POST is abandoned: nothing
+        more is to be learnt from it. A callback on the outcome rather than ``asyncio.wait``
+        on both: this runs for every record, and the answer nearly always comes first."""
+        loop = asyncio.get_running_loop()
+
+        def outcome_came(_: object = None) -> None:
+            loop.call_later(_ANSWER_AFTER_OUTCOME, post.cancel)  # a no-op once answered
+
+        settled = rec.settled
+        watching = settled is not None and not settled.done()
+        if settled is not None:
+            if watching:
+                settled.add_done_callback(outcome_came)
+            else:
+                outcome_came()
         try:
-            settled = rec.settled
-            if settled is not None and not settled.done():
-                await asyncio.wait((post, settled), return_when=asyncio.FIRST_COMPLETED)
-            if not post.done():
-                await asyncio.wait((post,), timeout=_ANSWER_AFTER_OUTCOME)
-            if not post.done():
-                post.cancel()
-                post.add_done_callback(_consume)
-                return None
-            return post.result()
-        except BaseException:
-            if not post.done():  # the run is cancelled: so is its request
-                post.cancel()
-                post.add_done_callback(_consume)
+            return await post  # the run cancelled: so is its request (awaiting a task passes it on)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if post.cancelled() and task is not None and not task.cancelling():
+                return None  # abandoned after the outcome, not a cancelled run
             raise
+        finally:
+            if watching and settled is not None:
+                settled.remove_done_callback(outcome_came)
 
     def _on_transient(self, rec: Record, exc: TransientError) -> float:
         """Count the error against the outage, pause or slow everyone where GWS asks so;
@@ -446,9 +453,3 @@ def error_code(exc: RequestError) -> str | None:
     if exc.http_status is not None:
         return f"HTTP {exc.http_status}"
     return None
-
-
-def _consume(post: asyncio.Future[Any]) -> None:
-    """An abandoned POST's end is of no interest; retrieving it keeps asyncio quiet."""
-    if not post.cancelled():
-        post.exception()
