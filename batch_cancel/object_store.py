@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TypeAlias
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 from batch_cancel.exceptions import BatchCancelError, ConfigError, InputError
 
@@ -98,6 +97,8 @@ def location(text: str | Path | ObjectUrl) -> Location:
         return Path(text)
     scheme, rest = text.split("://", 1)
     if scheme.lower() == "file":
+        from urllib.request import url2pathname  # 25 ms of start-up for a rare case
+
         parts = urlsplit(text)
         return Path(url2pathname(unquote(parts.path)))
     if scheme.lower() not in _SCHEMES:
