@@ -22,8 +22,8 @@ def test_benchmarks_quick_prints_every_row() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     for heading in ("1. throughput", "journal on/off", "2. rate accuracy", "3. latency", "4. dry run",
-                    "5. start-up", "6. peak RSS", "cpu", "CPU by phase", "lean script  ", "order-flipped pairs",
-                    "a SQLite journal"):  # fmt: skip
+                    "5. start-up", "6. peak RSS", "cpu", "CPU by phase", "lean script  ",
+                    "order-flipped pairs", "a SQLite journal"):  # fmt: skip
         assert heading in text, text
     assert "heavy modules loaded: none" in text, text
 

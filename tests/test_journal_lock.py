@@ -221,8 +221,12 @@ def test_a_restarted_container_is_not_alive_because_its_pid_matches() -> None:
     me = _holder("box", 1, 1000.0, "boot-1", "pid:[4026532100]")  # pid 1 of the new container
     before = _holder("box", 1, 900.0, "boot-1", "pid:[4026532007]")  # pid 1 of the old one
     assert "no heartbeat" in str(_why_stale(before, me, 60.0, 1000.0))
-    # the same pid in the same namespace is this very process: alive
-    assert _why_stale(_holder("box", 1, 900.0, "boot-1", "pid:[4026532100]"), me, 60.0, 1000.0) is None
+    # the same pid in the same namespace is this very process: alive while one of its
+    # runs holds that lock, left behind by an earlier one otherwise (which could not
+    # delete it: another process held the journal as it ended)
+    here = _holder("box", 1, 900.0, "boot-1", "pid:[4026532100]")
+    assert _why_stale(here, me, 60.0, 1000.0, held={"t"}) is None
+    assert "left by an earlier run of this process" in str(_why_stale(here, me, 60.0, 1000.0, held=set()))
 
 
 def test_a_host_rebooted_since_judges_the_old_holder_by_its_heartbeat() -> None:

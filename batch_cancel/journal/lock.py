@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +57,11 @@ HEARTBEAT_S = 5.0
 # missed heartbeats, far beyond a stalled disk or a busy machine
 STALE_AFTER_S = 60.0
 _POLL_S = 0.2  # how often a waiting run looks again
+_RELEASE_WAIT_S = 2.0  # how long giving the lock up may wait for a busy journal
+# the tokens of the locks this process holds now: a lock row with this process's pid
+# and another token was left by an earlier run in this process that could not delete
+# it (its journal was held by another process then), not taken by a live one
+_HELD: set[str] = set()
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (
@@ -137,6 +142,11 @@ class JournalLock:
         self._stop = threading.Event()
         self.lost = threading.Event()
         self._on_lost: Callable[[], None] | None = None
+        _HELD.add(holder.token)
+        # a beat that cannot be written now is tried again at the next one (the lock is
+        # stale only after STALE_AFTER_S): waiting longer for a busy journal would only
+        # keep this process from exiting when its run ends (the 30 s of taking the lock)
+        db.execute(f"PRAGMA busy_timeout = {int(heartbeat * 1000)}")
         self._thread = threading.Thread(target=self._beat, name="journal-lock-heartbeat", daemon=True)
         self._thread.start()
 
@@ -248,16 +258,22 @@ class JournalLock:
     def release(self) -> None:
         """Give the lock up (only if it is still ours) and stop the heartbeat."""
         self._stop.set()
+        # a beat waits for a journal another process holds (which may be why this run
+        # ends: exit 3) no longer than a beat's interval, and the delete a few seconds: a
+        # lock left behind is taken over by the next run, which finds this process gone
         self._thread.join()
         try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(_RELEASE_WAIT_S * 1000)}")
             self._db.execute(f"DELETE FROM {LOCK_TABLE} WHERE id=1 AND token=?", (self.holder.token,))
         except sqlite3.Error as exc:  # the next run sees a dead holder and takes over
             log.warning("journal %s: lock not released (%s)", self.path, exc)
         finally:
+            _HELD.discard(self.holder.token)
             self._db.close()
 
 
-def _why_stale(other: Holder, ours: Holder, stale_after: float, now: float) -> str | None:
+def _why_stale(other: Holder, ours: Holder, stale_after: float, now: float,
+               held: Collection[str] = _HELD) -> str | None:  # fmt: skip
     """Why ``other`` is certainly gone, or None while it may be alive."""
     # its pid means something here only in the same process space: the same host, the
     # same boot and the same PID namespace (unknown, from an earlier batch-cancel: as before)
@@ -266,7 +282,9 @@ def _why_stale(other: Holder, ours: Holder, stale_after: float, now: float) -> s
         for theirs, mine in ((other.boot_id, ours.boot_id), (other.pid_ns, ours.pid_ns)))
     if local:
         if other.pid == ours.pid:
-            return None  # this very process holds it (another run in the same process)
+            if other.token in held:
+                return None  # this very process holds it (another run in the same process)
+            return f"left by an earlier run of this process (pid {other.pid})"
         if not _pid_alive(other.pid):
             return f"pid {other.pid} is gone"
         if other.pid_start is not None and _pid_start(other.pid) not in (None, other.pid_start):
