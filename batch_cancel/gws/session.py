@@ -106,8 +106,10 @@ class GwsSession:
         # made on first use: aiohttp wants its session created inside the running loop
         if self._client is None:
             self._client = aiohttp.ClientSession(
+                # one more than asked for: the CometD long poll rides on this pool too
+                # (gws/long_poll.py) and must never queue behind the POSTs for a slot
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, limit_per_host=0, ssl=self.route.ssl,
+                    limit=self._max_connections + 1, limit_per_host=0, ssl=self.route.ssl,
                 ),
                 proxy=self.route.proxy,
                 # cookies are kept by CookieStore (one origin): aiohttp's jar filtered
