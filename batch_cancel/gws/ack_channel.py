@@ -139,8 +139,16 @@ class AckChannel:
             self._supervisor = asyncio.create_task(self.supervise(), name="cometd-supervisor")
 
     async def _open(self) -> None:
-        self._poller = asyncio.create_task(self._poll(self._conversation), name="cometd-poll")
+        self._poller = asyncio.create_task(self._polling(self._conversation), name="cometd-poll")
         await self.up.wait()
+
+    async def _polling(self, conversation: Conversation) -> None:
+        try:
+            await self._poll(conversation)
+        except Exception as exc:  # a bug of ours: said loudly; the supervisor starts anew
+            log.exception("the CometD poll loop stopped")
+            self.last_error = f"poll loop stopped: {type(exc).__name__}: {exc}"
+            self._set_up(False, "the CometD poll loop stopped")
 
     async def supervise(self) -> None:
         """Start a new Bayeux session when the channel has not recovered by itself
