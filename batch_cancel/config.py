@@ -143,7 +143,7 @@ class GwsConfig:
     # an explicit proxy URL (else the environment's, as curl reads it); it may carry
     # credentials taken from the environment, so it stays out of the repr
     proxy: str | None = field(default=None, repr=False)
-    # CometD liveness (gws/cometd_client.py PollBound): how long a long poll is assumed to
+    # CometD liveness (gws/bayeux.py PollBound): how long a long poll is assumed to
     # be held when the server advises no timeout, and the margin allowed on top of any
     poll_timeout: float = 30.0
     poll_margin: float = 10.0

@@ -24,6 +24,7 @@ The command line maps each branch to an exit code; a library user catches
     │   ├── ReportUnwritable           the report or evidence page could not be written (a full disk)
     │   └── Interrupted                SIGINT / SIGTERM
     ├── NotWritten                     a CancelRecord stopped before it was written: sending held
+    ├── PollFailed                     one Bayeux request got no usable answer (never escapes the channel)
     └── RequestError                   one CancelRecord request went wrong (never escapes a run)
         ├── RequestRejected            4xx other than 401/403/408/429: the request itself is wrong
         ├── SessionExpired             401 or CSRF 403: log in again, then retry
@@ -61,6 +62,7 @@ __all__ = [
     "LeaseLost",
     "NotWritten",
     "NotificationChannelLost",
+    "PollFailed",
     "ReportUnwritable",
     "RequestError",
     "RequestRejected",
@@ -173,6 +175,16 @@ class NotWritten(BatchCancelError):
     """A CancelRecord POST was stopped before any of it was written (a fleet worker's
     sending was held meanwhile, its lease's deadline passed): GWS never saw it, so it is
     no attempt, and the row is not in doubt. Never escapes a run."""
+
+
+class PollFailed(BatchCancelError):
+    """One Bayeux request (a long poll, a handshake, a subscribe) got no usable answer:
+    a transport error, no answer within its bound, or a body that is not Bayeux. The
+    ack channel polls again; it never escapes a run."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out  # cut at its bound (a half-open connection?)
 
 
 class RequestError(BatchCancelError):

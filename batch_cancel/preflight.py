@@ -108,6 +108,7 @@ async def preflight(
         channel = AckChannel(
             gws.notifications_url, channels=gws.ack_channels,
             headers=session.auth_headers, on_messages=collect, route=cometd_route,
+            http=lambda: session.http_for(cometd_route),
         )  # fmt: skip
         try:
             await channel.start(timeout=min(30.0, ack_timeout))

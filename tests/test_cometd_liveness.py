@@ -17,7 +17,7 @@ from helpers import PASSWORD, USER, numbers, read_report, write_csv
 
 from batch_cancel.config import Credentials, GwsConfig, JobDefaults, RunConfig
 from batch_cancel.gws.ack_channel import AckChannel, Gap
-from batch_cancel.gws.cometd_client import DEFAULT_POLL_MARGIN, DEFAULT_POLL_TIMEOUT, PollBound
+from batch_cancel.gws.bayeux import DEFAULT_POLL_MARGIN, DEFAULT_POLL_TIMEOUT, PollBound
 from batch_cancel.gws.session import GwsSession
 from batch_cancel.job import run_job
 from batch_cancel.simulator import Faults, GwsSimulator, SimulatorConfig, ThreadedSimulator
@@ -65,10 +65,10 @@ async def _until(predicate: Any, within: float, what: str) -> None:
 @pytest.mark.parametrize(
     ("advise", "poll_timeout", "margin", "bound"),
     [
-        # advised 4 s: cut at 4.2 s, where aiocometd alone waited 1.2 x 4 = 4.8 s
+        # advised 4 s: cut at 4.2 s, where aiocometd (the client before ours) waited 1.2 x 4 = 4.8 s
         (True, 30.0, 0.2, 4.2),
         # no advice (the server still holds each poll 1 s): our default 1.5 s + 0.5 s,
-        # where aiocometd alone waited for ever (aiohttp's 300 s)
+        # where aiocometd waited for ever (aiohttp's 300 s)
         (False, 1.5, 0.5, 2.0),
     ],
     ids=["advised", "no-advice"],

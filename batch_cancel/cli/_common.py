@@ -58,9 +58,8 @@ def setup_logging(verbose: int = 0, quiet: bool = False, secrets: list[str] | No
     root.setLevel(level)
     # in JSON, a Python warning on stderr would be the one line a log shipper cannot parse
     logging.captureWarnings(log_format == "json")
-    # the CometD client logs every reconnect attempt; ours says it once, with a reason
-    # (and the storage SDKs say where they found credentials at INFO)
-    for noisy in ("aiocometd_noloop", "asyncio", "httpx", "httpcore", "aiohttp", "botocore",
+    # the storage SDKs say where they found credentials at INFO
+    for noisy in ("asyncio", "httpx", "httpcore", "aiohttp", "botocore",
                   "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL if not verbose else logging.INFO)
 

@@ -1,1 +1,1 @@
-"""The GWS side: the REST session (aiohttp) and the CometD ack channel (aiocometd)."""
+"""The GWS side: the REST session (aiohttp) and the CometD ack channel (our own Bayeux long-poll client)."""

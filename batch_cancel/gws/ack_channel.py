@@ -2,8 +2,11 @@
 
 :class:`AckChannel` tells the sender, through :attr:`AckChannel.up`, whether the
 subscription is known to be live: a request sent while it is not would have its
-acknowledgement lost, so the sender waits. The aiocometd adaptations it relies
-on live in :mod:`batch_cancel.gws.cometd_client`.
+acknowledgement lost, so the sender waits. The protocol (what to send, what the
+replies and advice mean) is :mod:`batch_cancel.gws.bayeux`; the HTTP side (bounded
+POSTs on the run's aiohttp session) is :mod:`batch_cancel.gws.long_poll`. One task
+polls; each poll's events go to ``on_messages`` as one batch, from that task (no task
+or queue per message).
 
 Liveness, for the send side: :attr:`AckChannel.up` means subscribed *and* a poll of
 that Bayeux session came back (subscribing alone works over a path no poll gets
@@ -21,25 +24,24 @@ before ``until`` are to be asked again under their same referenceId.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiocometd_noloop import ConnectionType
+import aiohttp
 
-from batch_cancel.exceptions import NotificationChannelLost
-from batch_cancel.gws import json_codec
-from batch_cancel.gws.cancelling import cancel_and_wait
-from batch_cancel.gws.cometd_client import (
+from batch_cancel.exceptions import NotificationChannelLost, PollFailed
+from batch_cancel.gws.bayeux import (
+    CONNECT,
     DEFAULT_POLL_MARGIN,
     DEFAULT_POLL_TIMEOUT,
-    CometdClient,
+    Conversation,
     Message,
     PollBound,
-    SessionExtension,
 )
+from batch_cancel.gws.cancelling import cancel_and_wait
+from batch_cancel.gws.long_poll import LongPollTransport
 from batch_cancel.gws.network import Route, host_port
 from batch_cancel.gws.responses import certificate_problem
 
@@ -62,10 +64,12 @@ class AckChannel:
     """A self-healing CometD subscription; every event message goes to ``on_messages``.
 
     ``headers`` is called before every Bayeux request, so a re-login's new cookie
-    and token are used from the next request on. aiocometd re-handshakes and
-    re-subscribes by itself after a lost session; if it still has not recovered
-    after ``stall_reset`` seconds (a poll held forever, a reconnect loop that gave
-    up), the client is thrown away and a fresh one handshakes and subscribes.
+    and token are used from the next request on (a mapping that is the same object as
+    last time is taken as unchanged). ``http`` gives the REST calls' aiohttp session to
+    ride on (None: one of its own, with ``route``'s TLS context and proxy). A lost
+    session is handshaken and re-subscribed by the protocol itself; if the channel
+    still has not recovered after ``stall_reset`` seconds (a subscription refused, a
+    server that advised ``reconnect: none``), a fresh Bayeux session is started.
     """
 
     def __init__(
@@ -82,17 +86,19 @@ class AckChannel:
         on_gap: Callable[[Gap], None] | None = None,
         poll_margin: float = DEFAULT_POLL_MARGIN,
         poll_timeout: float = DEFAULT_POLL_TIMEOUT,
+        http: Callable[[], aiohttp.ClientSession | None] | None = None,
     ) -> None:
         self.url = url
         self.channels = channels
-        self._header_source = headers
         self._on_messages = on_messages
         self._on_state = on_state
-        self._route = route or Route(ssl=bool(verify_tls))
         self._stall_reset = stall_reset
         self._on_gap = on_gap
-        # one for every client this channel makes: liveness outlives a client reset
+        # one for every Bayeux session this channel makes: liveness outlives a reset
         self.bound = PollBound(margin=poll_margin, default_timeout=poll_timeout)
+        self._transport = LongPollTransport(url, route=route or Route(ssl=bool(verify_tls)),
+                                            headers=headers, shared=http)  # fmt: skip
+        self._conversation = Conversation(channels, self.bound)
         self._gap_since: float | None = None  # a session was lost; its gap is still open
         self.gaps = 0
         self.up = asyncio.Event()
@@ -101,24 +107,12 @@ class AckChannel:
         self.reconnects = 0
         self.resets = 0
         self.last_error = ""
+        self._last_failure: PollFailed | None = None
         self._confirmed: set[str] = set()
         self._polled = False  # a poll of the current Bayeux session came back
         self._closing = False
-        self._client = self._new_client()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._poller: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-
-    def _new_client(self) -> CometdClient:
-        return CometdClient(
-            self.url,
-            ConnectionType.LONG_POLLING,
-            extensions=[SessionExtension(lambda: self._client, self._header_source, self._observe)],
-            max_pending_count=0,  # unbounded: we drain in batches, never block the poll
-            route=self._route,
-            bound=self.bound,
-            connection_timeout=0,
-            json_loads=json_codec.loads,  # a long poll's batch of messages: the hot decode
-        )
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self, timeout: float = 30.0, *, supervise: bool = True) -> None:
@@ -131,73 +125,111 @@ class AckChannel:
             await asyncio.wait_for(self._open(), timeout)
         except (TimeoutError, Exception) as exc:
             await self.close()
-            problem = certificate_problem(exc, host_port(self.url))
+            host = host_port(self.url)
+            problem = certificate_problem(exc, host)
+            if problem is None and self._last_failure is not None:
+                problem = certificate_problem(self._last_failure, host)
             if problem is not None:
                 raise problem from None  # start() runs before anything is sent: exit 2
             reason = self.last_error or f"{type(exc).__name__}: {exc}".rstrip(": ")
             raise NotificationChannelLost(
                 f"cannot subscribe to {', '.join(self.channels)} at {self.url}: {reason}"
             ) from exc
-        self._start_tasks()
         if supervise:
             self._supervisor = asyncio.create_task(self.supervise(), name="cometd-supervisor")
 
-    def _start_tasks(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._drain(self._client), name="cometd-drain"),
-            asyncio.create_task(self._watch_transport(self._client), name="cometd-watch"),
-        ]
-
     async def _open(self) -> None:
-        await self._client.open()
-        for channel in self.channels:
-            await self._client.subscribe(channel)
+        self._poller = asyncio.create_task(self._polling(self._conversation), name="cometd-poll")
         await self.up.wait()
 
+    async def _polling(self, conversation: Conversation) -> None:
+        try:
+            await self._poll(conversation)
+        except Exception as exc:  # a bug of ours: said loudly; the supervisor starts anew
+            log.exception("the CometD poll loop stopped")
+            self.last_error = f"poll loop stopped: {type(exc).__name__}: {exc}"
+            self._set_up(False, "the CometD poll loop stopped")
+
     async def supervise(self) -> None:
-        """Replace a client that has not recovered by itself within ``stall_reset``."""
+        """Start a new Bayeux session when the channel has not recovered by itself
+        within ``stall_reset`` (longer after each reset, up to four times as long)."""
         while True:
             await asyncio.sleep(min(1.0, self._stall_reset / 4))
             if self.up.is_set() or self.outage() < self._stall_reset * (1 + self.resets % 4):
                 continue
             self.resets += 1
-            log.info("CometD did not recover in %.0f s (%s): starting a new client",
+            log.info("CometD did not recover in %.0f s (%s): starting a new Bayeux session",
                      self.outage(), self.last_error or "no answer")  # fmt: skip
             self._session_lost()
-            await self._stop_client()
-            self._client = self._new_client()
+            await self._stop_polling()
+            self._conversation = Conversation(self.channels, self.bound)
             self._confirmed.clear()
             self._polled = False
             try:
                 await asyncio.wait_for(self._open(), self._stall_reset)
-            except (TimeoutError, Exception) as exc:
-                self.last_error = self.last_error or f"{type(exc).__name__}: {exc}"
+            except TimeoutError:
                 continue
-            finally:
-                self._start_tasks()
 
-    async def _stop_client(self) -> None:
-        for task in self._tasks:
-            await _cancel_and_wait(task)
-        self._tasks.clear()
-        client = self._client
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 5)
-        transport = client.transport
-        if client.closed and transport is not None:
-            # after a failed open() the client thinks it is closed, yet its transport
-            # still follows reconnect advice in the background: stop it too
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(transport.disconnect(), 5)
-            with contextlib.suppress(Exception):
-                await client._close_http_session()
+    async def _stop_polling(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            await _cancel_and_wait(poller)
 
     async def close(self) -> None:
+        """Stop polling, and tell the server goodbye (bounded, best effort)."""
         self._closing = True
         if self._supervisor is not None:
             await _cancel_and_wait(self._supervisor)
-        await self._stop_client()
+        await self._stop_polling()
+        goodbye = self._conversation.disconnect()
+        if goodbye is not None:
+            try:
+                await self._transport.send(goodbye, min(self.bound.margin, 2.0))
+            except PollFailed as exc:
+                log.debug("CometD disconnect not answered: %s", exc)
+            self._conversation.client_id = None
+        await self._transport.close()
         self.up.clear()
+
+    # -- the poll loop -------------------------------------------------------
+    async def _poll(self, conversation: Conversation) -> None:
+        """Send what the protocol asks, one request at a time, until it stops."""
+        send = self._transport.send
+        bound = self.bound
+        while True:
+            payload = conversation.request()
+            if payload is None:
+                self.last_error = self.last_error or "the server advised reconnect: none"
+                self._set_up(False, "the server advised not to reconnect")
+                return
+            wait = conversation.delay(payload)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                replies = await send(payload, bound.of(payload))
+            except PollFailed as exc:
+                if exc.timed_out and payload[0]["channel"] == CONNECT:
+                    bound.polls_cut += 1
+                conversation.failed(payload)
+                self._failed(payload, exc)
+                continue
+            reply = conversation.answered(payload, replies)
+            for message in reply.meta:
+                self._observe(message)
+            if not reply.settled:
+                self._failed(payload, PollFailed(f"no reply to {payload[0]['channel']}"))
+            if reply.events:
+                try:
+                    self._on_messages(reply.events)
+                except Exception:  # a bad message must not kill the channel
+                    log.exception("error while handling CometD messages")
+
+    def _failed(self, payload: list[Message], exc: PollFailed) -> None:
+        self._last_failure = exc
+        self.last_error = f"{payload[0]['channel']} failed: {exc}"
+        log.debug("CometD %s", self.last_error)
+        # a failing long poll (network gap, server restart) also means 'not subscribed'
+        self._set_up(False, "long poll failed, reconnecting")
 
     # -- state ---------------------------------------------------------------
     def _set_up(self, up: bool, reason: str) -> None:
@@ -216,14 +248,13 @@ class AckChannel:
 
     def _observe(self, message: Message) -> None:
         channel = message.get("channel")
-        if not isinstance(channel, str) or not channel.startswith("/meta/"):
-            return
         ok = bool(message.get("successful", False))
         if not ok:
             log.debug("CometD %s refused: %s", channel, message)
         if channel == "/meta/handshake":
             if ok:
                 self.handshakes += 1
+                log.debug("CometD handshake: Bayeux session %s", message.get("clientId"))
                 self._confirmed.clear()
                 self._polled = False
                 if self.handshakes > 1:
@@ -244,45 +275,13 @@ class AckChannel:
                 self.last_error = str(message.get("error") or "subscribe refused")
         elif channel == "/meta/connect" and ok:
             self._polled = True
-            self.bound.completed()
             # a poll that works again on the same Bayeux session keeps its subscriptions
             if self._confirmed and all(c in self._confirmed for c in self.channels):
                 self._set_up(True, "long poll restored")
         elif channel == "/meta/connect":
             error = str(message.get("error") or "connect refused")
             self.last_error = error
-            advice = message.setdefault("advice", {})
-            if isinstance(advice, dict) and error.startswith("402") and "reconnect" not in advice:
-                advice["reconnect"] = "handshake"
             self._set_up(False, error)
-
-    async def _watch_transport(self, client: CometdClient) -> None:
-        """A failing long poll (network gap, server restart) also means 'not subscribed'."""
-        from aiocometd_noloop.constants import TransportState
-
-        transport = client.transport
-        if transport is None:
-            return
-        while True:
-            await transport.wait_for_state(TransportState.CONNECTING)
-            if transport.state == TransportState.CONNECTING:
-                self._set_up(False, "long poll failed, reconnecting")
-                self.last_error = "long poll failed"
-            await transport.wait_for_state(TransportState.CONNECTED)
-
-    async def _drain(self, client: CometdClient) -> None:
-        queue = client.queue
-        if queue is None:
-            return
-        while True:
-            first = await queue.get()
-            batch = [first]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                self._on_messages(batch)
-            except Exception:  # a bad message must not kill the channel
-                log.exception("error while handling CometD messages")
 
     def _session_lost(self) -> None:
         """A new Bayeux session: what the server queued for the old one is gone."""

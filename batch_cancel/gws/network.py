@@ -17,7 +17,7 @@ description of a proxy that reaches a log or ``preflight`` shows them as ``***``
 
 The decisions are made here, explicitly, rather than by aiohttp's ``trust_env``:
 ``preflight`` can then say which proxy and which trust store a run uses, and the
-CometD client, whose HTTP session aiocometd builds, gets exactly the same.
+CometD long polls (``gws/long_poll.py``) get exactly the same.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class GwsSession:
         # per-request headers, rebuilt only when the CSRF token or a cookie changes
         self._get_headers: dict[str, str] = {}
         self._post_headers: dict[str, str] = {"Content-Type": "application/json"}
+        self._auth_headers: dict[str, str] = {"Authorization": self._basic}
         # one log-in at a time, backing off while log-ins fail, for up to max_outage s
         self.gate = gate or LoginGate(max_outage=max_outage)
         self._accepted = 0  # requests GWS accepted on the current session
@@ -105,8 +106,10 @@ class GwsSession:
         # made on first use: aiohttp wants its session created inside the running loop
         if self._client is None:
             self._client = aiohttp.ClientSession(
+                # one more than asked for: the CometD long poll rides on this pool too
+                # (gws/long_poll.py) and must never queue behind the POSTs for a slot
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, limit_per_host=0, ssl=self.route.ssl,
+                    limit=self._max_connections + 1, limit_per_host=0, ssl=self.route.ssl,
                 ),
                 proxy=self.route.proxy,
                 # cookies are kept by CookieStore (one origin): aiohttp's jar filtered
@@ -170,6 +173,9 @@ class GwsSession:
         csrf = {self._csrf_header: self._csrf_token} if self._csrf_header and self._csrf_token else {}
         self._get_headers = cookie
         self._post_headers = {"Content-Type": "application/json", **csrf, **cookie}
+        # a new object only when something changed: the CometD transport reuses its
+        # request headers for as long as it is handed the same one
+        self._auth_headers = {"Authorization": self._basic, **cookie, **csrf}
 
     # -- session -----------------------------------------------------------
     async def login(self) -> dict[str, Any]:
@@ -299,14 +305,18 @@ class GwsSession:
     def cookies(self) -> dict[str, str]:
         return self._cookies.as_dict()
 
-    def auth_headers(self) -> dict[str, str]:
-        """Headers the CometD transport sends so it rides on the same HTTP session."""
-        headers = {"Authorization": self._basic}
-        if self._cookies.header:
-            headers["Cookie"] = self._cookies.header
-        if self._csrf_header and self._csrf_token:
-            headers[self._csrf_header] = self._csrf_token
-        return headers
+    def auth_headers(self) -> Mapping[str, str]:
+        """Headers the CometD transport sends so it rides on the same HTTP session
+        (Basic auth, the session cookie, the CSRF token); the same object until one changes."""
+        return self._auth_headers
+
+    def http_for(self, route: Route) -> aiohttp.ClientSession | None:
+        """The REST calls' aiohttp session, for another URL of the run (CometD) whose TLS
+        context and proxy are the same as theirs; None when they differ (aiohttp has one
+        proxy per session) or before the first request made it."""
+        if self._client is None or route.ssl is not self.route.ssl or route.proxy != self.route.proxy:
+            return None
+        return self._client
 
     async def devices(self) -> list[dict[str, Any]]:
         try:

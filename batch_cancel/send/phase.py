@@ -138,6 +138,7 @@ class Engine:
                 headers=session.auth_headers,
                 on_messages=outcomes.on_messages,
                 route=cometd_route,
+                http=lambda: session.http_for(cometd_route),  # the long polls ride on the REST pool
                 on_state=self._on_channel_state,
                 poll_timeout=self._gws.poll_timeout,
                 poll_margin=self._gws.poll_margin,

@@ -12,9 +12,10 @@ What is proved here:
 * after a session loss the server answers ``402::session_unknown`` with advice ``handshake``, and
   aiocometd-noloop re-handshakes and re-subscribes *by itself* (the subscribe rides on the first
   ``/meta/connect`` after the new handshake), so a message published afterwards arrives;
-* the same through our wrapper, ``batch_cancel.gws.ack_channel.AckChannel``, including its own
-  cookie jar (IP host 127.0.0.1), its headers (a JSESSIONID cookie sent next to BAYEUX_BROWSER) and
-  its up/down signal.
+* the same through our own client, ``batch_cancel.gws.ack_channel.AckChannel`` (``gws/bayeux.py``
+  over ``gws/long_poll.py``), including its own cookies (IP host 127.0.0.1), its headers (a
+  JSESSIONID cookie sent next to BAYEUX_BROWSER) and its up/down signal. Raw aiocometd-noloop stays
+  here as a second, independent peer: what it needs is what ours does.
 """
 
 from __future__ import annotations
@@ -314,4 +315,4 @@ async def test_ack_channel_failed_start_leaves_nothing_running(
         after = (await cometd_server.stats())["handshakes"]
         assert after == settled, f"{after - settled} handshakes in 0.5 s after start() failed"
     finally:
-        await close_client(channel._client)  # stop the loop whatever AckChannel did
+        await channel.close()  # idempotent: stops the poll loop whatever start() did
