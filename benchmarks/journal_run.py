@@ -10,7 +10,8 @@ in flight, ``--rate 0``. Per run it reads:
 * journal writes per record: the state rows (UPDATE) and event rows (INSERT) handed
   to ``save_states``, and the commits, counted around that call;
 * the journal writer thread's CPU (``time.thread_time`` around each call made on
-  that thread: commits, the reads of the next records, opening the store);
+  that thread: commits, the reads of the next records, opening the store), and the
+  part of it spent in the commits (``save_states``);
 * the send phase's CPU, process-wide (``BATCH_CANCEL_PHASE_CPU``).
 
 Both counters are installed by wrapping two methods in the child process (the same
@@ -45,7 +46,7 @@ def _child(out: str, cli_args: list[str]) -> None:
     from batch_cancel.journal import writer
     from batch_cancel.journal.store import Journal
 
-    figures = {"journal_cpu_s": 0.0, "commits": 0, "states": 0, "events": 0}
+    figures = {"journal_cpu_s": 0.0, "commit_cpu_s": 0.0, "commits": 0, "states": 0, "events": 0}
     call = writer.JournalWriter._call
     save = Journal.save_states
 
@@ -60,7 +61,11 @@ def _child(out: str, cli_args: list[str]) -> None:
         figures["commits"] += 1
         figures["states"] += len(states)
         figures["events"] += len(events)
-        return save(self, states, events)
+        started = time.thread_time()
+        try:
+            return save(self, states, events)
+        finally:
+            figures["commit_cpu_s"] += time.thread_time() - started
 
     writer.JournalWriter._call = timed_call  # type: ignore[method-assign]
     Journal.save_states = counted_save  # type: ignore[method-assign]
@@ -102,6 +107,7 @@ def _run(tree: Path, records: int) -> dict[str, float]:
             "state writes/record": figures["states"] / records,
             "commits": figures["commits"],
             "journal thread cpu s/1000": figures["journal_cpu_s"] * per,
+            "  of which commits (save_states)": figures["commit_cpu_s"] * per,
             "send phase cpu s/1000": json.loads(phases.read_text())["send"] * per,
         }
 

@@ -37,11 +37,8 @@ SCHEMA_VERSION = "1"
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 _SAVE_STATE = (f"UPDATE records SET {', '.join(f'{c}=?' for c in RowState._fields[:-1])} "
                "WHERE row=?")  # fmt: skip
-# Fenced by the run lock's token: a run whose lock was taken over writes nothing. Asked
-# once per commit, inside its BEGIN IMMEDIATE: from there to COMMIT no other connection
-# can write, so no take-over can come between this check and the writes it guards (asked
-# per row instead, it was a subquery and a tuple built for every state written).
-_FENCE = "SELECT 1 FROM run_lock WHERE id = 1 AND token = ?"
+# Fenced by the run lock's token: a run whose lock was taken over writes nothing.
+_SAVE_STATE_FENCED = _SAVE_STATE + " AND EXISTS (SELECT 1 FROM run_lock WHERE id = 1 AND token = ?)"
 _ADD_EVENT = (f"INSERT INTO events({', '.join(RowEvent._fields)}) "
               f"VALUES({', '.join('?' * len(RowEvent._fields))})")  # fmt: skip
 # What the planner supplies per row; status and reference_id follow from them.
@@ -274,18 +271,17 @@ class Journal(JournalBase):
     def save_states(self, states: Sequence[RowState], events: Sequence[RowEvent]) -> list[int]:
         """One transaction: new record states and their events (all or nothing).
 
-        With a fence (the run lock's token), the transaction first checks that the lock
-        is still this run's: when another run took it over, nothing is written and every
+        With a fence (the run lock's token), the UPDATE itself checks that the lock is
+        still this run's: when another run took it over, nothing is written and every
         row is answered as refused.
         """
         try:
             with self.transaction():
                 if states and self.fence is not None:
-                    if self._db.execute(_FENCE, (self.fence,)).fetchone() is None:
-                        raise _Refused  # the lock is the whole journal's: all or nothing
-                    cur = self._db.executemany(_SAVE_STATE, states)
+                    fence = self.fence
+                    cur = self._db.executemany(_SAVE_STATE_FENCED, ((*s, fence) for s in states))
                     if cur.rowcount < len(states):
-                        raise _Refused  # a row that is not there: as before, nothing written
+                        raise _Refused  # the lock is the whole journal's: all or nothing
                 elif states:
                     self._db.executemany(_SAVE_STATE, states)
                 self._drop_snapshot()
