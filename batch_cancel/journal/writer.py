@@ -116,7 +116,7 @@ class Recorder:
         self._high_water = high_water
         # the records touched since the last commit, by row: their state is read when
         # the batch is committed (the latest one is all a commit writes), not on every
-        # event, which would build a row four times per record and keep three of them
+        # change, which would build a row several times per record and keep one of them
         self._states: dict[int, Record] = {}
         self._events: list[RowEvent] = []
         self._room = asyncio.Event()
