@@ -106,10 +106,18 @@ def _run(tree: Path, records: int) -> dict[str, float]:
             "event rows in the journal/record": rows / records,
             "state writes/record": figures["states"] / records,
             "commits": figures["commits"],
-            "journal thread cpu s/1000": figures["journal_cpu_s"] * per,
-            "  of which commits (save_states)": figures["commit_cpu_s"] * per,
-            "send phase cpu s/1000": json.loads(phases.read_text())["send"] * per,
+            "journal thread cpu ms/1000": figures["journal_cpu_s"] * per * 1000,
+            "  of which commits (save_states)": figures["commit_cpu_s"] * per * 1000,
+            "send phase cpu ms/1000": json.loads(phases.read_text())["send"] * per * 1000,
         }
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartiles (how far the paired ratios scatter on a shared box)."""
+    if len(values) < 4:
+        return min(values, default=0.0), max(values, default=0.0)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         after = statistics.median(r[key] for r in runs["this tree"])
         ratios = [a[key] / b[key] for a, b in zip(runs["this tree"], runs["baseline"], strict=True) if b[key]]
         ratio = f"{statistics.median(ratios):5.2f}x" if ratios else ""
-        print(f"   {key:<36} before {before:9.3f}   after {after:9.3f}   {ratio}")
+        low, high = _spread(ratios)
+        print(f"   {key:<36} before {before:9.3f}   after {after:9.3f}   {ratio} (paired ratios "
+              f"{low:4.2f}-{high:4.2f}, quartiles)")
 
 
 if __name__ == "__main__":
