@@ -19,6 +19,8 @@ from helpers import ENV, job_args, make_sim, numbers, run_cli, write_csv
 
 from batch_cancel.exceptions import Interrupted, JournalLocked
 from batch_cancel.journal.lock import Holder, JournalLock, _why_stale, lock_holder
+from batch_cancel.journal.rows import RowEvent, RowState, Status
+from batch_cancel.journal.store import RECORD_COLUMNS, Journal
 from batch_cancel.simulator import ThreadedSimulator
 
 FINAL = {"cancelled", "failed", "timed_out", "rejected", "duplicate"}
@@ -201,6 +203,34 @@ def test_a_holder_whose_lock_was_taken_over_is_told(tmp_path: Path) -> None:
     assert lock.lost.wait(5.0) and told == [True]
     lock.release()
     assert lock_holder(state) is not None  # the other run's lock is left alone
+
+
+def test_a_run_whose_lock_was_taken_over_writes_no_state_and_no_event(tmp_path: Path) -> None:
+    state = tmp_path / "j.sqlite"
+    lock = JournalLock.acquire(state, heartbeat=60.0)
+    journal = Journal.open(state, fence=lock.holder.token)
+    blank = dict.fromkeys(RECORD_COLUMNS)
+    journal.add_records(tuple({**blank, "row": r, "reference_id": f"ref-{r}", "status": "planned",
+                               "attempts": 0}.values()) for r in (1, 2))  # fmt: skip
+    t = time.time()
+    in_flight = RowState(Status.SENT, 1, None, None, None, None, t, None, None, None, 1)
+    settled = RowState(Status.CANCELLED, 1, 200, 0, "RecordCancelAcknowledge", None, t, t, 1.0, 5, 2)
+    sent = [RowEvent(1, t, Status.SENT, 1, None, None, None)]
+    assert journal.save_states([in_flight], sent) == []  # ours: written
+    _set_holder(state, "elsewhere", 1, time.time())  # another run took the lock over
+    # a record in flight and one settled (SQLite writes them by two statements): both refused
+    assert journal.save_states([in_flight._replace(attempts=2), settled],
+                               [*sent, RowEvent(2, t, Status.CANCELLED, 1, 200, 0, None)]) == [1, 2]
+    assert journal.save_states([in_flight._replace(attempts=2)], sent) == [1]
+    db = sqlite3.connect(state)
+    try:
+        assert list(db.execute("SELECT row, status, attempts FROM records")) == [(1, "sent", 1),
+                                                                                 (2, "planned", 0)]
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    finally:
+        db.close()
+    journal.close()
+    lock.release()
 
 
 # -- who is alive: the pid counts only in the same process space --------------------------

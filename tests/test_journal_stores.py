@@ -106,6 +106,21 @@ def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJou
     rows = {r["row"]: r for r in j.iter_rows()}
     assert rows[1]["status"] == "cancelled" and rows[1]["latency_ms"] == 100.0
     assert rows[4]["error"] == "no such record"
+    # every column of each state as written (SQLite writes a record in flight by a narrower
+    # statement): row 5 in flight again, row 4 (failed: its error, ack time, latency go) sent
+    # again, and row 6 settled
+    later = [RowState(Status.SENT, 2, 200, 0, None, None, t + 1, None, None, 77, 5),
+             RowState(Status.SENT, 3, None, None, None, None, t + 2, None, None, None, 4),
+             RowState(Status.CANCELLED, 1, 200, 0, "RecordCancelAcknowledge", None, t, t + 0.3, 300.0,
+                      88, 6)]  # fmt: skip
+    j.save_states(later, [])
+    latest = {s.row: s for s in [RowState(Status(s[0]), *s[1:]) for s in states] + later}
+    # and an outcome over a state in flight
+    j.save_states([later[1]._replace(row=5)], [])
+    latest[5] = later[1]._replace(row=5)
+    rows = {r["row"]: r for r in j.iter_rows()}
+    for state in latest.values():
+        assert {k: rows[state.row][k] for k in RowState._fields} == state._asdict(), state
 
 
 def test_a_retry_round_plans_failed_rows_again_with_a_new_reference(

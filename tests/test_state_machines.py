@@ -429,6 +429,48 @@ async def test_recorder_unwritable_past_the_stall_limit_stops_naming_the_journal
     assert _committed(path)[0] == {1: "sent", 2: "planned"}
 
 
+def _companion(rec: Record, handle: object) -> dict[str, Any]:
+    """The ack's /me/internal companion: OCS's user event naming the record by number."""
+    user_data = {"GSW_PHONE": rec.phone_sent, "GSW_CAMPAIGN_NAME": rec.campaign,
+                 "GSW_CALLING_LIST": rec.calling_list, "GSW_RECORD_HANDLE": handle}  # fmt: skip
+    return {"channel": "/me/internal", "data": {"messageType": "EventUserEvent", "userData": user_data}}
+
+
+async def test_recorder_journals_a_cancelled_record_as_its_attempt_and_its_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    _journal_with_rows(path, 2).close()
+    writer = JournalWriter(lambda: Journal.open(path), str(path))
+    recorder = Recorder(writer, clock=time.time, monotonic=time.monotonic)
+    t = FakeTime()
+    matcher = Outcomes(operation="CancelRecord", ack_timeout=TIMEOUT, recorder=recorder, clock=t.clock,
+                       wall=time.time, resend=lambda rec: None)  # fmt: skip
+    r1, r2 = record(1), record(2)
+    for rec in (r1, r2):
+        matcher.posting(rec)
+        rec.http_status, rec.status_code = 200, 0  # GWS's answer, as the sender sets it
+        matcher.accepted(rec)
+    await recorder.flush()  # in flight: the attempt, and the answer in the row's state
+    matcher.on_messages([message(r1.reference_id), _companion(r1, 4711)])  # one poll
+    matcher.on_messages([message(r2.reference_id), _companion(r2, "OCS-9")])  # no whole number
+    await recorder.flush()
+    await writer.close()
+    statuses, events = _committed(path)
+    assert statuses == {1: "cancelled", 2: "cancelled"}
+    # no "accepted" event (the outcome implies it), the handle in the row, not an event,
+    # unless no column can hold it: then the event log keeps OCS's text
+    assert events == [(1, "sent"), (2, "sent"), (1, "cancelled"), (2, "cancelled"), (2, "record_handle")]
+    db = sqlite3.connect(path)
+    try:
+        rows = dict(db.execute("SELECT row, record_handle FROM records"))
+        answer = list(db.execute("SELECT row, http_status, status_code FROM events WHERE event='cancelled'"))
+        detail = db.execute("SELECT detail FROM events WHERE event='record_handle'").fetchone()[0]
+    finally:
+        db.close()
+    assert rows == {1: 4711, 2: None} and detail == "OCS-9"
+    assert answer == [(1, 200, 0), (2, 200, 0)]  # the acceptance's answer, kept on the outcome
+    assert recorder.commits == 2 and dict(recorder.outcomes) == {Status.CANCELLED: 2}
+
+
 # -- AckChannel --------------------------------------------------------------------------------
 async def _poll(predicate: Callable[[], bool], within: float, what: str) -> None:
     deadline = time.monotonic() + within

@@ -61,13 +61,14 @@ from psycopg import sql
 from batch_cancel.config import StateDb
 from batch_cancel.exceptions import ConfigError, JournalUnavailable, LeaseLost
 from batch_cancel.journal.base import RECORD_COLUMNS, JournalBase
-from batch_cancel.journal.rows import FINAL, RowEvent, RowState, RowToSend, Status
+from batch_cancel.journal.rows import FINAL, RowEvent, RowState, RowToSend
 from batch_cancel.journal.store import PLAN_COLUMNS
 
 log = logging.getLogger("batch_cancel.journal")
 
 # The SQL for the send phase's shapes is built from their fields (journal/rows.py).
 STATE_COLUMNS = RowState._fields[:-1]
+_STATUS = RowState._fields.index("status")
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -605,9 +606,10 @@ class PgJournal(JournalBase):
             self._drop_snapshot()
             if states:
                 cols = [*STATE_COLUMNS, "row"]
-                # a Status is text to PostgreSQL (psycopg would send an Enum by its name)
-                arrays = [[str(v) if isinstance(v, Status) else v for v in col]
-                          for col in zip(*states, strict=True)]
+                # a Status is text to PostgreSQL (psycopg would send an Enum by its name);
+                # only the status column holds one
+                arrays = [list(col) for col in zip(*states, strict=True)]
+                arrays[_STATUS] = [str(v) for v in arrays[_STATUS]]
                 types = [_array_type(c) for c in cols]
                 unnest = ", ".join(f"%s::{t}[]" for t in types)
                 sets = ", ".join(f"{c}=u.{c}" for c in STATE_COLUMNS)
@@ -637,9 +639,9 @@ class PgJournal(JournalBase):
                 copy = sql.SQL("COPY {s}.events (run_id, row, at, event, attempt, http_status, "
                                "status_code, detail, worker) FROM STDIN").format(s=self._s)
                 with self._conn.cursor() as cur2, cur2.copy(copy) as cp:
-                    for e in kept:
-                        cp.write_row([self.run_id, *(str(v) if isinstance(v, Status) else v for v in e),
-                                      worker])
+                    run_id = self.run_id
+                    for row, at, event, *rest in kept:  # an outcome's event is named by its Status
+                        cp.write_row([run_id, row, at, str(event), *rest, worker])
         return sorted(refused)
 
     # -- a fleet: leases --------------------------------------------------------------------

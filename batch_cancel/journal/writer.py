@@ -116,7 +116,7 @@ class Recorder:
         self._high_water = high_water
         # the records touched since the last commit, by row: their state is read when
         # the batch is committed (the latest one is all a commit writes), not on every
-        # event, which would build a row four times per record and keep three of them
+        # change, which would build a row several times per record and keep one of them
         self._states: dict[int, Record] = {}
         self._events: list[RowEvent] = []
         self._room = asyncio.Event()
@@ -134,20 +134,36 @@ class Recorder:
         self._on_refused = on_refused
 
     # -- what the matcher and the sender report ---------------------------------------
+    # What the audit needs of a record is in its row (the latest state) and in the event
+    # log: every attempt (``sent``), the outcome with its source, and whatever else made
+    # the row what it is (retries, gap resends, late acks, late failures, retry rounds).
+    # GWS's acceptance is not an event: the outcome implies it (a deadline starts only
+    # then; the outcome's event carries the answer's HTTP status and statusCode), and the
+    # record handle is a column of the row, written with the outcome's state.
     def event(self, rec: Record, event: str, detail: str | None = None) -> None:
+        """A line of the record's event log, and its state."""
         self._states[rec.row] = rec
-        if event == rec.status and rec.final:
-            self.outcomes[rec.status] += 1
         if self._writer is not None:
             self._events.append(RowEvent(rec.row, self._clock(), event, rec.attempts,
                                          rec.http_status, rec.status_code, detail))  # fmt: skip
         if len(self._states) >= self._high_water:
             self._room.clear()
 
+    def outcome(self, rec: Record, detail: str | None = None) -> None:
+        """The record reached a final status (an event named after it), counted."""
+        self.outcomes[rec.status] += 1
+        self.event(rec, rec.status, detail)
+
+    def touched(self, rec: Record) -> None:
+        """The record's state changed and nothing for the event log (written at the next commit)."""
+        self._states[rec.row] = rec
+        if len(self._states) >= self._high_water:
+            self._room.clear()
+
     def upgraded(self, rec: Record, previous: Status, detail: str) -> None:
         """A late acknowledgement turned a failed or timed-out record into a cancelled one."""
         self.outcomes[previous] -= 1
-        self.event(rec, rec.status, detail)
+        self.outcome(rec, detail)
 
     def unmatched(self, channel: str | None, note: str, data: dict[str, Any]) -> None:
         """A notification that matched no row: kept with its time and channel."""

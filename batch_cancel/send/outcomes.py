@@ -322,7 +322,9 @@ class Outcomes:
         if not self.channel_up:
             rec.gap = True
         self._deadlines.append((rec.deadline, rec.reference_id))
-        self._recorder.event(rec, "accepted")
+        # no event: the outcome implies the acceptance (journal/writer.py); the state
+        # (the answer's HTTP status and statusCode) is written at the next commit
+        self._recorder.touched(rec)
 
     def not_written(self, rec: Record, error: str) -> None:
         """The attempt stopped before any of it was written (the fleet's write fence): it is
@@ -357,7 +359,7 @@ class Outcomes:
             rec.error = f"{error}; {UNCONFIRMED}"
         else:
             rec.error = error
-        self._recorder.event(rec, rec.status, rec.error)
+        self._recorder.outcome(rec, rec.error)
         self._settle(rec)
 
     def _forget(self, rec: Record) -> list[str]:
@@ -423,7 +425,7 @@ class Outcomes:
         rec.error = rec.error_code = None
         older = f"under an earlier round's referenceId {ref}" if ref != rec.reference_id else ""
         if before == Status.SENT:
-            self._recorder.event(rec, rec.status, f"acknowledged {older}" if older else None)
+            self._recorder.outcome(rec, f"acknowledged {older}" if older else None)
             self._settle(rec)
             return
         # failed or timed out, and acknowledged after all: kept as evidence on the row
@@ -445,7 +447,11 @@ class Outcomes:
         if match.verdict is UserEventVerdict.HANDLE and rec is not None:
             rec.record_handle = whole_number(match.handle)
             self.record_handles += 1
-            self._recorder.event(rec, "record_handle", str(match.handle))
+            if rec.record_handle is not None:
+                # a column of the row, written with its outcome's state when they come together
+                self._recorder.touched(rec)
+            else:  # not a whole number: no column holds it, so the event log keeps OCS's text
+                self._recorder.event(rec, "record_handle", str(match.handle))
         elif match.verdict is UserEventVerdict.ERROR and rec is not None:
             self.error_events += 1
             user_data = data.get("userData") or {}
