@@ -194,5 +194,7 @@ def build_plan(
                 repeats = journal.mark_duplicates(pairs)
                 counts[Status.DUPLICATE] += repeats
                 counts[Status.PLANNED] -= repeats
-    journal.seal_snapshot({"ref_prefix": prefix})
-    return +counts  # no zero counts, as before
+    counts = +counts  # no zero counts, as before
+    # the counts go with the snapshot: while it stands, they are the records' (base.counts)
+    journal.seal_snapshot({"ref_prefix": prefix, "counts": dict(counts)})
+    return counts
