@@ -184,3 +184,31 @@ def test_a_state_change_retires_the_snapshot(tmp_path: Path, monkeypatch: pytest
     report = write_report(journal, tmp_path / "after.csv")
     assert report.read_bytes() == _old_csv(journal)
     assert b"cancelled,1,200,0,RecordCancelAcknowledge" in report.read_bytes()
+
+
+def test_an_insert_that_fails_on_the_writer_thread_stops_planning_with_its_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import sqlite3
+    import threading
+
+    calls = []
+
+    class FillsUp(Journal):
+        def add_plan(self, *args: Any, **kwargs: Any) -> None:
+            calls.append(threading.current_thread().name)
+            if len(calls) == 3:
+                raise sqlite3.OperationalError("database or disk is full")
+            super().add_plan(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "_BATCH_ROWS", 7)
+    src = _input(tmp_path)
+    journal = FillsUp.open(tmp_path / "state.sqlite")
+    config = RunConfig(inputs=(src,), defaults=JobDefaults(application_id=1, campaign="C",
+                                                           calling_list="L"))
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        build_plan(journal, inspect_inputs([src]), config, "run")
+    assert len(calls) == 3  # no batch is handed over after a failed one
+    assert all(name.startswith("plan-writer") for name in calls)
+    assert not any(t.name.startswith("plan-writer") for t in threading.enumerate())
+    assert journal.get_meta("plan_snapshot") is None  # never sealed: the next run plans anew
+    journal.close()
