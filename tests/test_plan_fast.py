@@ -175,6 +175,17 @@ def test_report_from_the_snapshot_equals_the_report_from_sql(
         assert fast.read_bytes() == _old_csv(journal)
 
 
+def test_duplicates_kept_with_the_snapshot_or_read_from_the_records_give_one_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    journal = _plan(tmp_path, _input(tmp_path), monkeypatch)
+    info = journal.get_meta("plan_snapshot")
+    assert "duplicates" in info and info["counts"]["duplicate"] >= 40
+    kept = write_report(journal, tmp_path / "kept.csv").read_bytes()
+    # a snapshot sealed before the duplicates were kept with it
+    journal.set_meta(plan_snapshot={k: v for k, v in info.items() if k != "duplicates"})
+    assert write_report(journal, tmp_path / "queried.csv").read_bytes() == kept == _old_csv(journal)
+
+
 def test_a_state_change_retires_the_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = _plan(tmp_path, _input(tmp_path), monkeypatch)
     first = next(r for r in journal.iter_rows() if r["status"] == "planned")

@@ -182,6 +182,11 @@ class JournalBase(ABC):
 
         return info, blobs()
 
+    def snapshot_blob(self, key: int) -> bytes | None:
+        """The snapshot's part kept under ``key`` (snapshot.py keeps one outside the batches)."""
+        rows = self._select("SELECT data FROM {t}plan_snapshot WHERE {job} AND first_row = ?", [key])
+        return bytes(rows[0][0]) if rows else None
+
     _snapshot_live: bool | None = None  # unknown until looked at
 
     def _drop_snapshot(self) -> None:

@@ -239,12 +239,18 @@ def build_plan(
                 raise Interrupted("interrupted while planning: nothing was sent; "
                                   "run again to plan anew")
         writer.finish()
+        info: dict[str, Any] = {"ref_prefix": prefix}
         with journal.transaction():
+            found = snapshot.Duplicates()
             for pairs in deduper.duplicates():
                 repeats = journal.mark_duplicates(pairs)
                 counts[Status.DUPLICATE] += repeats
                 counts[Status.PLANNED] -= repeats
+                found.add(pairs)
+            if found.count == counts[Status.DUPLICATE]:  # each pair marked: the blob tells the truth
+                journal.add_snapshot(snapshot.DUPLICATES_KEY, found.encode())
+                info["duplicates"] = snapshot.DUPLICATES_KEY
     counts = +counts  # no zero counts, as before
     # the counts go with the snapshot: while it stands, they are the records' (base.counts)
-    journal.seal_snapshot({"ref_prefix": prefix, "counts": dict(counts)})
+    journal.seal_snapshot({**info, "counts": dict(counts)})
     return counts
