@@ -17,7 +17,8 @@ Parquet and JSONL carry the values untouched.
 
 Speed: the rows come as Arrow batches, from the journal's plan snapshot while no
 record has changed state (a dry run: see snapshot.py), else from SQL; the CSV
-text is made column-wise (report_csv.py) in exactly ``csv.writer``'s format.
+text is made column-wise (csv_text.py) in exactly ``csv.writer``'s format, on
+threads while the next batches are read.
 """
 
 from __future__ import annotations
