@@ -308,8 +308,8 @@ async def _run_locked(
             if again:
                 log.info("--retry-failed: %d failed row(s) will be sent again, each with a new "
                          "referenceId (suffix -r<round>)", again)  # fmt: skip
-        # a dry run sends nothing: its counts are the summary's (a full scan of the
-        # records: 0.5 s of a 1M-row dry run), unless the metrics file needs them now
+        # a dry run sends nothing: its counts are the summary's, unless the metrics
+        # file needs them now
         dry = config.dry_run and config.metrics_file is None
         counts = {} if dry else journal.counts()
         to_send = counts.get(Status.PLANNED, 0) + counts.get(Status.SENT, 0)

@@ -72,5 +72,6 @@ def summarise(
         duplicates_of_unsuccessful=journal.duplicate_of_unsuccessful(),
         elapsed_s=round(elapsed, 3),
         stats=stats,
-        first_rejected=journal.first_rejected(),
+        # without a rejected row the query would scan every record to find none
+        first_rejected=journal.first_rejected() if c.get(Status.REJECTED) else [],
     )

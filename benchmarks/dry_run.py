@@ -1,6 +1,7 @@
 """Time the real ``batch-cancel run --dry-run`` on big generated inputs.
 
     python -m benchmarks.dry_run [--rows 1000000] [--formats csv,parquet] [--repeat 3]
+    python -m benchmarks.dry_run --against DIR   # paired with another checkout (e.g. main's)
 
 Generates ``numbers_<label>.csv`` / ``.parquet`` with benchmarks/gen_numbers.py
 when missing (``--data``, default bench_data/), then for each format runs the
@@ -11,6 +12,12 @@ For context, each file is also read whole by pyarrow in a fresh interpreter,
 measured the same way: the ratio says what planning, journaling and reporting
 cost on top of just parsing the input. Targets (issue 5): 1M rows in < 20 s
 and < 300 MB; memory flat in the number of rows.
+
+``--against DIR`` compares this tree with another checkout of the project (its
+``batch_cancel`` runs with DIR as the working directory, so it is the one
+imported): the two run in turn, the order flipping every repeat, so a busy spell
+of a shared box hits both alike; it prints both medians (wall, CPU, peak RSS)
+and the median of the paired wall-time ratios.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class Measurement:
     seconds: float
     peak_mb: float
     exit_code: int
+    cpu_seconds: float = 0.0  # the child's user + system CPU (every thread)
 
 
 # Linux carries the parent's peak RSS over to a child at exec (exec_mmap keeps the old
@@ -52,18 +60,19 @@ import os, subprocess, sys, time
 started = time.perf_counter()
 child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 _, status, usage = os.wait4(child.pid, 0)
-print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status),
+      usage.ru_utime + usage.ru_stime)
 """
 
 
 def measure(argv: list[str], cwd: Path | None = None) -> Measurement:
     """Run one child to the end; its wall time and its own peak RSS (not its parent's)."""
     launched = subprocess.run([sys.executable, "-c", _LAUNCH, *argv], cwd=cwd, capture_output=True)
-    seconds, maxrss_kb, code = launched.stdout.split()
+    seconds, maxrss_kb, code, cpu = launched.stdout.split()
     if int(code) not in (0, 1):  # 1: some rows rejected, as generated inputs have
         stderr = launched.stderr.decode(errors="replace")
         raise SystemExit(f"{' '.join(argv)} exited {int(code)}:\n{stderr}")
-    return Measurement(float(seconds), int(maxrss_kb) / 1024, int(code))
+    return Measurement(float(seconds), int(maxrss_kb) / 1024, int(code), float(cpu))
 
 
 def _label(rows: int) -> str:
@@ -91,7 +100,32 @@ def dry_run_argv(path: Path | str, work: Path) -> list[str]:
 
 def _median(runs: list[Measurement]) -> Measurement:
     return Measurement(statistics.median(r.seconds for r in runs),
-                       statistics.median(r.peak_mb for r in runs), runs[-1].exit_code)
+                       statistics.median(r.peak_mb for r in runs), runs[-1].exit_code,
+                       statistics.median(r.cpu_seconds for r in runs))
+
+
+def paired(path: Path, repeat: int, against: Path) -> tuple[list[Measurement], list[Measurement]]:
+    """Dry runs of this tree and of the checkout ``against``, in turn, the order flipping."""
+    here = Path(__file__).resolve().parent.parent
+    ours: list[Measurement] = []
+    theirs: list[Measurement] = []
+    for i in range(repeat):
+        turns = [(ours, here), (theirs, against)]
+        for runs, tree in turns if i % 2 == 0 else turns[::-1]:
+            with tempfile.TemporaryDirectory(prefix="bc-dry-run-") as tmp:
+                runs.append(measure(dry_run_argv(path, Path(tmp)), cwd=tree))
+    return ours, theirs
+
+
+def _paired_line(fmt: str, rows: int, ours: list[Measurement], theirs: list[Measurement],
+                 against: Path) -> str:
+    a, b = _median(ours), _median(theirs)
+    ratio = statistics.median(o.seconds / t.seconds for o, t in zip(ours, theirs, strict=True))
+    return (f"{fmt:8} {rows:>12,} rows  this tree {a.seconds:6.2f} s cpu {a.cpu_seconds:5.2f} s "
+            f"peak {a.peak_mb:4.0f} MB | {against}: {b.seconds:6.2f} s cpu {b.cpu_seconds:5.2f} s "
+            f"peak {b.peak_mb:4.0f} MB | paired ratio {ratio:5.3f}"
+            f"  | runs {', '.join(f'{m.seconds:.2f}' for m in ours)} / "
+            f"{', '.join(f'{m.seconds:.2f}' for m in theirs)} s")
 
 
 def bench(path: Path, repeat: int, rows: int) -> tuple[Measurement, Measurement, list[float]]:
@@ -111,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path("bench_data"),
                         help="where the generated inputs are (made if missing)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout to pair with (runs alternate); prints both and the ratio")
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = set(formats) - {"csv", "parquet"}
@@ -118,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"bad --formats {sorted(unknown)} or --repeat/--rows")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"median of {args.repeat} run(s)")
+    if args.against is not None:
+        if not (args.against / "batch_cancel" / "__main__.py").exists():
+            parser.error(f"--against {args.against}: not a checkout of batch-cancel")
+        for fmt, path in inputs(args.rows, args.data, formats).items():
+            ours, theirs = paired(path, args.repeat, args.against.resolve())
+            print(_paired_line(fmt, args.rows, ours, theirs, args.against))
+        return 0
     target = TARGET_SECONDS_PER_MILLION * args.rows / 1e6
     failed = False
     for fmt, path in inputs(args.rows, args.data, formats).items():

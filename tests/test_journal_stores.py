@@ -77,6 +77,24 @@ def test_plan_counts_and_report_before_anything_is_sent(opener: Callable[[str], 
     assert out.count("\n") == 35 and out.count(",pending,") == 30
 
 
+def test_counts_before_sending_are_the_planners_own_and_agree_with_a_scan(
+        opener: Callable[[str], AnyJournal], tmp_path: Path) -> None:  # fmt: skip
+    j = opener("r8")
+    j.set_meta(run_id="r8")
+    counts = _plan(j, _input(tmp_path), "r8")
+    info = j.get_meta("plan_snapshot")
+    assert info["counts"] == counts  # sealed with the snapshot, so they go with it
+    scan = dict(j._select("SELECT status, COUNT(*) FROM {t}records WHERE {job} GROUP BY status"))
+    assert j.counts() == scan == counts
+    reader = j.reopen(5.0)()  # another connection (status) reads the same
+    try:
+        assert reader.counts() == scan and reader.duplicate_of_unsuccessful() == 2
+    finally:
+        reader.close()
+    j.set_meta(plan_snapshot={"ref_prefix": info["ref_prefix"]})  # sealed by an older version
+    assert j.counts() == scan and j.duplicate_of_unsuccessful() == 2
+
+
 def test_state_changes_and_events_then_the_report(opener: Callable[[str], AnyJournal],
                                                    tmp_path: Path) -> None:
     j = opener("r2")

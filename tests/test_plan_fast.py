@@ -175,6 +175,17 @@ def test_report_from_the_snapshot_equals_the_report_from_sql(
         assert fast.read_bytes() == _old_csv(journal)
 
 
+def test_duplicates_kept_with_the_snapshot_or_read_from_the_records_give_one_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    journal = _plan(tmp_path, _input(tmp_path), monkeypatch)
+    info = journal.get_meta("plan_snapshot")
+    assert "duplicates" in info and info["counts"]["duplicate"] >= 40
+    kept = write_report(journal, tmp_path / "kept.csv").read_bytes()
+    # a snapshot sealed before the duplicates were kept with it
+    journal.set_meta(plan_snapshot={k: v for k, v in info.items() if k != "duplicates"})
+    assert write_report(journal, tmp_path / "queried.csv").read_bytes() == kept == _old_csv(journal)
+
+
 def test_a_state_change_retires_the_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = _plan(tmp_path, _input(tmp_path), monkeypatch)
     first = next(r for r in journal.iter_rows() if r["status"] == "planned")
@@ -184,3 +195,31 @@ def test_a_state_change_retires_the_snapshot(tmp_path: Path, monkeypatch: pytest
     report = write_report(journal, tmp_path / "after.csv")
     assert report.read_bytes() == _old_csv(journal)
     assert b"cancelled,1,200,0,RecordCancelAcknowledge" in report.read_bytes()
+
+
+def test_an_insert_that_fails_on_the_writer_thread_stops_planning_with_its_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import sqlite3
+    import threading
+
+    calls = []
+
+    class FillsUp(Journal):
+        def add_plan(self, *args: Any, **kwargs: Any) -> None:
+            calls.append(threading.current_thread().name)
+            if len(calls) == 3:
+                raise sqlite3.OperationalError("database or disk is full")
+            super().add_plan(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "_BATCH_ROWS", 7)
+    src = _input(tmp_path)
+    journal = FillsUp.open(tmp_path / "state.sqlite")
+    config = RunConfig(inputs=(src,), defaults=JobDefaults(application_id=1, campaign="C",
+                                                           calling_list="L"))
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        build_plan(journal, inspect_inputs([src]), config, "run")
+    assert len(calls) == 3  # no batch is handed over after a failed one
+    assert all(name.startswith("plan-writer") for name in calls)
+    assert not any(t.name.startswith("plan-writer") for t in threading.enumerate())
+    assert journal.get_meta("plan_snapshot") is None  # never sealed: the next run plans anew
+    journal.close()

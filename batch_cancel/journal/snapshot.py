@@ -2,24 +2,26 @@
 
 For each batch the planner stores the columns it inserted (compressed Arrow IPC
 bytes, in the journal's ``plan_snapshot`` table). Until a record changes state,
-those rows plus the duplicates found at the end of planning *are* the journal's
-records, so :func:`report_batches` rebuilds the report from them column-wise.
+those rows plus the duplicates found at the end of planning (kept there too, as
+one more blob) *are* the journal's records, so :func:`report_batches` rebuilds the
+report from them column-wise, without reading a record.
 Nulls are where the journal has NULL: the journal insert turns "" into NULL
 and the planner's Arrow columns never hold "" (the reader makes blanks null).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_cancel.journal.base import JournalBase
 from batch_cancel.report.schema import REPORT_SCHEMA
 
-__all__ = ["encode", "report_batches"]
+__all__ = ["DUPLICATES_KEY", "Duplicates", "encode", "report_batches"]
 
 # The report columns a plan decides; the rest are derived or empty until sending.
 _STORED = ("row", "phone_number", "phone_e164", "application_id", "campaign", "calling_list",
@@ -48,6 +50,62 @@ def encode(columns: Mapping[str, pa.Array | Any], source: str) -> bytes:
     return data
 
 
+# The duplicates found at the end of planning are kept beside the batches, under a key
+# no batch has (rows count from 1): the report need not look for them among the records.
+DUPLICATES_KEY = -1
+_PAIRS = pa.schema([("row", pa.int64()), ("duplicate_of", pa.int64())])
+DuplicatesBetween: TypeAlias = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
+
+
+class Duplicates:
+    """Collects the (row, first row) pairs of the duplicates, to keep as one blob."""
+
+    def __init__(self) -> None:
+        self._rows: list[np.ndarray] = []
+        self._firsts: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, pairs: Sequence[tuple[int, int]]) -> None:
+        if pairs:
+            both = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+            self._rows.append(both[:, 0])
+            self._firsts.append(both[:, 1])
+            self.count += len(both)
+
+    def encode(self) -> bytes:
+        """All pairs in row order (a 20,000-row list of numbers that each repeat: 0.3 MB)."""
+        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
+        firsts = np.concatenate(self._firsts) if self._firsts else np.zeros(0, np.int64)
+        order = np.argsort(rows, kind="stable")
+        batch = pa.RecordBatch.from_arrays([pa.array(rows[order]), pa.array(firsts[order])],
+                                           schema=_PAIRS)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, _PAIRS, options=_OPTIONS) as writer:
+            writer.write_batch(batch)
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
+
+
+def _kept_duplicates(blob: bytes) -> DuplicatesBetween:
+    table = pa.ipc.open_stream(blob).read_all().combine_chunks()
+    rows = table.column("row").to_numpy()
+    firsts = table.column("duplicate_of").to_numpy()
+
+    def between(first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.searchsorted(rows, [first, last + 1])
+        return rows[lo:hi], firsts[lo:hi]
+
+    return between
+
+
+def _queried_duplicates(journal: JournalBase) -> DuplicatesBetween:
+    def between(first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = np.array(journal.duplicates_between(first, last), dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    return between
+
+
 def report_batches(journal: JournalBase) -> Iterator[pa.RecordBatch] | None:
     """The report's rows (REPORT_SCHEMA) from the snapshot; None when there is none."""
     found = journal.snapshot()
@@ -55,24 +113,28 @@ def report_batches(journal: JournalBase) -> Iterator[pa.RecordBatch] | None:
         return None
     info, blobs = found
     prefix = str(info["ref_prefix"])
+    kept = journal.snapshot_blob(int(info["duplicates"])) if "duplicates" in info else None
+    # a snapshot sealed before the duplicates were kept with it: they are in the records
+    duplicates = _queried_duplicates(journal) if kept is None else _kept_duplicates(kept)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for blob in blobs:
             for stored in pa.ipc.open_stream(blob):
                 if stored.num_rows:
-                    yield _report_batch(journal, stored, prefix)
+                    yield _report_batch(duplicates, stored, prefix)
 
     return batches()
 
 
-def _report_batch(journal: JournalBase, stored: pa.RecordBatch, prefix: str) -> pa.RecordBatch:
+def _report_batch(duplicates_between: DuplicatesBetween, stored: pa.RecordBatch,
+                  prefix: str) -> pa.RecordBatch:
     n = stored.num_rows
     rows = stored.column("row")
     planned = pc.is_null(stored.column("error"))
-    duplicates = journal.duplicates_between(rows[0].as_py(), rows[n - 1].as_py())
-    if duplicates:
-        where = pc.index_in(rows, pa.array([r for r, _ in duplicates], pa.int64()))
-        duplicate_of = pc.take(pa.array([d for _, d in duplicates], pa.int64()), where)
+    repeated, firsts = duplicates_between(rows[0].as_py(), rows[n - 1].as_py())
+    if len(repeated):
+        where = pc.index_in(rows, pa.array(repeated))
+        duplicate_of = pc.take(pa.array(firsts), where)
         is_duplicate = pc.is_valid(where)
     else:
         duplicate_of = pa.nulls(n, pa.int64())

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["escape", "unescape", "write_csv_batch"]
+__all__ = ["csv_lines", "escape", "unescape", "write_lines"]
 
 # RE2 (Arrow) and Python read this alike; RE2 has no look-ahead, hence ".*[^…]".
 _UNSAFE = r"(?s)^(?:[=@\t\r]|[+\-].*[^0-9 ()./\-]|'+[=+\-@\t\r])"
@@ -85,15 +85,23 @@ def _text(arr: pa.Array, safe: bool) -> pa.Array | pa.Scalar:
     return pc.fill_null(arr, "")
 
 
-def write_csv_batch(out: BinaryIO, batch: pa.RecordBatch, *, safe: bool = True) -> None:
-    """Append the batch's rows to ``out`` (UTF-8, CRLF), without a header."""
+def csv_lines(batch: pa.RecordBatch, *, safe: bool = True) -> pa.Array | None:
+    """The batch's rows as CSV lines (CRLF at each end); None for no rows. Arrow's
+    kernels do all of it, without the interpreter lock: batches can be made on threads."""
     if batch.num_rows == 0:
-        return
+        return None
     cells = [_text(batch.column(i), safe) for i in range(batch.num_columns)]
     lines = pc.binary_join_element_wise(*cells, ",")
     lines = pc.binary_join_element_wise(lines, "", "\r\n")  # the separator is the line end
     if lines.type != pa.large_string():
         lines = lines.cast(pa.large_string())  # 64-bit offsets: no 2 GiB limit per batch
+    return lines
+
+
+def write_lines(out: BinaryIO, lines: pa.Array | None) -> None:
+    """Append what :func:`csv_lines` made to ``out`` (UTF-8, CRLF)."""
+    if lines is None:
+        return
     # The rows' text lies back to back in the data buffer, so it is written at once.
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
     start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]

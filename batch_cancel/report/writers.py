@@ -17,7 +17,8 @@ Parquet and JSONL carry the values untouched.
 
 Speed: the rows come as Arrow batches, from the journal's plan snapshot while no
 record has changed state (a dry run: see snapshot.py), else from SQL; the CSV
-text is made column-wise (report_csv.py) in exactly ``csv.writer``'s format.
+text is made column-wise (csv_text.py) in exactly ``csv.writer``'s format, on
+threads while the next batches are read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import csv
 import io
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -39,7 +42,7 @@ from batch_cancel.journal.base import JournalBase
 from batch_cancel.journal.rows import REPORTED_PENDING, Status
 from batch_cancel.journal.snapshot import report_batches as snapshot_batches
 from batch_cancel.object_store import Location, ObjectUrl, write_object
-from batch_cancel.report.csv_text import write_csv_batch
+from batch_cancel.report.csv_text import csv_lines, write_lines
 from batch_cancel.report.schema import PARQUET_SCHEMA, REPORT_COLUMNS, REPORT_SCHEMA, TIMESTAMPS
 
 __all__ = [
@@ -56,6 +59,8 @@ _STATUS = {str(s): str(Status.PENDING) for s in REPORTED_PENDING}
 # Rows per Arrow batch. A batch is first a list of dicts (about 2.5 kB a row), so
 # this bounds the report's memory: 50,000 cost 125 MB, the peak of a whole run.
 _BATCH = 8_192
+# Threads making CSV text: two cores are the common case (and the reader takes a third share).
+_CSV_THREADS = 2
 
 
 def _iso(ts: float | None) -> str | None:
@@ -132,9 +137,7 @@ def _write(batches: Iterable[pa.RecordBatch], f: BinaryIO, suffix: str) -> None:
         header = io.StringIO()
         csv.writer(header).writerow(REPORT_COLUMNS)
         f.write(header.getvalue().encode("utf-8"))
-        for batch in batches:
-            write_csv_batch(f, batch)
-            pa.default_memory_pool().release_unused()  # see plan.py
+        _write_csv(batches, f)
     elif suffix == ".jsonl":
         for batch in batches:
             f.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
@@ -147,6 +150,28 @@ def _write(batches: Iterable[pa.RecordBatch], f: BinaryIO, suffix: str) -> None:
                 wrote = True
             if not wrote:  # a file with the schema and no rows, as before
                 writer.write_table(PARQUET_SCHEMA.empty_table())
+
+
+def _write_csv(batches: Iterable[pa.RecordBatch], f: BinaryIO) -> None:
+    """The batches' CSV text, in order. Making it is Arrow's work, which runs without the
+    interpreter lock: on _CSV_THREADS threads it overlaps reading the next batches (the
+    snapshot's decoding, or rows from SQL) and the writes, with a few batches in hand."""
+    with ThreadPoolExecutor(max_workers=_CSV_THREADS, thread_name_prefix="report-csv") as pool:
+        pending: deque[Future[pa.Array | None]] = deque()
+        for batch in batches:
+            pending.append(pool.submit(_csv_lines, batch))
+            if len(pending) > _CSV_THREADS:
+                write_lines(f, pending.popleft().result())
+        while pending:
+            write_lines(f, pending.popleft().result())
+
+
+def _csv_lines(batch: pa.RecordBatch) -> pa.Array | None:
+    lines = csv_lines(batch)
+    # mimalloc (pyarrow's default) keeps freed pages per thread: this thread hands its
+    # own back, as the planner does per batch (see plan.py)
+    pa.default_memory_pool().release_unused()
+    return lines
 
 
 def _typed(batch: pa.RecordBatch) -> pa.RecordBatch:
