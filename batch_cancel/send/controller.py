@@ -98,6 +98,7 @@ class Controller:
         self._last_raise = -math.inf
         self._slow_at = -math.inf
         self._draining_since: float | None = None
+        self._resumed_at = -math.inf  # when requests went again after the latest slow answers
         self._answers: deque[float] = deque()
 
     # the rate requests are paced at: the pacer's, which this controller sets
@@ -177,22 +178,26 @@ class Controller:
         self._answers.append(now)
         while self._answers and self._answers[0] <= now - 1.0:
             self._answers.popleft()
-        verdict = self.delays.answered(latency, now)
         if self._draining_since is not None:
-            if verdict is Latency.CALM:
-                self._draining_since = None
-                self._last_raise = now
-            elif now - self._draining_since < self._drain_timeout:
+            if now - self._draining_since >= self._drain_timeout:
+                self._draining_since = None  # judged as usual again
+            elif now - latency < self._resumed_at:
+                return  # sent before the queue could have drained: its delay says nothing new
+            elif self.delays.slow(latency):
+                # sent once the queue should have drained, and still held back: GWS still
+                # counts the overload against this client (Jetty's window of a second
+                # remembers the bunched requests it let through); none goes for as long
+                wait = latency - (self.delays.baseline or 0.0)
+                self.pacer.defer(wait)
+                self._resumed_at = now + wait
                 return
             else:
                 self._draining_since = None
+                self._last_raise = now
+        verdict = self.delays.answered(latency, now)
         if verdict is not Latency.SLOW:
             return
-        # what GWS answered over the last second: the rate between its first and last
-        # answer (a count would be one off, both ends: 10 % at 10/s)
-        answers = self._answers
-        span = answers[-1] - answers[0]
-        served = (len(answers) - 1) / span if span >= 0.5 else float(max(0, len(answers) - 1))
+        served = self._served(now)
         if math.isinf(self.current):
             self.pacer.ceiling = self.current = max(self._floor, served)
         if served and (self.knee is None or served < self._held_share * self.current):
@@ -202,13 +207,36 @@ class Controller:
             # it answered as fast as it was asked: no sign its rate is lower than known
             # (answers slow for another reason: the knee does not ratchet down)
             self.knee = max(self.knee or 0.0, served)
-        target = self._drain_share * self.knee if self.knee else 0.0
-        # already below the drain rate and still slow: the knee was misjudged
-        self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
+        hold_at = self._hold_share * self.knee if self.knee else 0.0
+        # already at or below the hold and still slow: the knee was misjudged
+        self._lower(now, hold_at if 0 < hold_at < self.current else self.current * self._drain_share)
+        # the queue GWS built: a request sent now would wait about as long as the latest
+        # answers did, so none goes until it drained (at the lowered rate it would keep
+        # filling for seconds, each request in it as slow as the last)
+        # (requests sent after this one wait behind it; they drain at the knee)
+        queued = self.pacer.sent_since(now - latency)
+        wait = queued / self.knee if self.knee else 0.0
+        self.pacer.defer(wait)
+        self._resumed_at = now + wait
         self._slow_at = now
         self.delay_decreases += 1
         self._draining_since = now
         self.delays.forget_recent()
+
+    def _served(self, now: float) -> float:
+        """What GWS answered over the last second: the answers in it, per second.
+
+        A throttle such as Jetty's DoS filter admits at most N requests in any one second,
+        so a second of answers while it holds a queue is exactly N of them, however
+        bunched (its admissions repeat the pattern of the second before: the rate
+        between the first and the last answer read 9.2/s under a limit of 10). The
+        answer to the request admitted exactly one second before this one is on the
+        edge: the window starts a calm latency later, so jitter does not count it in
+        (the calm median: a p90 that slow answers moved up cut answers off the far end).
+        """
+        edge = min(0.1, self.delays.baseline or 0.0)
+        start = now - 1.0 + edge
+        return sum(1 for t in self._answers if t > start) / (1.0 - edge)
 
     def _raise(self, now: float) -> None:
         # only time since the last decrease and outside a pause counts as calm
@@ -324,6 +352,7 @@ class DelayWatch:
         self._settle = settle
         self.baseline: float | None = None  # calm median
         self.calm_p90: float | None = None
+        self.typical = 0.0  # the recent median at the latest judgement
         self._moved_at: float | None = None
 
     def answered(self, latency: float, now: float) -> Latency:
@@ -345,7 +374,7 @@ class DelayWatch:
         if len(recent) < self._min_recent:
             return Latency.LEARNING  # too few answers since the last judgement
         ordered = sorted(x for _, x in recent)
-        typical = _quantile(ordered, 0.5)
+        typical = self.typical = _quantile(ordered, 0.5)
         if typical > self._factor * self.calm_p90:
             return Latency.SLOW
         if learning:
@@ -356,6 +385,10 @@ class DelayWatch:
         self.calm_p90 += (_quantile(ordered, 0.9) - self.calm_p90) * share
         self._moved_at = now
         return Latency.CALM
+
+    def slow(self, latency: float) -> bool:
+        """One answer, judged alone (where its predecessors' slowness is known already)."""
+        return self.calm_p90 is not None and latency > self._factor * self.calm_p90
 
     def forget_recent(self) -> None:
         """After the rate was lowered, judge only answers to requests sent since."""

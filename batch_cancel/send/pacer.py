@@ -43,6 +43,9 @@ _BURST_SHARE = 0.01
 # missed it and takes a new one: a window then holds at most ``rate`` * (1 + 1%) + 1
 # slots' requests, plus what wakes within this margin.
 _LATE = 0.01
+# How far back an adaptive pacer remembers when requests went: longer than a server's
+# queue holds a request (Jetty's DoS filter: maxWaitMs), shorter than a run.
+_SENT_KEPT = 10.0
 
 
 def _always() -> bool:
@@ -78,8 +81,9 @@ class Pacer:
         # set_rate runs on the journal's thread while requests reserve slots on the loop's:
         # the schedule's read-modify-writes must not interleave (a lost update is a doubled slot)
         self._slots = threading.Lock()
-        # send times over the last second, only needed to find an unlimited run's ceiling
-        self._recent: deque[float] | None = deque() if adaptive and rate <= 0 else None
+        # when requests went (adaptive mode only): what an unlimited run served, for its
+        # ceiling, and what went since a slow answer's request, for the queue behind it
+        self._sent: deque[float] | None = deque() if adaptive else None
         self.paused_until = 0.0
         self.held = False  # a fleet worker whose share of the job's rate is 0 for now
         self._rate_changes = 0
@@ -149,13 +153,20 @@ class Pacer:
 
     # -- what was served -----------------------------------------------------------
     def observed_rate(self, now: float | None = None) -> float:
-        """Requests acquired over the last second (unlimited adaptive mode only)."""
-        if self._recent is None:
-            return 0.0
+        """Requests acquired over the last second (adaptive mode only)."""
         now = self._clock() if now is None else now
-        while self._recent and self._recent[0] <= now - 1.0:
-            self._recent.popleft()
-        return float(len(self._recent))
+        return float(self.sent_since(now - 1.0))
+
+    def sent_since(self, since: float) -> int:
+        """Requests acquired after ``since``, up to ``_SENT_KEPT`` seconds back (adaptive mode only)."""
+        if self._sent is None:
+            return 0
+        count = 0
+        for at in reversed(self._sent):
+            if at <= since:
+                break
+            count += 1
+        return count
 
     # -- a fleet worker's share ---------------------------------------------------
     def set_rate(self, rate: float) -> None:
@@ -181,6 +192,13 @@ class Pacer:
             self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
         self.held = False
 
+    def defer(self, seconds: float) -> None:
+        """No request goes for ``seconds`` (the queue a server built drains first); unlike a
+        pause, no probe and no back-off: the rate controller asks it, not a refusal."""
+        with self._slots:
+            self._next_slot = max(self._next_slot, self._clock() + seconds)
+            self._rate_changes += 1  # requests asleep on an earlier slot take a new one
+
     # -- pacing ------------------------------------------------------------------
     def take_free(self) -> bool:
         """Take a slot at once if nothing stands in the way (no rate limit, no pause,
@@ -193,15 +211,16 @@ class Pacer:
         now = self._clock()
         if self.paused_until > now:
             return False
-        self._note_unlimited(now)
+        self._note_sent(now)
         return True
 
-    def _note_unlimited(self, now: float) -> None:
-        """Without a rate limit, an adaptive pacer remembers when requests went (what it served)."""
-        if self._recent is not None:
-            self._recent.append(now)
-            if len(self._recent) > 4096:  # bounded: old entries are dropped on read anyway
-                self.observed_rate(now)
+    def _note_sent(self, now: float) -> None:
+        """An adaptive pacer remembers when requests went (what it served, what is queued)."""
+        sent = self._sent
+        if sent is not None:
+            sent.append(now)
+            while sent[0] < now - _SENT_KEPT or len(sent) > 8192:
+                sent.popleft()
 
     async def acquire(self) -> None:
         """Wait out any pause, then for this request's slot in the schedule."""
@@ -214,14 +233,13 @@ class Pacer:
             # schedule, so it takes one of the new (the declared share bounds the sending);
             # and the gate is asked again after the sleep, with nothing awaited after it
             if changes == self._rate_changes and self.gate():
+                self._note_sent(self._clock())
                 return
 
     async def _acquire_slot(self) -> None:
         await self.wait_pause()
         rate = self.current
         if math.isinf(rate):
-            if self._recent is not None:
-                self._note_unlimited(self._clock())
             return
         interval = 1.0 / rate
         ahead = (max(1, math.floor(rate * _BURST_SHARE)) - 1) * interval
