@@ -443,12 +443,13 @@ async def test_slow_answers_defer_requests_until_the_queue_behind_them_drained()
     _learn_calm(p, t)
     for _ in range(10):  # a second of calm answers at 10/s
         t.now += 0.1
-        p.answered(0.003)
+        p.accepted(0.003)
+    p.pacer.stall_after = None  # (the hold when answers stop is tested on its own)
     for _ in range(8):  # eight requests go at 40/s and wait in GWS's queue
         await p.pacer.acquire()
     for _ in range(3):  # answers at 10/s, each slow
         t.now += 0.1
-        p.answered(0.5)
+        p.accepted(0.5)
     assert p.delay_decreases == 1
     # the requests sent after the latest slow one (all eight: 0.5 s back) drain at the knee
     slow_at = t.now
@@ -480,3 +481,63 @@ async def test_a_request_still_held_after_the_queue_drained_defers_the_others() 
         t.now += 0.01
         p.answered(0.5)
     assert p.delay_decreases == cuts + 1
+
+
+async def test_when_answers_stop_the_others_wait_for_one() -> None:
+    """A request unanswered for longer than calm allows: GWS queues it, so the others
+    wait for an answer instead of joining the queue (each as slow as the last)."""
+    t = FakeTime()
+    p = pacer(40, t, adaptive=True)
+    stalls: list[float] = []
+    p.on_stall = stalls.append
+    p.stall_after = 0.01
+    await p.acquire()
+    p.answered_any()
+    await p.acquire()
+    held_since = t.now
+    waiter = asyncio.create_task(p.acquire())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done() and stalls == [held_since] and p.stalls == 1
+    p.answered_any()  # the held request is answered: the others go on at the pace
+    await asyncio.wait_for(waiter, 1.0)
+    assert p.stalls == 1
+
+
+async def test_answers_coming_keep_the_pace() -> None:
+    t = FakeTime()
+    p = pacer(40, t, adaptive=True)
+    p.on_stall = lambda at: pytest.fail("no stall while answers come")
+    p.stall_after = 0.01
+    for _ in range(20):
+        await p.acquire()
+        p.answered_any()
+    assert p.stalls == 0
+
+
+def _answers_at(p: object, t: FakeTime, rate: float, seconds: float) -> None:
+    for _ in range(round(rate * seconds)):
+        t.now += 1.0 / rate
+        p.accepted(0.003)  # type: ignore[attr-defined]
+
+
+def test_a_stall_far_under_the_pace_sets_the_knee_from_the_second_before() -> None:
+    t = FakeTime()
+    p = controls(40, t, adaptive=True)
+    _answers_at(p, t, 40, 0.25)  # the first requests, at the pace
+    t.now += 0.75
+    _answers_at(p, t, 40, 0.2)  # GWS let ten more through a second later, then held one
+    p.stalled(t.now)
+    assert p.knee == pytest.approx(10, abs=1) and p.delay_decreases == 1
+    assert p.current == pytest.approx(0.95 * p.knee)
+
+
+def test_a_stall_at_the_pace_or_in_the_first_second_cuts_nothing() -> None:
+    """This box stalled (or GWS did, once): GWS answered what it was asked."""
+    t = FakeTime()
+    p = controls(200, t, adaptive=True)
+    _answers_at(p, t, 200, 0.5)
+    p.stalled(t.now)  # the run's first second: it says nothing about GWS's rate
+    _answers_at(p, t, 185, 2.0)  # a busy box paces under --rate
+    p.stalled(t.now)
+    assert (p.current, p.knee, p.delay_decreases) == (200, None, 0)

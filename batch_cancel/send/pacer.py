@@ -52,6 +52,10 @@ def _always() -> bool:
     return True
 
 
+def _ignore(now: float) -> None:
+    pass
+
+
 class Pacer:
     def __init__(
         self,
@@ -95,6 +99,15 @@ class Pacer:
         self._probe_needed = False
         self._probe_out: asyncio.Event | None = None
         self.probes = 0
+        # adaptive mode: a request went this long ago and no answer came since, so GWS holds
+        # requests back (a queue, not a refusal: Jetty's DoS filter); the others wait for an
+        # answer instead of joining the queue, each as slow as the last. The controller sets
+        # it from the calm latency (None: not known yet) and hears of it (``on_stall``, with
+        # when the unanswered request went).
+        self.stall_after: float | None = None
+        self.on_stall: Callable[[float], None] = _ignore
+        self.last_answer = -math.inf
+        self.stalls = 0
         # a fleet worker's deadline (send/fleet.py): asked right before a request goes, so
         # a worker whose lease may have run out (a frozen process that thaws) sends nothing
         self.gate: Callable[[], bool] = _always
@@ -106,7 +119,8 @@ class Pacer:
             self._streak += 1
             ceiling = min(self._max, self._base * 2 ** (self._streak - 1))
             retry_after = self._rng.uniform(ceiling / 2, ceiling)
-        until = self._clock() + retry_after
+        self.last_answer = self._clock()
+        until = self.last_answer + retry_after
         if until > self.paused_until:
             start = max(self.paused_until, self._clock())
             self.paused_seconds += until - start
@@ -123,6 +137,7 @@ class Pacer:
 
     def answered_any(self) -> None:
         """GWS answered a request (however): a probe's answer lets the others go."""
+        self.last_answer = self._clock()
         if self._probe_out is not None and self.paused_until <= self._clock():
             self._probe_needed = False
             self._release_probe()
@@ -209,9 +224,28 @@ class Pacer:
         if self.held or self._probe_needed or not math.isinf(self.current) or not self.gate():
             return False
         now = self._clock()
-        if self.paused_until > now:
+        if self.paused_until > now or self._answers_stopped(now):
             return False
         self._note_sent(now)
+        return True
+
+    def _answers_stopped(self, now: float) -> bool:
+        """True (and the others then wait for an answer) when the first request sent since
+        the latest answer went more than ``stall_after`` ago."""
+        if self.stall_after is None or self._sent is None or self._probe_needed:
+            return False
+        first = None
+        for at in reversed(self._sent):
+            if at <= self.last_answer:
+                break
+            first = at
+        if first is None or now - first <= self.stall_after:
+            return False
+        self.stalls += 1
+        # the unanswered request is the probe: the next answer lets the others go
+        self._probe_needed = True
+        self._probe_out = asyncio.Event()
+        self.on_stall(first)
         return True
 
     def _note_sent(self, now: float) -> None:
@@ -229,6 +263,8 @@ class Pacer:
                 await self._sleep(0.05)
             changes = self._rate_changes
             await self._acquire_slot()
+            if self._answers_stopped(self._clock()):
+                continue  # waits for an answer, then for a slot of the schedule as it is then
             # a fleet share lowered while this request slept: its slot was of the old
             # schedule, so it takes one of the new (the declared share bounds the sending);
             # and the gate is asked again after the sleep, with nothing awaited after it
