@@ -10,7 +10,7 @@ What the rate should be, and when everyone should pause, follows from GWS's answ
   answers whether everyone pauses (a 429, a Retry-After, failures that cluster) or
   this request backs off alone (a lone 503).
 
-Three signals feed it:
+Four signals feed it:
 
 - **failure clusters** (:class:`FailureCluster`): a lone 503 is one request's bad luck;
   only when a high share of the latest answers fail does GWS need silence from all;
@@ -27,12 +27,20 @@ Three signals feed it:
   and GWS answered fewer than ``held_share`` of the pace over the last second, what it
   answered is the rate it serves (the knee); answers slow at the pace say nothing about
   its rate, so the knee then only rises (a busy box made it ratchet down: 62/s held
-  under a limit of 100/s). The rate drops to ``drain_share`` of the knee, so the queue
-  the server built drains, and latency is not judged again until
-  it has (a calm verdict) or ``drain_timeout`` passed. It then recovers up to
-  ``hold_share`` of the knee and holds there ``hold`` seconds after the last slow
-  answers; only then does it probe above, slowly (``probe_increase`` a second). So it
-  settles just under a server that only delays instead of oscillating around its limit.
+  under a limit of 100/s). The rate drops to ``hold_share`` of the knee, and no request
+  goes until the ones sent behind the slow one drained at the knee (a pacer deferral:
+  paced at 0.7 of the knee instead, a queue of eight at 10/s kept filling for two
+  seconds). Latency is not judged again until a request sent after that is answered
+  calm (one still held defers the others as long) or ``drain_timeout`` passed. The
+  rate holds ``hold`` seconds after the last slow answers; only then does it probe
+  above, slowly (``probe_increase`` a second). So it settles just under a server that
+  only delays instead of oscillating around its limit.
+- **stalls** (pacer.py): the first sign of a queue is a request that is not answered,
+  long before a slow answer comes back (the DoS filter answers the first request over
+  its rate when its window moves, up to a second later). When a request due finds one
+  sent longer than ``factor`` calm p90s ago unanswered, and no answer since, it waits
+  for an answer instead of joining the queue; :meth:`Controller.stalled` judges what GWS
+  served in the second before the held request went, as slow answers are judged.
 
 Without adaptive mode the rate is fixed: only the failure clusters act (a shared pause).
 """
