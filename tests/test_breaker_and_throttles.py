@@ -498,10 +498,33 @@ async def test_when_answers_stop_the_others_wait_for_one() -> None:
     waiter = asyncio.create_task(p.acquire())
     for _ in range(5):
         await asyncio.sleep(0)
-    assert not waiter.done() and stalls == [held_since] and p.stalls == 1
+    # held, and told once no answer came for as long again (the loop's own time)
+    assert not waiter.done() and p.stalls == 1 and stalls == []
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and stalls == [held_since]
     p.answered_any()  # the held request is answered: the others go on at the pace
     await asyncio.wait_for(waiter, 1.0)
     assert p.stalls == 1
+
+
+async def test_answers_read_right_after_a_hold_tell_no_stall() -> None:
+    """This process froze: the answers that came meanwhile are read a moment after the
+    next request woke. It waits for them, and no stall is told."""
+    t = FakeTime()
+    p = pacer(10, t, adaptive=True)  # a slot every 100 ms: the first request was held for two
+    stalls: list[float] = []
+    p.on_stall = stalls.append
+    p.stall_after = 0.05
+    await p.acquire()
+    p.answered_any()
+    await p.acquire()
+    waiter = asyncio.create_task(p.acquire())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    p.answered_any()
+    await asyncio.wait_for(waiter, 1.0)
+    await asyncio.sleep(0.1)
+    assert p.stalls == 1 and stalls == []
 
 
 async def test_answers_coming_keep_the_pace() -> None:
@@ -530,6 +553,22 @@ def test_a_stall_far_under_the_pace_sets_the_knee_from_the_second_before() -> No
     p.stalled(t.now)
     assert p.knee == pytest.approx(10, abs=1) and p.delay_decreases == 1
     assert p.current == pytest.approx(0.95 * p.knee)
+
+
+def test_a_stall_once_the_knee_is_known_cuts_nothing() -> None:
+    """Slow answers judge a known knee (their median): one request held on a loaded box
+    must not ratchet it down."""
+    t = FakeTime()
+    p = controls(40, t, adaptive=True)
+    _answers_at(p, t, 40, 0.25)
+    t.now += 0.75
+    _answers_at(p, t, 40, 0.2)
+    p.stalled(t.now)
+    knee, rate = p.knee, p.current
+    t.now += 6.0  # the drain is over
+    _answers_at(p, t, 4, 2.0)  # a frozen box: few answers
+    p.stalled(t.now)
+    assert (p.knee, p.current, p.delay_decreases) == (knee, rate, 1)
 
 
 def test_a_stall_at_the_pace_or_in_the_first_second_cuts_nothing() -> None:

@@ -235,7 +235,9 @@ class Controller:
         first = self._first_answer
         if first is None or sent_at - 1.0 < first - (self.delays.baseline or 0.0):
             return
-        if self._draining_since is not None:
+        if self._draining_since is not None or self.knee is not None:
+            # once a knee is known, slow answers judge it (a median, not one request a
+            # loaded box may have held: stalls judged against the pace held 200/s at 48/s)
             return
         served = float(sum(1 for t in self._answers if sent_at - 1.0 < t <= sent_at))
         if served < self._drain_share * self.current:

@@ -108,6 +108,7 @@ class Pacer:
         self.on_stall: Callable[[float], None] = _ignore
         self.last_answer = -math.inf
         self.stalls = 0
+        self._stalled_send: float | None = None  # the held request's send, until judged
         # a fleet worker's deadline (send/fleet.py): asked right before a request goes, so
         # a worker whose lease may have run out (a frozen process that thaws) sends nothing
         self.gate: Callable[[], bool] = _always
@@ -120,6 +121,7 @@ class Pacer:
             ceiling = min(self._max, self._base * 2 ** (self._streak - 1))
             retry_after = self._rng.uniform(ceiling / 2, ceiling)
         self.last_answer = self._clock()
+        self._stalled_send = None
         until = self.last_answer + retry_after
         if until > self.paused_until:
             start = max(self.paused_until, self._clock())
@@ -138,6 +140,7 @@ class Pacer:
     def answered_any(self) -> None:
         """GWS answered a request (however): a probe's answer lets the others go."""
         self.last_answer = self._clock()
+        self._stalled_send = None
         if self._probe_out is not None and self.paused_until <= self._clock():
             self._probe_needed = False
             self._release_probe()
@@ -159,6 +162,18 @@ class Pacer:
                 self.probes += 1
                 return
             waiting = self._probe_out
+            stalled = self._stalled_send
+            if stalled is not None and self.stall_after is not None:
+                # told only if no answer comes for as long again: after a freeze of this
+                # process the answers that came meanwhile are read within a few turns of
+                # the loop, while a request GWS holds stays unanswered
+                try:
+                    await asyncio.wait_for(waiting.wait(), self.stall_after)
+                except TimeoutError:
+                    if self._stalled_send == stalled:
+                        self._stalled_send = None
+                        self.on_stall(stalled)
+                continue
             try:
                 await asyncio.wait_for(waiting.wait(), self._probe_timeout)
             except TimeoutError:
@@ -245,7 +260,7 @@ class Pacer:
         # the unanswered request is the probe: the next answer lets the others go
         self._probe_needed = True
         self._probe_out = asyncio.Event()
-        self.on_stall(first)
+        self._stalled_send = first
         return True
 
     def _note_sent(self, now: float) -> None:
