@@ -580,3 +580,22 @@ def test_a_stall_at_the_pace_or_in_the_first_second_cuts_nothing() -> None:
     _answers_at(p, t, 185, 2.0)  # a busy box paces under --rate
     p.stalled(t.now)
     assert (p.current, p.knee, p.delay_decreases) == (200, None, 0)
+
+
+async def test_a_known_knee_falls_when_gws_answers_fewer_than_were_sent() -> None:
+    """Compared with what this client sent over the same second (not the pace, which a
+    loaded box does not reach): GWS lowered its limit, so the knee follows it down."""
+    t = FakeTime()
+    p = controls(100, t, adaptive=True)
+    _learn_calm(p, t, latency=0.03)  # (calm answers slower than a slot: no stall in this test)
+    for _ in range(30):  # GWS holds the answers at 25/s: the knee
+        t.now += 0.04
+        p.answered(0.2)
+    knee = p.knee
+    assert knee is not None
+    t.now += 40.0  # long after: drained, held
+    for i in range(24):  # sent at the held rate; GWS answers only every other one, slow
+        await p.pacer.acquire()
+        if i % 2:
+            p.accepted(0.3)
+    assert p.delay_decreases == 2 and p.knee is not None and p.knee < 0.9 * knee

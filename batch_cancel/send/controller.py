@@ -248,8 +248,11 @@ class Controller:
         that was slow (or unanswered)."""
         if math.isinf(self.current):
             self.pacer.ceiling = self.current = max(self._floor, served)
-        if served and (self.knee is None or served < self._held_share * self.current):
-            # GWS held the answers under the pace: what it served is its rate
+        # asked: what this client sent over the same second, not the pace (a loaded box
+        # paces some 8 % under it, and answers as many as it sent)
+        asked = min(self.current, self.pacer.observed_rate(now))
+        if served and (self.knee is None or served < self._held_share * asked):
+            # GWS held the answers under what it was asked: what it served is its rate
             self.knee = served
         elif served:
             # it answered as fast as it was asked: no sign its rate is lower than known
