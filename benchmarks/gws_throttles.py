@@ -195,8 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    load_before = os.getloadavg()
     text, ok = table(measure(sizes, repeat, limits, log), repeat)
     print(text)
+    # other work on the box slows the client and the simulator alike: the figures with their load
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
+        *load_before, *os.getloadavg()))  # fmt: skip
     if not ok and not args.quick:
         raise SystemExit(1)
 

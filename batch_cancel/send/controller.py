@@ -10,7 +10,7 @@ What the rate should be, and when everyone should pause, follows from GWS's answ
   answers whether everyone pauses (a 429, a Retry-After, failures that cluster) or
   this request backs off alone (a lone 503).
 
-Three signals feed it:
+Four signals feed it:
 
 - **failure clusters** (:class:`FailureCluster`): a lone 503 is one request's bad luck;
   only when a high share of the latest answers fail does GWS need silence from all;
@@ -27,12 +27,20 @@ Three signals feed it:
   and GWS answered fewer than ``held_share`` of the pace over the last second, what it
   answered is the rate it serves (the knee); answers slow at the pace say nothing about
   its rate, so the knee then only rises (a busy box made it ratchet down: 62/s held
-  under a limit of 100/s). The rate drops to ``drain_share`` of the knee, so the queue
-  the server built drains, and latency is not judged again until
-  it has (a calm verdict) or ``drain_timeout`` passed. It then recovers up to
-  ``hold_share`` of the knee and holds there ``hold`` seconds after the last slow
-  answers; only then does it probe above, slowly (``probe_increase`` a second). So it
-  settles just under a server that only delays instead of oscillating around its limit.
+  under a limit of 100/s). The rate drops to ``hold_share`` of the knee, and no request
+  goes until the ones sent behind the slow one drained at the knee (a pacer deferral:
+  paced at 0.7 of the knee instead, a queue of eight at 10/s kept filling for two
+  seconds). Latency is not judged again until a request sent after that is answered
+  calm (one still held defers the others as long) or ``drain_timeout`` passed. The
+  rate holds ``hold`` seconds after the last slow answers; only then does it probe
+  above, slowly (``probe_increase`` a second). So it settles just under a server that
+  only delays instead of oscillating around its limit.
+- **stalls** (pacer.py): the first sign of a queue is a request that is not answered,
+  long before a slow answer comes back (the DoS filter answers the first request over
+  its rate when its window moves, up to a second later). When a request due finds one
+  sent longer than ``factor`` calm p90s ago unanswered, and no answer since, it waits
+  for an answer instead of joining the queue; :meth:`Controller.stalled` judges what GWS
+  served in the second before the held request went, as slow answers are judged.
 
 Without adaptive mode the rate is fixed: only the failure clusters act (a shared pause).
 """
@@ -98,7 +106,11 @@ class Controller:
         self._last_raise = -math.inf
         self._slow_at = -math.inf
         self._draining_since: float | None = None
+        self._resumed_at = -math.inf  # when requests went again after the latest slow answers
         self._answers: deque[float] = deque()
+        self._first_answer: float | None = None
+        if self.adaptive:
+            pacer.on_stall = self.stalled
 
     # the rate requests are paced at: the pacer's, which this controller sets
     @property
@@ -124,10 +136,12 @@ class Controller:
         """GWS refused the request itself: GWS is well, so no cluster and no slow-down."""
         self.pacer.answered_any()
         self.cluster.answered(False)
+        self._heard(self._clock())
 
     def overloaded(self, http_status: int | None, retry_after: float | None) -> Reaction:
         """A transient failure GWS (or what is in front of it) answered."""
         clustered = self.cluster.answered(True)
+        self._heard(self._clock())
         if http_status == 429 or retry_after is not None or clustered:
             # GWS asks the client, not this request, to slow down: everyone pauses
             self.throttled()
@@ -174,41 +188,104 @@ class Controller:
         if not self.adaptive:
             return  # what was served is only asked by the adaptive rate
         now = self._clock()
-        self._answers.append(now)
-        while self._answers and self._answers[0] <= now - 1.0:
-            self._answers.popleft()
-        verdict = self.delays.answered(latency, now)
+        self._heard(now)
+        if self.delays.calm_p90 is not None:
+            # requests unanswered for this long: the pacer holds the others (pacer.py)
+            self.pacer.stall_after = self.delays.factor * self.delays.calm_p90
         if self._draining_since is not None:
-            if verdict is Latency.CALM:
-                self._draining_since = None
-                self._last_raise = now
-            elif now - self._draining_since < self._drain_timeout:
+            if now - self._draining_since >= self._drain_timeout:
+                self._draining_since = None  # judged as usual again
+            elif now - latency < self._resumed_at:
+                return  # sent before the queue could have drained: its delay says nothing new
+            elif self.delays.slow(latency):
+                # sent once the queue should have drained, and still held back: GWS still
+                # counts the overload against this client (Jetty's window of a second
+                # remembers the bunched requests it let through); none goes for as long
+                wait = latency - (self.delays.baseline or 0.0)
+                self.pacer.defer(wait)
+                self._resumed_at = now + wait
                 return
             else:
                 self._draining_since = None
-        if verdict is not Latency.SLOW:
+                self._last_raise = now
+        verdict = self.delays.answered(latency, now)
+        if verdict is Latency.SLOW:
+            self._slowed(now, self._served(now), self.pacer.sent_since(now - latency))
+
+    def _heard(self, now: float) -> None:
+        """GWS answered (however): what it served."""
+        if not self.adaptive:
             return
-        # what GWS answered over the last second: the rate between its first and last
-        # answer (a count would be one off, both ends: 10 % at 10/s)
-        answers = self._answers
-        span = answers[-1] - answers[0]
-        served = (len(answers) - 1) / span if span >= 0.5 else float(max(0, len(answers) - 1))
+        if self._first_answer is None:
+            self._first_answer = now
+        self._answers.append(now)
+        while self._answers and self._answers[0] <= now - 2.0:  # a stall looks a second back from its request
+            self._answers.popleft()
+
+    def stalled(self, sent_at: float) -> None:
+        """A request went at ``sent_at`` and no answer came since, for longer than calm
+        allows (the pacer holds the others back): GWS queues it. What GWS served is the
+        answers of the second before it went (a throttle with a window of a second holds a
+        request when that second's requests are all it lets through: at 10/s, the answers
+        in the second up to a stall read 9 when the client had itself waited in it).
+        Only far under the pace (the drain share) is it GWS's rate: on a busy box the
+        pacer itself runs some 8 % under --rate and this box stalls for milliseconds
+        (with 5 % lone 503s at --rate 200, stalls judged against 95 % of the pace cut
+        the rate seven times, to 68/s); nor does a run's first second tell."""
+        first = self._first_answer
+        if first is None or sent_at - 1.0 < first - (self.delays.baseline or 0.0):
+            return
+        if self._draining_since is not None or self.knee is not None:
+            # once a knee is known, slow answers judge it (a median, not one request a
+            # loaded box may have held: stalls judged against the pace held 200/s at 48/s)
+            return
+        served = float(sum(1 for t in self._answers if sent_at - 1.0 < t <= sent_at))
+        if served < self._drain_share * self.current:
+            self._slowed(self._clock(), served, self.pacer.sent_since(self.pacer.last_answer))
+
+    def _slowed(self, now: float, served: float, queued: int) -> None:
+        """GWS delays: ``served`` a second lately, ``queued`` requests sent since the one
+        that was slow (or unanswered)."""
         if math.isinf(self.current):
             self.pacer.ceiling = self.current = max(self._floor, served)
-        if served and (self.knee is None or served < self._held_share * self.current):
-            # GWS held the answers under the pace: what it served is its rate
+        # asked: what this client sent over the same second, not the pace (a loaded box
+        # paces some 8 % under it, and answers as many as it sent)
+        asked = min(self.current, self.pacer.observed_rate(now))
+        if served and (self.knee is None or served < self._held_share * asked):
+            # GWS held the answers under what it was asked: what it served is its rate
             self.knee = served
         elif served:
             # it answered as fast as it was asked: no sign its rate is lower than known
             # (answers slow for another reason: the knee does not ratchet down)
             self.knee = max(self.knee or 0.0, served)
-        target = self._drain_share * self.knee if self.knee else 0.0
-        # already below the drain rate and still slow: the knee was misjudged
-        self._lower(now, target if 0 < target < self.current else self.current * self._drain_share)
+        hold_at = self._hold_share * self.knee if self.knee else 0.0
+        # already at or below the hold and still slow: the knee was misjudged
+        self._lower(now, hold_at if 0 < hold_at < self.current else self.current * self._drain_share)
+        # the queue GWS built: the requests sent after the slow one wait behind it and drain
+        # at the knee, so none goes until they did (at the lowered rate the queue would keep
+        # filling for seconds, each request in it as slow as the last)
+        wait = queued / self.knee if self.knee else 0.0
+        self.pacer.defer(wait)
+        self._resumed_at = now + wait
         self._slow_at = now
         self.delay_decreases += 1
         self._draining_since = now
         self.delays.forget_recent()
+
+    def _served(self, now: float) -> float:
+        """What GWS answered over the last second: the answers in it, per second.
+
+        A throttle such as Jetty's DoS filter admits at most N requests in any one second,
+        so a second of answers while it holds a queue is exactly N of them, however
+        bunched (its admissions repeat the pattern of the second before: the rate
+        between the first and the last answer read 9.2/s under a limit of 10). The
+        answer to the request admitted exactly one second before this one is on the
+        edge: the window starts a calm latency later, so jitter does not count it in
+        (the calm median: a p90 that slow answers moved up cut answers off the far end).
+        """
+        edge = min(0.1, self.delays.baseline or 0.0)
+        start = now - 1.0 + edge
+        return sum(1 for t in self._answers if t > start) / (1.0 - edge)
 
     def _raise(self, now: float) -> None:
         # only time since the last decrease and outside a pause counts as calm
@@ -320,10 +397,11 @@ class DelayWatch:
         self._recent: deque[tuple[float, float]] = deque()
         self._min_recent = recent
         self._span = span
-        self._factor = factor
+        self._factor = self.factor = factor
         self._settle = settle
         self.baseline: float | None = None  # calm median
         self.calm_p90: float | None = None
+        self.typical = 0.0  # the recent median at the latest judgement
         self._moved_at: float | None = None
 
     def answered(self, latency: float, now: float) -> Latency:
@@ -345,7 +423,7 @@ class DelayWatch:
         if len(recent) < self._min_recent:
             return Latency.LEARNING  # too few answers since the last judgement
         ordered = sorted(x for _, x in recent)
-        typical = _quantile(ordered, 0.5)
+        typical = self.typical = _quantile(ordered, 0.5)
         if typical > self._factor * self.calm_p90:
             return Latency.SLOW
         if learning:
@@ -356,6 +434,10 @@ class DelayWatch:
         self.calm_p90 += (_quantile(ordered, 0.9) - self.calm_p90) * share
         self._moved_at = now
         return Latency.CALM
+
+    def slow(self, latency: float) -> bool:
+        """One answer, judged alone (where its predecessors' slowness is known already)."""
+        return self.calm_p90 is not None and latency > self._factor * self.calm_p90
 
     def forget_recent(self) -> None:
         """After the rate was lowered, judge only answers to requests sent since."""

@@ -43,10 +43,17 @@ _BURST_SHARE = 0.01
 # missed it and takes a new one: a window then holds at most ``rate`` * (1 + 1%) + 1
 # slots' requests, plus what wakes within this margin.
 _LATE = 0.01
+# How far back an adaptive pacer remembers when requests went: longer than a server's
+# queue holds a request (Jetty's DoS filter: maxWaitMs), shorter than a run.
+_SENT_KEPT = 10.0
 
 
 def _always() -> bool:
     return True
+
+
+def _ignore(now: float) -> None:
+    pass
 
 
 class Pacer:
@@ -78,8 +85,9 @@ class Pacer:
         # set_rate runs on the journal's thread while requests reserve slots on the loop's:
         # the schedule's read-modify-writes must not interleave (a lost update is a doubled slot)
         self._slots = threading.Lock()
-        # send times over the last second, only needed to find an unlimited run's ceiling
-        self._recent: deque[float] | None = deque() if adaptive and rate <= 0 else None
+        # when requests went (adaptive mode only): what an unlimited run served, for its
+        # ceiling, and what went since a slow answer's request, for the queue behind it
+        self._sent: deque[float] | None = deque() if adaptive else None
         self.paused_until = 0.0
         self.held = False  # a fleet worker whose share of the job's rate is 0 for now
         self._rate_changes = 0
@@ -91,6 +99,16 @@ class Pacer:
         self._probe_needed = False
         self._probe_out: asyncio.Event | None = None
         self.probes = 0
+        # adaptive mode: a request went this long ago and no answer came since, so GWS holds
+        # requests back (a queue, not a refusal: Jetty's DoS filter); the others wait for an
+        # answer instead of joining the queue, each as slow as the last. The controller sets
+        # it from the calm latency (None: not known yet) and hears of it (``on_stall``, with
+        # when the unanswered request went).
+        self.stall_after: float | None = None
+        self.on_stall: Callable[[float], None] = _ignore
+        self.last_answer = -math.inf
+        self.stalls = 0
+        self._stalled_send: float | None = None  # the held request's send, until judged
         # a fleet worker's deadline (send/fleet.py): asked right before a request goes, so
         # a worker whose lease may have run out (a frozen process that thaws) sends nothing
         self.gate: Callable[[], bool] = _always
@@ -102,7 +120,9 @@ class Pacer:
             self._streak += 1
             ceiling = min(self._max, self._base * 2 ** (self._streak - 1))
             retry_after = self._rng.uniform(ceiling / 2, ceiling)
-        until = self._clock() + retry_after
+        self.last_answer = self._clock()
+        self._stalled_send = None
+        until = self.last_answer + retry_after
         if until > self.paused_until:
             start = max(self.paused_until, self._clock())
             self.paused_seconds += until - start
@@ -119,6 +139,8 @@ class Pacer:
 
     def answered_any(self) -> None:
         """GWS answered a request (however): a probe's answer lets the others go."""
+        self.last_answer = self._clock()
+        self._stalled_send = None
         if self._probe_out is not None and self.paused_until <= self._clock():
             self._probe_needed = False
             self._release_probe()
@@ -140,6 +162,18 @@ class Pacer:
                 self.probes += 1
                 return
             waiting = self._probe_out
+            stalled = self._stalled_send
+            if stalled is not None and self.stall_after is not None:
+                # told only if no answer comes for as long again: after a freeze of this
+                # process the answers that came meanwhile are read within a few turns of
+                # the loop, while a request GWS holds stays unanswered
+                try:
+                    await asyncio.wait_for(waiting.wait(), self.stall_after)
+                except TimeoutError:
+                    if self._stalled_send == stalled:
+                        self._stalled_send = None
+                        self.on_stall(stalled)
+                continue
             try:
                 await asyncio.wait_for(waiting.wait(), self._probe_timeout)
             except TimeoutError:
@@ -149,13 +183,20 @@ class Pacer:
 
     # -- what was served -----------------------------------------------------------
     def observed_rate(self, now: float | None = None) -> float:
-        """Requests acquired over the last second (unlimited adaptive mode only)."""
-        if self._recent is None:
-            return 0.0
+        """Requests acquired over the last second (adaptive mode only)."""
         now = self._clock() if now is None else now
-        while self._recent and self._recent[0] <= now - 1.0:
-            self._recent.popleft()
-        return float(len(self._recent))
+        return float(self.sent_since(now - 1.0))
+
+    def sent_since(self, since: float) -> int:
+        """Requests acquired after ``since``, up to ``_SENT_KEPT`` seconds back (adaptive mode only)."""
+        if self._sent is None:
+            return 0
+        count = 0
+        for at in reversed(self._sent):
+            if at <= since:
+                break
+            count += 1
+        return count
 
     # -- a fleet worker's share ---------------------------------------------------
     def set_rate(self, rate: float) -> None:
@@ -181,6 +222,13 @@ class Pacer:
             self._rate_changes += 1  # requests asleep on a slot of the old schedule take a new one
         self.held = False
 
+    def defer(self, seconds: float) -> None:
+        """No request goes for ``seconds`` (the queue a server built drains first); unlike a
+        pause, no probe and no back-off: the rate controller asks it, not a refusal."""
+        with self._slots:
+            self._next_slot = max(self._next_slot, self._clock() + seconds)
+            self._rate_changes += 1  # requests asleep on an earlier slot take a new one
+
     # -- pacing ------------------------------------------------------------------
     def take_free(self) -> bool:
         """Take a slot at once if nothing stands in the way (no rate limit, no pause,
@@ -191,17 +239,37 @@ class Pacer:
         if self.held or self._probe_needed or not math.isinf(self.current) or not self.gate():
             return False
         now = self._clock()
-        if self.paused_until > now:
+        if self.paused_until > now or self._answers_stopped(now):
             return False
-        self._note_unlimited(now)
+        self._note_sent(now)
         return True
 
-    def _note_unlimited(self, now: float) -> None:
-        """Without a rate limit, an adaptive pacer remembers when requests went (what it served)."""
-        if self._recent is not None:
-            self._recent.append(now)
-            if len(self._recent) > 4096:  # bounded: old entries are dropped on read anyway
-                self.observed_rate(now)
+    def _answers_stopped(self, now: float) -> bool:
+        """True (and the others then wait for an answer) when the first request sent since
+        the latest answer went more than ``stall_after`` ago."""
+        if self.stall_after is None or self._sent is None or self._probe_needed:
+            return False
+        first = None
+        for at in reversed(self._sent):
+            if at <= self.last_answer:
+                break
+            first = at
+        if first is None or now - first <= self.stall_after:
+            return False
+        self.stalls += 1
+        # the unanswered request is the probe: the next answer lets the others go
+        self._probe_needed = True
+        self._probe_out = asyncio.Event()
+        self._stalled_send = first
+        return True
+
+    def _note_sent(self, now: float) -> None:
+        """An adaptive pacer remembers when requests went (what it served, what is queued)."""
+        sent = self._sent
+        if sent is not None:
+            sent.append(now)
+            while sent[0] < now - _SENT_KEPT or len(sent) > 8192:
+                sent.popleft()
 
     async def acquire(self) -> None:
         """Wait out any pause, then for this request's slot in the schedule."""
@@ -210,18 +278,19 @@ class Pacer:
                 await self._sleep(0.05)
             changes = self._rate_changes
             await self._acquire_slot()
+            if self._answers_stopped(self._clock()):
+                continue  # waits for an answer, then for a slot of the schedule as it is then
             # a fleet share lowered while this request slept: its slot was of the old
             # schedule, so it takes one of the new (the declared share bounds the sending);
             # and the gate is asked again after the sleep, with nothing awaited after it
             if changes == self._rate_changes and self.gate():
+                self._note_sent(self._clock())
                 return
 
     async def _acquire_slot(self) -> None:
         await self.wait_pause()
         rate = self.current
         if math.isinf(rate):
-            if self._recent is not None:
-                self._note_unlimited(self._clock())
             return
         interval = 1.0 / rate
         ahead = (max(1, math.floor(rate * _BURST_SHARE)) - 1) * interval
