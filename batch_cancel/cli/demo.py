@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batch_cancel import event_loop
 from batch_cancel.cli._common import guarded, log_options, tell
 from batch_cancel.cli.param_types import bounded
 
@@ -44,7 +44,7 @@ def demo(inputs: tuple[Path, ...], rate: float, concurrency: int, report: Path |
     files = inputs or tuple(
         sorted(p for p in SAMPLES.iterdir() if p.suffix in (".csv", ".parquet") or p.name.endswith(".csv.gz"))
     )
-    summary = event_loop.run(_demo(files, rate, concurrency, report))
+    summary = asyncio.run(_demo(files, rate, concurrency, report))
     print_summary(summary)
     tell(f"report: {summary.report}", "demo_outputs", logging.INFO, report=summary.report)
     tell(f"evidence: {Path(summary.report).with_suffix('.html')}", "demo_outputs", logging.INFO,

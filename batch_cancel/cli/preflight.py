@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import click
 
-from batch_cancel import event_loop
 from batch_cancel.cli._common import guarded, hide_secrets, log_options, read_password, tell
 from batch_cancel.cli.param_types import LOCATION, bounded
 from batch_cancel.cli.run import build_gws, gws_options, network_options
@@ -61,8 +61,8 @@ def preflight(inputs: tuple[Any, ...], **opts: Any) -> None:
         calling_list=opts["calling_list"], device_path=opts["device_path"],
         chain_attribute=opts["chain_attribute"],
     )  # fmt: skip
-    steps = event_loop.run(check(gws, defaults, canary=opts["canary_number"], inputs=inputs,
-                              rate=opts["rate"], ack_timeout=opts["ack_timeout"]))  # fmt: skip
+    steps = asyncio.run(check(gws, defaults, canary=opts["canary_number"], inputs=inputs,
+                            rate=opts["rate"], ack_timeout=opts["ack_timeout"]))  # fmt: skip
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
         tell(f"{mark} {step.name:<8} {step.detail} ({step.seconds:.2f} s)", "preflight_step",

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import click
 
 from batch_cancel import config as defaults
-from batch_cancel import event_loop
 from batch_cancel.cli._common import (
     JsonLineCommand,
     error_summary,
@@ -397,8 +396,8 @@ def run(inputs: tuple[Any, ...], **opts: Any) -> None:
                         cometd_url=opts["cometd_url"], request_timeout=opts["request_timeout"],
                         **network_options(opts))  # fmt: skip
     if opts["check_first"] and gws is not None:
-        event_loop.run(check_first(cfg, gws))
-    summary = event_loop.run(execute(cfg, gws))
+        asyncio.run(check_first(cfg, gws))
+    summary = asyncio.run(execute(cfg, gws))
     print_summary(summary)
     raise SystemExit(summary.exit_code)
 
