@@ -31,15 +31,19 @@ def refused(sent: list[dict[str, Any]], error: str, **extra: Any) -> list[dict[s
     return [{"channel": sent[0]["channel"], "successful": False, "error": error, **extra}]
 
 
-def open_session(c: Conversation, client_id: str = "c1") -> None:
-    """Handshake, the first poll, every subscription: the conversation is then long-polling."""
+def shake_hands(c: Conversation, client_id: str = "c1", **advice: Any) -> None:
+    """The handshake and the first poll: the conversation then asks for its subscriptions."""
     shake = c.request()
     assert shake is not None and shake[0]["channel"] == HANDSHAKE
-    c.answered(shake, ok(shake, clientId=client_id, advice={"reconnect": "retry", "interval": 0,
-                                                             "timeout": 5000}))  # fmt: skip
+    c.answered(shake, ok(shake, clientId=client_id, **advice))
     first = c.request()
     assert first is not None and first[0]["channel"] == CONNECT
     c.answered(first, ok(first))
+
+
+def open_session(c: Conversation, client_id: str = "c1") -> None:
+    """Handshake, the first poll, every subscription: the conversation is then long-polling."""
+    shake_hands(c, client_id, advice={"reconnect": "retry", "interval": 0, "timeout": 5000})
     for _ in CHANNELS:
         sub = c.request()
         assert sub is not None and sub[0]["channel"] == SUBSCRIBE
@@ -122,12 +126,7 @@ def test_402_without_advice_means_handshake_and_every_channel_is_subscribed_agai
 
 def test_a_subscription_a_402_refused_is_asked_again_in_the_next_session() -> None:
     c, _ = conversation()
-    shake = c.request()
-    assert shake is not None
-    c.answered(shake, ok(shake, clientId="c1"))
-    first = c.request()
-    assert first is not None
-    c.answered(first, ok(first))
+    shake_hands(c)
     sub = c.request()
     assert sub is not None and sub[0]["subscription"] == CHANNELS[0]
     c.answered(sub, refused(sub, "402::session_unknown", subscription=CHANNELS[0]))
@@ -208,12 +207,7 @@ def test_an_answer_without_a_reply_to_the_request_counts_as_failed() -> None:
 
 def test_a_denied_subscription_is_asked_again_after_a_back_off() -> None:
     c, _ = conversation()
-    shake = c.request()
-    assert shake is not None
-    c.answered(shake, ok(shake, clientId="c1"))
-    first = c.request()
-    assert first is not None
-    c.answered(first, ok(first))
+    shake_hands(c)
     for expected in (0.0, 0.0, 0.1):
         sub = c.request()
         assert sub is not None and sub[0]["subscription"] == CHANNELS[0]
