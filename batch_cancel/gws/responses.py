@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pyreqwest.exceptions as reqwest_errors
 
 from batch_cancel.exceptions import (
     GwsMisconfigured,
@@ -58,8 +59,17 @@ _GATEWAY_MAYBE_PROCESSED = frozenset({408, 500, 502, 504})
 # "inf") is asked again after this long, within the run's --max-outage.
 RETRY_AFTER_CAP = 60.0
 
-# What a request can raise below HTTP: aiohttp's errors and its timeouts.
-TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+# What a request can raise below HTTP: aiohttp's errors and its timeouts, and pyreqwest's
+# (gws/record_transport.py, the record POSTs on a plain-http route)
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, reqwest_errors.RequestError)
+# no connection was made, so nothing was written: aiohttp's words for it (pyreqwest's
+# are read from its causes, _reqwest_unreached)
+_UNREACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# hyper's mark on a failure of its connector (DNS, TCP connect, its timeout): the one
+# sign that nothing was written. pyreqwest's own classes cannot be trusted for that: it
+# raises ConnectError for a reset after the request went out and ConnectTimeoutError for
+# a request that was written and never answered (tests/test_record_transport.py)
+_HYPER_CONNECT = "client error (Connect)"
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per POST)
@@ -180,12 +190,19 @@ def _json_or_none(reply: Reply) -> Any:
 def translate_transport_error(exc: BaseException) -> TransientError:
     """Network-level failures: processed maybe, unless no connection was made."""
     name = type(exc).__name__
-    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, TimeoutError) and not isinstance(exc, (aiohttp.ClientError,
+                                                              reqwest_errors.RequestError)):
         name = "Timeout"  # asyncio's own timeout says nothing by itself
-    detail = str(exc)
-    # nothing reached GWS (no connection was made): such failures measure an outage,
-    # not a record's luck, and cannot have been processed
-    unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    if isinstance(exc, reqwest_errors.RequestError):
+        causes = _reqwest_causes(exc)
+        # its class names (ConnectError for a reset) would mislead a reader: its words instead
+        name, detail = "HTTP", ": ".join(causes[-2:]) if len(causes) > 1 else exc.message
+        unreachable = _HYPER_CONNECT in causes
+    else:
+        detail = str(exc)
+        # nothing reached GWS (no connection was made): such failures measure an outage,
+        # not a record's luck, and cannot have been processed
+        unreachable = isinstance(exc, _UNREACHED)
     # anything else broke after the request was (possibly) written: a reset, a server
     # that disconnected, a read timeout; GWS may have carried it out
     error = TransientError(f"{name}: {detail}" if detail else name, may_have_been_processed=not unreachable)
@@ -195,6 +212,14 @@ def translate_transport_error(exc: BaseException) -> TransientError:
     if error.unanswered:
         error.args = ("no HTTP answer within the request timeout",)
     return error
+
+
+def _reqwest_causes(exc: reqwest_errors.RequestError) -> list[str]:
+    """pyreqwest's chain of causes, outermost first (``client error (SendRequest)``,
+    ``connection error``, ``Connection reset by peer (os error 104)``)."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    causes = details.get("causes") or []
+    return [str(c.get("message")) for c in causes if isinstance(c, dict) and c.get("message")]
 
 
 # OpenSSL's X509_V_ERR_* codes, in the words an operator looks for

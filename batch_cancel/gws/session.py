@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from batch_cancel.gws import json_codec
 from batch_cancel.gws.cookies import CookieStore
 from batch_cancel.gws.login_gate import LoginGate
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
+from batch_cancel.gws.record_transport import RecordTransport
 from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
     Reply,
@@ -87,6 +88,13 @@ class GwsSession:
         # TLS context and proxy, decided once (a bad CA bundle or key fails here, exit 2)
         self.route: Route = route_for(self._base, config)
         self._client: aiohttp.ClientSession | None = None
+        # CancelRecord POSTs on pyreqwest where that changes nothing but the CPU: plain
+        # http, not a fleet worker (whose write fence needs aiohttp's connection hook),
+        # unless asked not to (gws/record_transport.py says why)
+        self._records_on_reqwest = (config.record_client == "auto" and self._base.startswith("http://")
+                                    and write_gate is None)  # fmt: skip
+        self._records: RecordTransport | None = None
+        self._records_url = self._base + "/api/v2/me/outbound-records"
         self._csrf_header: str | None = None
         self._csrf_token: str | None = None
         self._cookies = CookieStore()
@@ -151,9 +159,14 @@ class GwsSession:
         try:
             await self.gate.aclose()
         finally:  # a cancellation while the log-in stops must not leave the connections open
-            if self._client is not None:
-                client, self._client = self._client, None
-                await client.close()
+            try:
+                if self._records is not None:
+                    records, self._records = self._records, None
+                    await records.aclose()
+            finally:
+                if self._client is not None:
+                    client, self._client = self._client, None
+                    await client.close()
 
     async def _request(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None,
@@ -330,14 +343,40 @@ class GwsSession:
         devices = body_json(reply).get("devices") or []
         return [d for d in devices if isinstance(d, dict)]
 
+    @property
+    def record_client(self) -> str:
+        """Which HTTP client carries the CancelRecord POSTs (for logs and preflight)."""
+        return "pyreqwest" if self._records_on_reqwest else "aiohttp"
+
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         """POST /api/v2/me/outbound-records; raises a RequestError subclass unless accepted."""
-        return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
+        if not self._records_on_reqwest:
+            return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
+        if self._records is None:
+            self._records = RecordTransport(
+                proxy=self.route.proxy, total_timeout=self._config.request_timeout,
+                connect_timeout=min(10.0, self._config.request_timeout),
+                max_connections=self._max_connections,
+                default_headers={"Accept": "application/json", "Authorization": self._basic},
+            )  # fmt: skip
+        return await self._post_with(self._reqwest_post(self._records, json_codec.dumps(body)))
+
+    async def _reqwest_post(self, records: RecordTransport, payload: bytes) -> Reply:
+        reply = await records.post(self._records_url, self._post_headers, payload)
+        cookies = reply.headers.getall("Set-Cookie")  # type: ignore[attr-defined]
+        if cookies and self._cookies.take(cookies):
+            self._rebuild_headers()
+        return reply
 
     async def _post(self, path: str, body: Mapping[str, Any], trace: object = None) -> Answer:
         payload = json_codec.dumps(body)
+        return await self._post_with(
+            self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
+        )
+
+    async def _post_with(self, request: Awaitable[Reply]) -> Answer:
         try:
-            reply = await self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
+            reply = await request
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
         data = body_json(reply)
