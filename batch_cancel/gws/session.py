@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -88,13 +89,12 @@ class GwsSession:
         # TLS context and proxy, decided once (a bad CA bundle or key fails here, exit 2)
         self.route: Route = route_for(self._base, config)
         self._client: aiohttp.ClientSession | None = None
-        # CancelRecord POSTs on pyreqwest where that changes nothing but the CPU: plain
-        # http, not a fleet worker (whose write fence needs aiohttp's connection hook),
-        # unless asked not to (gws/record_transport.py says why)
-        self._records_on_reqwest = (config.record_client == "auto" and self._base.startswith("http://")
-                                    and write_gate is None)  # fmt: skip
+        # CancelRecord POSTs on our own lean client where it needs nothing aiohttp has:
+        # plain http, no proxy; unless asked not to (gws/record_transport.py says why)
+        self._own_records = (config.record_client == "auto" and self._base.startswith("http://")
+                             and self.route.proxy is None)  # fmt: skip
         self._records: RecordTransport | None = None
-        self._records_url = self._base + "/api/v2/me/outbound-records"
+        self._records_path = urllib.parse.urlsplit(self._base).path + "/api/v2/me/outbound-records"
         self._csrf_header: str | None = None
         self._csrf_token: str | None = None
         self._cookies = CookieStore()
@@ -346,39 +346,36 @@ class GwsSession:
     @property
     def record_client(self) -> str:
         """Which HTTP client carries the CancelRecord POSTs (for logs and preflight)."""
-        return "pyreqwest" if self._records_on_reqwest else "aiohttp"
+        return "own (plain http)" if self._own_records else "aiohttp"
 
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         """POST /api/v2/me/outbound-records; raises a RequestError subclass unless accepted."""
-        if not self._records_on_reqwest:
-            return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
-        if self._records is None:
-            self._records = RecordTransport(
-                proxy=self.route.proxy, total_timeout=self._config.request_timeout,
+        records = self._records
+        if records is None:
+            if not self._own_records:
+                return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
+            records = self._records = RecordTransport(
+                self._base, total_timeout=self._config.request_timeout,
                 connect_timeout=min(10.0, self._config.request_timeout),
                 max_connections=self._max_connections,
                 default_headers={"Accept": "application/json", "Authorization": self._basic},
+                write_gate=self._write_gate,
             )  # fmt: skip
-        return await self._post_with(self._reqwest_post(self._records, json_codec.dumps(body)))
-
-    async def _reqwest_post(self, records: RecordTransport, payload: bytes) -> Reply:
-        reply = await records.post(self._records_url, self._post_headers, payload)
-        cookies = reply.headers.getall("Set-Cookie")  # type: ignore[attr-defined]
-        if cookies and self._cookies.take(cookies):
+        # its failures are ours already (TransientError, NotWritten)
+        reply = await records.post(self._records_path, self._post_headers, json_codec.dumps(body))
+        if "Set-Cookie" in reply.headers and self._cookies.take(reply.headers.getall("Set-Cookie")):
             self._rebuild_headers()
-        return reply
+        return self._answer_of(reply)
 
     async def _post(self, path: str, body: Mapping[str, Any], trace: object = None) -> Answer:
         payload = json_codec.dumps(body)
-        return await self._post_with(
-            self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
-        )
-
-    async def _post_with(self, request: Awaitable[Reply]) -> Answer:
         try:
-            reply = await request
+            reply = await self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
+        return self._answer_of(reply)
+
+    def _answer_of(self, reply: Reply) -> Answer:
         data = body_json(reply)
         error = error_for_response(reply, data)
         if error is not None:
