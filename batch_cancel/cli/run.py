@@ -129,9 +129,9 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Start a contact-center session after login (some GWS set-ups need it)."),
         click.option("--record-client", type=click.Choice(["auto", "aiohttp"]), default="auto",
                      show_default=True,
-                     help="HTTP client of the CancelRecord POSTs: auto = pyreqwest (Rust, less CPU "
-                          "per POST) on plain http, aiohttp over https and for fleet workers; "
-                          "aiohttp = always aiohttp, as every other request."),
+                     help="HTTP client of the CancelRecord POSTs: auto = batch-cancel's own lean "
+                          "HTTP/1.1 client on plain http without a proxy (less CPU per POST), "
+                          "aiohttp otherwise; aiohttp = aiohttp always, as every other request."),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
