@@ -121,6 +121,9 @@ class Credentials:
         return f"{self.username}:***"
 
 
+RECORD_CLIENTS = ("auto", "aiohttp")
+
+
 @dataclass(frozen=True)
 class GwsConfig:
     """Where GWS is and how to talk to it."""
@@ -147,6 +150,9 @@ class GwsConfig:
     # be held when the server advises no timeout, and the margin allowed on top of any
     poll_timeout: float = 30.0
     poll_margin: float = 10.0
+    # which HTTP client carries CancelRecord POSTs: "auto" (pyreqwest on plain http when
+    # no write fence is needed, else aiohttp: gws/record_transport.py) or "aiohttp" always
+    record_client: str = "auto"
 
     def __post_init__(self) -> None:
         refuse_url_credentials(self.base_url, "the GWS base URL")
@@ -154,6 +160,9 @@ class GwsConfig:
         timeout = self.request_timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and 0 < timeout <= _DAY):
             raise ConfigError(f"request_timeout must be a finite number of seconds > 0, not {timeout!r}")
+        if self.record_client not in RECORD_CLIENTS:
+            raise ConfigError(f"record client must be one of {', '.join(RECORD_CLIENTS)}, "
+                              f"not {self.record_client!r}")  # fmt: skip
         for name in ("poll_timeout", "poll_margin"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and 0 < value <= _DAY):

@@ -69,7 +69,7 @@ async def preflight(
     same = cometd_route.proxy == session.route.proxy
     out.add("network", True, f"proxy {session.route.proxy_shown}"
             + ("" if same else f", CometD proxy {cometd_route.proxy_shown}")
-            + f"; trust store {trust_store(gws)}", t)  # fmt: skip
+            + f"; trust store {trust_store(gws)}; record POSTs on {session.record_client}", t)  # fmt: skip
     async with session:
         t = time.monotonic()
         try:

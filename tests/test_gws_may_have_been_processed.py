@@ -132,8 +132,10 @@ def test_retry_after_is_finite_and_capped(header: str | None, seconds: float | N
 Post = Callable[..., Awaitable[BaseException | int | None]]
 
 
-@pytest.fixture
-async def post() -> AsyncIterator[Post]:
+# both clients a record POST can go through on plain http: ours (gws/record_transport.py)
+# and aiohttp (--record-client aiohttp, and every https or proxied route)
+@pytest.fixture(params=["auto", "aiohttp"], ids=["own-client", "aiohttp"])
+async def post(request: pytest.FixtureRequest) -> AsyncIterator[Post]:
     """``await post(faults=..., **config)`` -> the error post_record raised (or the
     statusCode of an accepted answer), against a fresh simulator; ``times=2`` posts the
     same record twice (under two referenceIds) and says what the second one got."""
@@ -143,8 +145,9 @@ async def post() -> AsyncIterator[Post]:
                       **config: Any) -> BaseException | int | None:  # fmt: skip
             sim = await stack.enter_async_context(GwsSimulator(SimulatorConfig(**config)))
             gws = GwsConfig(base_url=sim.base_url, credentials=Credentials("agent", "secret"),
-                            request_timeout=request_timeout)  # fmt: skip
+                            request_timeout=request_timeout, record_client=request.param)  # fmt: skip
             session = await stack.enter_async_context(GwsSession(gws, max_connections=4))
+            assert session.record_client.startswith("own") == (request.param == "auto")
             await session.login()
             device = (await session.devices())[0]["id"]
             body = {"operationName": "CancelRecord", "applicationId": 1, "campaignName": "C",

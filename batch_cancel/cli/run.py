@@ -127,6 +127,11 @@ def gws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "credentials only from the environment (user:pass@ in GWS_PROXY or HTTPS_PROXY)."),
         click.option("--start-cc-session", is_flag=True,
                      help="Start a contact-center session after login (some GWS set-ups need it)."),
+        click.option("--record-client", type=click.Choice(["auto", "aiohttp"]), default="auto",
+                     show_default=True,
+                     help="HTTP client of the CancelRecord POSTs: auto = batch-cancel's own lean "
+                          "HTTP/1.1 client on plain http without a proxy (less CPU per POST), "
+                          "aiohttp otherwise; aiohttp = aiohttp always, as every other request."),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
@@ -179,7 +184,8 @@ def network_options(opts: dict[str, Any]) -> dict[str, Any]:
         if not proxy.startswith(("http://", "https://")):
             raise ConfigError("--proxy must start with http:// or https://")
     return {"ca_bundle": opts.get("ca_bundle"), "client_cert": opts.get("client_cert"),
-            "client_key": opts.get("client_key"), "proxy": proxy or None}  # fmt: skip
+            "client_key": opts.get("client_key"), "proxy": proxy or None,
+            "record_client": opts.get("record_client") or "auto"}  # fmt: skip
 
 
 def build_gws(base_url: str | None, username: str | None, password_file: Path | None,
@@ -187,7 +193,8 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
               cometd_url: str | None = None, ca_bundle: Path | None = None,
               client_cert: Path | None = None, client_key: Path | None = None,
               proxy: str | None = None,
-              request_timeout: float = defaults.DEFAULT_REQUEST_TIMEOUT) -> Any:  # fmt: skip
+              request_timeout: float = defaults.DEFAULT_REQUEST_TIMEOUT,
+              record_client: str = "auto") -> Any:  # fmt: skip
     from batch_cancel.config import Credentials, GwsConfig, refuse_url_credentials
     from batch_cancel.exceptions import ConfigError
 
@@ -209,7 +216,7 @@ def build_gws(base_url: str | None, username: str | None, password_file: Path | 
                      verify_tls=not insecure, start_cc_session=start_cc_session,
                      cometd_url=cometd_url, ca_bundle=ca_bundle, client_cert=client_cert,
                      client_key=client_key, proxy=proxy,
-                     request_timeout=request_timeout)  # fmt: skip
+                     request_timeout=request_timeout, record_client=record_client)  # fmt: skip
 
 
 class RunCommand(SectionedCommand, JsonLineCommand):
@@ -227,6 +234,7 @@ class RunCommand(SectionedCommand, JsonLineCommand):
         "insecure": "GWS connection", "ca_bundle": "GWS connection",
         "client_cert": "GWS connection", "client_key": "GWS connection",
         "proxy": "GWS connection", "start_cc_session": "GWS connection",
+        "record_client": "GWS connection",
         "check_first": "GWS connection",
         "application_id": "Record defaults", "campaign": "Record defaults",
         "calling_list": "Record defaults", "device_path": "Record defaults",

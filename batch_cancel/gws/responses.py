@@ -16,11 +16,11 @@ import email.utils
 import math
 import ssl
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from multidict import MultiMapping
 
 from batch_cancel.exceptions import (
     GwsMisconfigured,
@@ -43,6 +43,7 @@ __all__ = [
     "parse_retry_after",
     "probe_verdict",
     "translate_transport_error",
+    "transport_failure",
 ]
 
 # statusCode 4 is GWS's "internal error"; with 503 it means the voice service is
@@ -68,7 +69,7 @@ class Reply:
 
     status: int
     reason: str
-    headers: Mapping[str, str]
+    headers: MultiMapping[str]  # case-insensitive; getall("Set-Cookie")
     content: bytes
 
 
@@ -126,6 +127,13 @@ def error_for_response(reply: Reply, body: dict[str, Any] | None = None) -> Requ
     text = f"HTTP {http}" + (f" statusCode {status_code}" if status_code is not None else "")
     if message:
         text += f": {message}"
+    if 300 <= http < 400 and status_code is None:
+        # a redirect not followed (the record POSTs' own client follows none): a gateway
+        # sending us to its login page, so no acceptance; as a lost session, like the
+        # login page itself (above)
+        where = reply.headers.get("Location", "")
+        return SessionExpired(f"HTTP {http}: redirected{' to ' + where if where else ''}, not the GWS API "
+                              "answering", http_status=http)  # fmt: skip
     if status_code == _PROCESSING_INCOMPLETE:
         return TransientError(text + " (GWS may have carried it out)", may_have_been_processed=True,
                               retry_after=parse_retry_after(reply.headers.get("Retry-After")),
@@ -178,7 +186,7 @@ def _json_or_none(reply: Reply) -> Any:
 
 
 def translate_transport_error(exc: BaseException) -> TransientError:
-    """Network-level failures: processed maybe, unless no connection was made."""
+    """aiohttp's network-level failures: processed maybe, unless no connection was made."""
     name = type(exc).__name__
     if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
         name = "Timeout"  # asyncio's own timeout says nothing by itself
@@ -188,12 +196,20 @@ def translate_transport_error(exc: BaseException) -> TransientError:
     unreachable = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
     # anything else broke after the request was (possibly) written: a reset, a server
     # that disconnected, a read timeout; GWS may have carried it out
-    error = TransientError(f"{name}: {detail}" if detail else name, may_have_been_processed=not unreachable)
+    unanswered = not unreachable and isinstance(exc, TimeoutError)
+    if unanswered:
+        return transport_failure("no HTTP answer within the request timeout", unreachable=False,
+                                 unanswered=True)  # fmt: skip
+    return transport_failure(f"{name}: {detail}" if detail else name, unreachable=unreachable)
+
+
+def transport_failure(text: str, *, unreachable: bool, unanswered: bool = False) -> TransientError:
+    """A request that got no HTTP answer. ``unreachable``: no connection was made, so
+    nothing was written (an outage's sign, never processed); otherwise the request may
+    have been written and carried out, and ``unanswered`` says it was never answered."""
+    error = TransientError(text, may_have_been_processed=not unreachable)
     error.unreachable = unreachable
-    # a request that reached GWS and was never answered (a hung request)
-    error.unanswered = not error.unreachable and isinstance(exc, TimeoutError)
-    if error.unanswered:
-        error.args = ("no HTTP answer within the request timeout",)
+    error.unanswered = unanswered and not unreachable
     return error
 
 

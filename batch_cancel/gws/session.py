@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from batch_cancel.gws import json_codec
 from batch_cancel.gws.cookies import CookieStore
 from batch_cancel.gws.login_gate import LoginGate
 from batch_cancel.gws.network import Route, host_port, route_for, tls_probe
+from batch_cancel.gws.record_transport import RecordTransport
 from batch_cancel.gws.responses import (
     TRANSPORT_ERRORS,
     Reply,
@@ -87,6 +89,12 @@ class GwsSession:
         # TLS context and proxy, decided once (a bad CA bundle or key fails here, exit 2)
         self.route: Route = route_for(self._base, config)
         self._client: aiohttp.ClientSession | None = None
+        # CancelRecord POSTs on our own lean client where it needs nothing aiohttp has:
+        # plain http, no proxy; unless asked not to (gws/record_transport.py says why)
+        self._own_records = (config.record_client == "auto" and self._base.startswith("http://")
+                             and self.route.proxy is None)  # fmt: skip
+        self._records: RecordTransport | None = None
+        self._records_path = urllib.parse.urlsplit(self._base).path + "/api/v2/me/outbound-records"
         self._csrf_header: str | None = None
         self._csrf_token: str | None = None
         self._cookies = CookieStore()
@@ -151,9 +159,14 @@ class GwsSession:
         try:
             await self.gate.aclose()
         finally:  # a cancellation while the log-in stops must not leave the connections open
-            if self._client is not None:
-                client, self._client = self._client, None
-                await client.close()
+            try:
+                if self._records is not None:
+                    records, self._records = self._records, None
+                    await records.aclose()
+            finally:
+                if self._client is not None:
+                    client, self._client = self._client, None
+                    await client.close()
 
     async def _request(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None,
@@ -330,9 +343,29 @@ class GwsSession:
         devices = body_json(reply).get("devices") or []
         return [d for d in devices if isinstance(d, dict)]
 
+    @property
+    def record_client(self) -> str:
+        """Which HTTP client carries the CancelRecord POSTs (for logs and preflight)."""
+        return "own (plain http)" if self._own_records else "aiohttp"
+
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         """POST /api/v2/me/outbound-records; raises a RequestError subclass unless accepted."""
-        return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
+        records = self._records
+        if records is None:
+            if not self._own_records:
+                return await self._post("/api/v2/me/outbound-records", body, trace=_RECORD_POST)
+            records = self._records = RecordTransport(
+                self._base, total_timeout=self._config.request_timeout,
+                connect_timeout=min(10.0, self._config.request_timeout),
+                max_connections=self._max_connections,
+                default_headers={"Accept": "application/json", "Authorization": self._basic},
+                write_gate=self._write_gate,
+            )  # fmt: skip
+        # its failures are ours already (TransientError, NotWritten)
+        reply = await records.post(self._records_path, self._post_headers, json_codec.dumps(body))
+        if "Set-Cookie" in reply.headers and self._cookies.take(reply.headers.getall("Set-Cookie")):
+            self._rebuild_headers()
+        return self._answer_of(reply)
 
     async def _post(self, path: str, body: Mapping[str, Any], trace: object = None) -> Answer:
         payload = json_codec.dumps(body)
@@ -340,6 +373,9 @@ class GwsSession:
             reply = await self._request("POST", path, headers=self._post_headers, data=payload, trace=trace)
         except TRANSPORT_ERRORS as exc:
             raise translate_transport_error(exc) from exc
+        return self._answer_of(reply)
+
+    def _answer_of(self, reply: Reply) -> Answer:
         data = body_json(reply)
         error = error_for_response(reply, data)
         if error is not None:
