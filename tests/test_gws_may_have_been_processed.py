@@ -147,7 +147,7 @@ async def post(request: pytest.FixtureRequest) -> AsyncIterator[Post]:
             gws = GwsConfig(base_url=sim.base_url, credentials=Credentials("agent", "secret"),
                             request_timeout=request_timeout, record_client=request.param)  # fmt: skip
             session = await stack.enter_async_context(GwsSession(gws, max_connections=4))
-            assert session.record_client.startswith("own") == (request.param == "auto")
+            assert session.record_client.endswith("own HTTP/1.1 client") == (request.param == "auto")
             await session.login()
             device = (await session.devices())[0]["id"]
             body = {"operationName": "CancelRecord", "applicationId": 1, "campaignName": "C",

@@ -203,6 +203,24 @@ def test_ssl_cert_file_is_honoured_without_ca_bundle(pki: Pki, tmp_path: Path) -
         sim.stop()
 
 
+@pytest.mark.parametrize("record_client", ["auto", "aiohttp"])
+def test_records_over_mutual_tls_without_a_proxy_on_either_record_client(
+    pki: Pki, tmp_path: Path, record_client: str
+) -> None:
+    # no proxy: "auto" sends the POSTs through batch-cancel's own client, with the run's one
+    # TLS context (the CA bundle, the client certificate the server requires)
+    sim = tls_sim(pki, client_ca=True)
+    try:
+        args = [*https_args(sim, tmp_path), "--ca-bundle", str(pki.ca), "--client-cert", str(pki.client_cert)]
+        ok = run_cli([*args, "--record-client", record_client, "-v"], no_proxy_env())
+        assert ok.exit_code == 0, ok.stderr
+        used = "batch-cancel's own HTTP/1.1 client" if record_client == "auto" else "aiohttp"
+        assert f"record POSTs on {used}" in ok.stderr
+        assert ok.summary["cancelled"] == 5 and len(sim.ledger.entries) == 5
+    finally:
+        sim.stop()
+
+
 @pytest.mark.subprocess  # proxy.py runs as a process of its own
 def test_mutual_tls_accepted_with_a_client_certificate_refused_without(
     pki: Pki, proxy: Proxy, tmp_path: Path

@@ -12,8 +12,9 @@ another thread). Measured with ``python -m benchmarks`` (README, Benchmarks).
 What it does, and no more: ``POST`` with a prepared header block (rebuilt only when the
 session's headers change), ``Content-Length`` bodies, answers with a length, chunked or
 up to the close; a pool of at most ``max_connections`` kept-alive connections; the run's
-total and connect timeouts. It is used for plain ``http://`` without a proxy only
-(``GwsSession`` decides): TLS, proxies, redirects and everything else stay on aiohttp.
+total and connect timeouts; TLS with the run's one context (gws/network.py: the same
+trust store, client certificate and verification as aiohttp's). It is used without a
+proxy only (``GwsSession`` decides): proxies, redirects and everything else stay on aiohttp.
 
 It knows what the outcome model needs better than a general client can say it:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 
@@ -131,12 +133,18 @@ class RecordTransport:
 
     def __init__(self, base_url: str, *, total_timeout: float, connect_timeout: float,
                  max_connections: int, default_headers: Mapping[str, str],
-                 write_gate: Callable[[], bool] | None = None) -> None:  # fmt: skip
+                 write_gate: Callable[[], bool] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:  # fmt: skip
         parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the record transport speaks plain http only, not {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or (parts.scheme == "https") != (
+            tls is not None
+        ):
+            raise ValueError(f"{base_url!r}: an http:// URL, or an https:// URL with a TLS context")
         self._host = parts.hostname
-        self._port = parts.port or 80
+        self._port = parts.port or (443 if tls else 80)
+        # the run's one TLS context (gws/network.py): the same trust store, client
+        # certificate and verification as every aiohttp request of the run
+        self._tls = tls
         self._host_header = parts.netloc.rsplit("@", 1)[-1]
         self._total = total_timeout
         self._connect = connect_timeout
@@ -220,7 +228,10 @@ class RecordTransport:
         self._open += 1
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._connect)):
-                _, conn = await loop.create_connection(_Connection, self._host, self._port)
+                _, conn = await loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._tls,
+                    server_hostname=self._host if self._tls else None,
+                )
         except TimeoutError:
             self._open -= 1
             self._wake()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -90,9 +91,8 @@ class GwsSession:
         self.route: Route = route_for(self._base, config)
         self._client: aiohttp.ClientSession | None = None
         # CancelRecord POSTs on our own lean client where it needs nothing aiohttp has:
-        # plain http, no proxy; unless asked not to (gws/record_transport.py says why)
-        self._own_records = (config.record_client == "auto" and self._base.startswith("http://")
-                             and self.route.proxy is None)  # fmt: skip
+        # no proxy; unless asked not to (gws/record_transport.py says why)
+        self._own_records = config.record_client == "auto" and self.route.proxy is None
         self._records: RecordTransport | None = None
         self._records_path = urllib.parse.urlsplit(self._base).path + "/api/v2/me/outbound-records"
         self._csrf_header: str | None = None
@@ -346,7 +346,7 @@ class GwsSession:
     @property
     def record_client(self) -> str:
         """Which HTTP client carries the CancelRecord POSTs (for logs and preflight)."""
-        return "own (plain http)" if self._own_records else "aiohttp"
+        return "batch-cancel's own HTTP/1.1 client" if self._own_records else "aiohttp"
 
     async def post_record(self, body: Mapping[str, Any]) -> Answer:
         """POST /api/v2/me/outbound-records; raises a RequestError subclass unless accepted."""
@@ -359,7 +359,7 @@ class GwsSession:
                 connect_timeout=min(10.0, self._config.request_timeout),
                 max_connections=self._max_connections,
                 default_headers={"Accept": "application/json", "Authorization": self._basic},
-                write_gate=self._write_gate,
+                write_gate=self._write_gate, tls=_tls_of(self._base, self.route),
             )  # fmt: skip
         # its failures are ours already (TransientError, NotWritten)
         reply = await records.post(self._records_path, self._post_headers, json_codec.dumps(body))
@@ -383,6 +383,19 @@ class GwsSession:
         self._accepted += 1
         code = data.get("statusCode")
         return Answer(reply.status, code if isinstance(code, int) else None, data)
+
+
+def _tls_of(url: str, route: Route) -> ssl.SSLContext | None:
+    """The record client's TLS context: the run's own (None for http://); aiohttp's
+    ``ssl=False`` (``--insecure`` without a client certificate) as a context that verifies nothing."""
+    if not url.startswith("https://"):
+        return None
+    if isinstance(route.ssl, ssl.SSLContext):
+        return route.ssl
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    return unverified
 
 
 def _bare_disconnect(exc: BaseException, url: str) -> bool:

@@ -117,8 +117,9 @@ class Engine:
         failed = True
         try:
             cometd_route = route_for(self._gws.notifications_url, self._gws, session.route.ssl)
-            log.info("GWS %s: proxy %s; CometD proxy %s; trust store %s", self._gws.base_url,
-                     session.route.proxy_shown, cometd_route.proxy_shown, trust_store(self._gws))  # fmt: skip
+            log.info("GWS %s: proxy %s; CometD proxy %s; trust store %s; record POSTs on %s",
+                     self._gws.base_url, session.route.proxy_shown, cometd_route.proxy_shown,
+                     trust_store(self._gws), session.record_client)  # fmt: skip
             await session.login_within(cfg.max_outage)
             log.info("logged in to %s as %s", self._gws.base_url, self._gws.credentials.username)
             device = await self._device_path(session, writer)
