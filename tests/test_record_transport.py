@@ -115,9 +115,11 @@ def peer(request: pytest.FixtureRequest) -> Iterator[_Peer]:
 
 
 def _transport(url: str, total: float = 2.0, connect: float = 0.5, max_connections: int = 4,
-               gate: Callable[[], bool] | None = None) -> RecordTransport:  # fmt: skip
+               gate: Callable[[], bool] | None = None,
+               keep_idle: float = 15.0) -> RecordTransport:  # fmt: skip
     return RecordTransport(url, total_timeout=total, connect_timeout=connect, max_connections=max_connections,
-                           default_headers={"Accept": "application/json"}, write_gate=gate)  # fmt: skip
+                           default_headers={"Accept": "application/json"}, write_gate=gate,
+                           keep_idle=keep_idle)  # fmt: skip
 
 
 async def _error_of(transport: RecordTransport) -> TransientError:
@@ -206,6 +208,29 @@ async def test_answers_framed_by_chunks_or_by_the_close_come_whole(peer: _Peer) 
     finally:
         await transport.aclose()
     assert (reply.status, reply.reason, reply.content) == (503, "Service Unavailable", b'{"statusCode":4}')
+
+
+@pytest.mark.parametrize("peer", [_framed(b"HTTP/1.1 100 Continue\r\n\r\n" + ANSWER)], indirect=True)
+async def test_an_interim_answer_is_not_taken_for_the_answer(peer: _Peer) -> None:
+    transport = _transport(peer.url)
+    try:
+        reply = await transport.post("/x", {}, b"{}")
+    finally:
+        await transport.aclose()
+    assert (reply.status, reply.content) == (200, JSON)
+
+
+@pytest.mark.parametrize("peer", [_keep_alive], indirect=True)
+async def test_a_connection_idle_too_long_is_closed_not_used(peer: _Peer) -> None:
+    transport = _transport(peer.url, keep_idle=0.2)
+    try:
+        await transport.post("/x", {}, b"{}")
+        await transport.post("/x", {}, b"{}")  # at once: the same connection
+        await asyncio.sleep(0.4)
+        await transport.post("/x", {}, b"{}")  # idle past keep_idle: a new one
+    finally:
+        await transport.aclose()
+    assert (len(peer.requests), peer.connections) == (3, 2)
 
 
 @pytest.mark.parametrize("peer", [_keep_alive], indirect=True)

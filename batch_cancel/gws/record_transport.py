@@ -42,7 +42,12 @@ from multidict import CIMultiDict
 from batch_cancel.exceptions import NotWritten
 from batch_cancel.gws.responses import Reply, transport_failure
 
-__all__ = ["RecordTransport"]
+__all__ = ["KEEP_IDLE", "RecordTransport"]
+
+# A connection idle this long is closed, not used: a server closes idle connections after
+# its own timeout (Jetty's default: 30 s), and one it closes just as a request is written
+# leaves that request in doubt. aiohttp's default keep-alive, for the same reason.
+KEEP_IDLE = 15.0
 
 
 class _Connection(asyncio.Protocol):
@@ -106,6 +111,11 @@ class _Connection(asyncio.Protocol):
         answer = self._answer
         if answer is None or answer.done():
             return
+        if self._parser.get_status_code() < 200:
+            # an interim answer (100 Continue, 102, 103): the final one follows on this
+            # connection; taken for the answer, a 1xx would read as an acceptance
+            self.begin(answer)
+            return
         self.reusable = self._parser.should_keep_alive() and not self.closed
         answer.set_result(Reply(self._parser.get_status_code(), self._reason.decode("latin-1"),
                                 CIMultiDict(self._headers), b"".join(self._body)))  # fmt: skip
@@ -134,7 +144,7 @@ class RecordTransport:
     def __init__(self, base_url: str, *, total_timeout: float, connect_timeout: float,
                  max_connections: int, default_headers: Mapping[str, str],
                  write_gate: Callable[[], bool] | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:  # fmt: skip
+                 tls: ssl.SSLContext | None = None, keep_idle: float = KEEP_IDLE) -> None:  # fmt: skip
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or (parts.scheme == "https") != (
             tls is not None
@@ -145,13 +155,15 @@ class RecordTransport:
         # the run's one TLS context (gws/network.py): the same trust store, client
         # certificate and verification as every aiohttp request of the run
         self._tls = tls
+        self._keep_idle = keep_idle
         self._host_header = parts.netloc.rsplit("@", 1)[-1]
         self._total = total_timeout
         self._connect = connect_timeout
         self._max = max_connections
         self._defaults = dict(default_headers)
         self._gate = write_gate
-        self._idle: collections.deque[_Connection] = collections.deque()
+        # idle connections, each with when it went idle (loop time)
+        self._idle: collections.deque[tuple[_Connection, float]] = collections.deque()
         self._open = 0  # connections made or being made, idle or in use
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._headers_seen: Mapping[str, str] | None = None
@@ -172,7 +184,7 @@ class RecordTransport:
         if self._gate is not None and not self._gate():
             # asked with nothing awaited between it and the write: a worker frozen before
             # this line and thawed past its lease writes nothing (the connection stays good)
-            self._idle.append(conn)
+            self._idle.append((conn, loop.time()))
             self._wake()
             raise NotWritten("not written: sending is held (this worker's lease deadline passed)")
         answer: asyncio.Future[Reply] = loop.create_future()
@@ -204,9 +216,11 @@ class RecordTransport:
     async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         while True:
             while self._idle:
-                conn = self._idle.pop()  # the most recently used: least likely closed by the server
-                if not conn.closed:
+                conn, since = self._idle.pop()  # the most recently used: least likely closed by the server
+                if not conn.closed and loop.time() - since < self._keep_idle:
                     return conn
+                if not conn.closed:
+                    conn.abort()
                 self._open -= 1
             if self._closed:
                 raise transport_failure("the record transport is closed", unreachable=True)
@@ -253,7 +267,7 @@ class RecordTransport:
                 conn.abort()
             self._open -= 1
         else:
-            self._idle.append(conn)
+            self._idle.append((conn, asyncio.get_running_loop().time()))
         self._wake()
 
     def _wake(self) -> None:
@@ -266,7 +280,7 @@ class RecordTransport:
     async def aclose(self) -> None:
         self._closed = True
         while self._idle:
-            conn = self._idle.pop()
+            conn, _ = self._idle.pop()
             if conn.transport is not None:
                 conn.transport.close()
             self._open -= 1
