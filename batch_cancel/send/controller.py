@@ -25,7 +25,9 @@ Four signals feed it:
   second then becomes the ceiling. A lone 503 does not lower the rate (one request's
   bad luck; 5 % of them, each cutting 10 %, held 200/s to 104/s). When answers get slow
   and GWS answered fewer than ``held_share`` of the pace over the last second, what it
-  answered is the rate it serves (the knee); answers slow at the pace say nothing about
+  answered is the rate it serves (the knee: the more of the last second's answers and
+  those of the second up to the first answer it held, which a run's bunched first
+  answers do not cut short); answers slow at the pace say nothing about
   its rate, so the knee then only rises (a busy box made it ratchet down: 62/s held
   under a limit of 100/s). The rate drops to ``hold_share`` of the knee, and no request
   goes until the ones sent behind the slow one drained at the knee (a pacer deferral:
@@ -398,7 +400,8 @@ class FailureCluster:
 # acts within the first second can only have delayed some of them, so the fastest
 # quarter bounds them (the median at most twice, the p90 at most four times it). Later
 # every calm judgement moves them towards its window's figures, over ``settle`` seconds,
-# so they follow a box whose load changes.
+# so they follow a box whose load changes (the p90 no further than the slow threshold:
+# one answer slow on its own in a calm window is not what calm looks like).
 
 class Latency(StrEnum):
     LEARNING = "learning"  # the baseline, or enough recent answers, not known yet
