@@ -192,6 +192,22 @@ def test_delay_watch_follows_a_box_that_gets_busier() -> None:
     assert w.baseline == pytest.approx(0.006, rel=0.2)
 
 
+def test_delay_watch_one_answer_slow_on_its_own_does_not_move_the_calm_p90() -> None:
+    """A request GWS held 0.75 s comes back among calm answers, 0.75 s after the calm
+    figures last moved: its window's median is calm, but it is no calm figure (taken in,
+    it raised the p90 from 2.4 to 65 ms and the next second's stalls went unseen)."""
+    w = DelayWatch(baseline_samples=20, recent=5, span=0.25, factor=2.0, settle=10.0)
+    t = FakeTime()
+    _judge(w, t, [0.002] * 20, 0.01)
+    p90 = w.calm_p90
+    assert p90 is not None
+    t.now += 0.75
+    assert _judge(w, t, [0.755, 0.002, 0.002, 0.002, 0.002], 0.005) == [Latency.CALM] * 5
+    # at most one step towards the slow threshold (twice the p90), not towards 755 ms
+    assert w.calm_p90 is not None and w.calm_p90 <= p90 * 1.1
+    assert w.slow(0.010)
+
+
 # -- user events --------------------------------------------------------------------------
 def _rec(row: int, phone: str = "2125550101") -> Record:
     return Record(row=row, reference_id=f"r{row}", phone_sent=phone, application_id=134,
@@ -599,3 +615,22 @@ async def test_a_known_knee_falls_when_gws_answers_fewer_than_were_sent() -> Non
         if i % 2:
             p.accepted(0.3)
     assert p.delay_decreases == 2 and p.knee is not None and p.knee < 0.9 * knee
+
+
+def test_a_run_that_meets_the_limit_at_its_start_reads_the_knee_from_the_held_ones_second() -> None:
+    """At 4N the run's first N requests go within a quarter second and GWS holds the
+    rest a second: the first answers come bunched (connections opening), and the second
+    before the latest slow answer cuts some of them off; the second up to the first held
+    answer holds them all (a knee of 191 under a limit of 200 held the rate at 90.7 %)."""
+    t = FakeTime()
+    p = controls(800, t, adaptive=True)
+    start = t.now
+    for i in range(200):  # admitted at 800/s; the first ten answered together 6 ms late
+        t.now = start + (0.006 if i < 10 else i / 800 + 0.001)
+        p.answered(0.006 if i < 10 else 0.001)
+    for i in range(8):  # the eight in flight, held until the first admissions are a second old
+        t.now = start + 1.0 + 0.0003 + i / 800 + 0.004  # (the last second's edge cuts the bunch)
+        p.answered(0.76)
+    assert p.delay_decreases == 1
+    assert p.knee == pytest.approx(200, abs=1)
+    assert p.current == pytest.approx(0.95 * p.knee)

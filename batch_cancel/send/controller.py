@@ -25,7 +25,9 @@ Four signals feed it:
   second then becomes the ceiling. A lone 503 does not lower the rate (one request's
   bad luck; 5 % of them, each cutting 10 %, held 200/s to 104/s). When answers get slow
   and GWS answered fewer than ``held_share`` of the pace over the last second, what it
-  answered is the rate it serves (the knee); answers slow at the pace say nothing about
+  answered is the rate it serves (the knee: the more of the last second's answers and
+  those of the second up to the first answer it held, which a run's bunched first
+  answers do not cut short); answers slow at the pace say nothing about
   its rate, so the knee then only rises (a busy box made it ratchet down: 62/s held
   under a limit of 100/s). The rate drops to ``hold_share`` of the knee, and no request
   goes until the ones sent behind the slow one drained at the knee (a pacer deferral:
@@ -108,6 +110,7 @@ class Controller:
         self._draining_since: float | None = None
         self._resumed_at = -math.inf  # when requests went again after the latest slow answers
         self._answers: deque[float] = deque()
+        self._held_at: float | None = None  # the first answer slow on its own since a calm one
         self._first_answer: float | None = None
         if self.adaptive:
             pacer.on_stall = self.stalled
@@ -208,9 +211,18 @@ class Controller:
             else:
                 self._draining_since = None
                 self._last_raise = now
+        # the first answer slow on its own since a calm one: GWS let that request through
+        # when the second of admissions before it allowed, which is the second to count
+        if not self.delays.slow(latency):
+            self._held_at = None
+        elif self._held_at is None:
+            self._held_at = now
         verdict = self.delays.answered(latency, now)
         if verdict is Latency.SLOW:
-            self._slowed(now, self._served(now), self.pacer.sent_since(now - latency))
+            served = self._served(now)
+            if self._held_at is not None:
+                served = max(served, self._served_before(self._held_at))
+            self._slowed(now, served, self.pacer.sent_since(now - latency))
 
     def _heard(self, now: float) -> None:
         """GWS answered (however): what it served."""
@@ -286,6 +298,24 @@ class Controller:
         edge = min(0.1, self.delays.baseline or 0.0)
         start = now - 1.0 + edge
         return sum(1 for t in self._answers if t > start) / (1.0 - edge)
+
+    def _served_before(self, held: float) -> float:
+        """What GWS answered over the second up to ``held``, the answer to the first request
+        it held back since a calm answer: the answers in it, less one.
+
+        Jetty's DoS filter lets a held request through when the N-th admission before it
+        is a second old, so the second up to its answer holds N + 1 answers with the one
+        admitted a second earlier on its far edge; the window reaches a calm p90 further
+        back so that jitter does not cut that one off, and takes it off. Unlike the second
+        up to a later answer (:meth:`_served`), nothing is cut off where the answers
+        bunch: when a run meets the limit at its start, GWS admits N at once and holds the
+        rest, and the first answers came 6-11 ms after their requests as connections
+        opened, then 1 ms (the last second, with its edge a calm median, read 191 under
+        a limit of 200: held at 90.7 %). A steady rate adds at most a p90's worth.
+        """
+        edge = min(0.1, self.delays.calm_p90 or 0.0)
+        start = held - 1.0 - edge
+        return float(max(0, sum(1 for t in self._answers if start < t <= held) - 1))
 
     def _raise(self, now: float) -> None:
         # only time since the last decrease and outside a pause counts as calm
@@ -370,7 +400,8 @@ class FailureCluster:
 # acts within the first second can only have delayed some of them, so the fastest
 # quarter bounds them (the median at most twice, the p90 at most four times it). Later
 # every calm judgement moves them towards its window's figures, over ``settle`` seconds,
-# so they follow a box whose load changes.
+# so they follow a box whose load changes (the p90 no further than the slow threshold:
+# one answer slow on its own in a calm window is not what calm looks like).
 
 class Latency(StrEnum):
     LEARNING = "learning"  # the baseline, or enough recent answers, not known yet
@@ -431,7 +462,11 @@ class DelayWatch:
         # a calm judgement: the calm figures follow it, slowly
         share = min(1.0, (now - (self._moved_at or now)) / self._settle)
         self.baseline += (typical - self.baseline) * share
-        self.calm_p90 += (_quantile(ordered, 0.9) - self.calm_p90) * share
+        # an answer slow on its own is no calm figure, though its window's median is calm:
+        # a request GWS held 755 ms, in a window of five moved 0.75 s after the last move,
+        # raised the calm p90 from 2.4 to 65 ms, and the stalls that followed went unseen
+        p90 = min(_quantile(ordered, 0.9), self._factor * self.calm_p90)
+        self.calm_p90 += (p90 - self.calm_p90) * share
         self._moved_at = now
         return Latency.CALM
 
