@@ -38,6 +38,13 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
+def _tail(stderr: str) -> str:
+    """What explains a hang: a worker's log without its progress lines (one every 10 s
+    would push everything else out of any tail that fits in a message)."""
+    lines = [line for line in stderr.splitlines() if "batch_cancel.progress" not in line]
+    return "\n".join(lines)[-4000:]
+
+
 def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tuple[int, dict[str, Any], str]]:
     """Wait for each worker: (exit code, the JSON summary of its last stdout line, stderr)."""
     out = []
@@ -47,7 +54,7 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tupl
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            tails = [f"worker {j}: {q.communicate()[1][-2500:]}" for j, q in enumerate(procs) if j >= i]
+            tails = [f"worker {j}: {_tail(q.communicate()[1])}" for j, q in enumerate(procs) if j >= i]
             raise AssertionError(f"worker {i} still running after {timeout} s; stderr: "
                                  + "\n".join(tails)) from None  # fmt: skip
         last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
