@@ -50,6 +50,7 @@ bench: venv
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.gws_throttles
 	$(BIN)/python -m benchmarks.journal_writes
+	$(BIN)/python -m benchmarks.http_clients
 	$(BIN)/python -m benchmarks.object_storage
 	$(BIN)/python -m benchmarks.workbooks
 
