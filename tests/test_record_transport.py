@@ -20,6 +20,7 @@ import pytest
 
 from batch_cancel.exceptions import NotWritten, TransientError
 from batch_cancel.gws.record_transport import RecordTransport
+from batch_cancel.gws.responses import Reply
 
 JSON = b'{"statusCode":0}'
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n" + JSON
@@ -125,6 +126,14 @@ def _transport(url: str, total: float = 2.0, connect: float = 0.5, max_connectio
                            keep_idle=keep_idle)  # fmt: skip
 
 
+async def _post_once(url: str) -> Reply:
+    transport = _transport(url)
+    try:
+        return await transport.post("/x", {}, b"{}")
+    finally:
+        await transport.aclose()
+
+
 async def _error_of(transport: RecordTransport) -> TransientError:
     try:
         await transport.post("/x", {"Content-Type": "application/json"}, b"{}")
@@ -205,21 +214,13 @@ async def test_an_answer_keeps_every_set_cookie_and_the_headers_case_insensitive
     _framed(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n{\"statusCode\":4}"),
 ], indirect=True, ids=["chunked", "until-close"])  # fmt: skip
 async def test_answers_framed_by_chunks_or_by_the_close_come_whole(peer: _Peer) -> None:
-    transport = _transport(peer.url)
-    try:
-        reply = await transport.post("/x", {}, b"{}")
-    finally:
-        await transport.aclose()
+    reply = await _post_once(peer.url)
     assert (reply.status, reply.reason, reply.content) == (503, "Service Unavailable", b'{"statusCode":4}')
 
 
 @pytest.mark.parametrize("peer", [_framed(b"HTTP/1.1 100 Continue\r\n\r\n" + ANSWER)], indirect=True)
 async def test_an_interim_answer_is_not_taken_for_the_answer(peer: _Peer) -> None:
-    transport = _transport(peer.url)
-    try:
-        reply = await transport.post("/x", {}, b"{}")
-    finally:
-        await transport.aclose()
+    reply = await _post_once(peer.url)
     assert (reply.status, reply.content) == (200, JSON)
 
 
