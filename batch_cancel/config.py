@@ -150,8 +150,8 @@ class GwsConfig:
     # be held when the server advises no timeout, and the margin allowed on top of any
     poll_timeout: float = 30.0
     poll_margin: float = 10.0
-    # which HTTP client carries CancelRecord POSTs: "auto" (pyreqwest on plain http when
-    # no write fence is needed, else aiohttp: gws/record_transport.py) or "aiohttp" always
+    # which HTTP client carries CancelRecord POSTs: "auto" (our own lean client when no
+    # proxy is in the way, else aiohttp: gws/record_transport.py) or "aiohttp" always
     record_client: str = "auto"
 
     def __post_init__(self) -> None:

@@ -28,6 +28,16 @@ def test_an_html_page_with_200_is_no_acceptance() -> None:
     assert error.http_status == 200 and error.status_code is None
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307])
+def test_a_redirect_not_followed_is_no_acceptance(status: int) -> None:
+    # the record POSTs' own client follows no redirect: a gateway sending us to its login
+    # page is a lost session (the re-login then finds whether GWS is behind it), never
+    # an acceptance nor a rejection of the record
+    error = error_for_response(Reply(status, "Found", {"Location": "/sso/login"}, b""))
+    assert isinstance(error, SessionExpired) and "redirected to /sso/login" in str(error)
+    assert (error.http_status, error.may_have_been_processed) == (status, False)
+
+
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [(401, b'{"statusCode":20,"statusMessage":"Not authenticated"}', SessionExpired),
