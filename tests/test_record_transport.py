@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -247,6 +248,43 @@ async def test_connections_are_kept_and_never_more_than_the_limit(peer: _Peer) -
         await transport.aclose()
     assert [r.status for r in replies] == [200] * 11
     assert len(peer.requests) == 11 and peer.connections == 2
+
+
+def _slow_keep_alive(conn: socket.socket, peer: _Peer) -> None:
+    while peer.read_request(conn):
+        time.sleep(0.2)
+        conn.sendall(ANSWER)
+
+
+@pytest.mark.parametrize("peer", [_slow_keep_alive], indirect=True)
+async def test_a_waiter_cancelled_as_it_is_handed_the_connection_passes_it_on(peer: _Peer) -> None:
+    transport = _transport(peer.url, total=5.0, max_connections=1)
+    second: asyncio.Future[Reply] | None = None
+
+    async def first() -> Reply:
+        reply = await transport.post("/x", {}, b"{}")
+        # the release just handed the one connection to the second, not yet running:
+        # cancelled now, it must pass the connection on to the third
+        assert second is not None
+        second.cancel()
+        return reply
+
+    try:
+        one = asyncio.ensure_future(first())
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(transport.post("/x", {}, b"{}"))
+        await asyncio.sleep(0.01)
+        third = asyncio.ensure_future(transport.post("/x", {}, b"{}"))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        assert (await one).status == 200
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert (await third).status == 200
+        assert time.monotonic() - started < 1.0  # not after the 5 s request timeout
+    finally:
+        await transport.aclose()
+    assert peer.connections == 1
 
 
 @pytest.mark.parametrize("peer", [_one_then_close], indirect=True)

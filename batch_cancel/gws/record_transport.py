@@ -233,9 +233,15 @@ class RecordTransport:
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
-            except TimeoutError:
-                raise transport_failure("no connection free within the request timeout",
-                                        unreachable=True) from None  # fmt: skip
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    # handed a free connection in the same turn it was cancelled (or ran
+                    # out of time): the next waiter gets it, or it waits for nothing
+                    self._wake()
+                if isinstance(exc, TimeoutError):
+                    raise transport_failure("no connection free within the request timeout",
+                                            unreachable=True) from None  # fmt: skip
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
