@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
+from multidict import MultiMapping
 
 from batch_cancel.config import DEFAULT_MAX_OUTAGE, GwsConfig
 from batch_cancel.exceptions import (
@@ -180,9 +181,14 @@ class GwsSession:
                                         trace_request_ctx=trace) as resp:  # fmt: skip
             content = await resp.read()
             for hop in (*resp.history, resp):
-                if "Set-Cookie" in hop.headers and self._cookies.take(hop.headers.getall("Set-Cookie")):
-                    self._rebuild_headers()
+                self._take_cookies(hop.headers)
             return Reply(resp.status, resp.reason or "", resp.headers, content)
+
+    def _take_cookies(self, headers: MultiMapping[str]) -> None:
+        """An answer's ``Set-Cookie`` headers (either client's), the request headers rebuilt
+        only when a cookie changed."""
+        if "Set-Cookie" in headers and self._cookies.take(headers.getall("Set-Cookie")):
+            self._rebuild_headers()
 
     def _rebuild_headers(self) -> None:
         cookie = {"Cookie": self._cookies.header} if self._cookies.header else {}
@@ -366,8 +372,7 @@ class GwsSession:
             )  # fmt: skip
         # its failures are ours already (TransientError, NotWritten)
         reply = await records.post(self._records_path, self._post_headers, json_codec.dumps(body))
-        if "Set-Cookie" in reply.headers and self._cookies.take(reply.headers.getall("Set-Cookie")):
-            self._rebuild_headers()
+        self._take_cookies(reply.headers)
         return self._answer_of(reply)
 
     async def _post(self, path: str, body: Mapping[str, Any], trace: object = None) -> Answer:
